@@ -1,0 +1,62 @@
+"""Label structures with a reference calculator by sampling Langevin MD.
+
+Used to make the embedded demo data and, later, training sets for new systems.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from tqdm.auto import tqdm
+
+
+def labelled_copy(atoms: Atoms, **info) -> Atoms:
+    """Snapshot of ``atoms`` with its current energy and forces frozen in a SinglePointCalculator."""
+    energy = atoms.get_potential_energy()
+    forces = atoms.get_forces()
+    copy = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    copy.info.update(atoms.info)
+    copy.info.update(info)
+    copy.calc = SinglePointCalculator(copy, energy=energy, forces=forces)
+    return copy
+
+
+def sample_md(
+    atoms: Atoms,
+    make_calculator: Callable[[], Calculator],
+    temperature_K: float,
+    n_frames: int,
+    interval: int = 40,
+    equilibration: int = 2000,
+    timestep_fs: float = 0.5,
+    friction_per_fs: float = 0.02,
+    seed: int = 0,
+    label: str = "",
+) -> list[Atoms]:
+    """Run Langevin MD at ``temperature_K`` and keep every ``interval``-th step's labels.
+
+    Returns ``n_frames`` labelled copies (energy in eV, forces in eV/Å) with
+    ``info['temperature_K']`` and ``info['config_type']`` = ``label``.
+    """
+    atoms = atoms.copy()
+    atoms.calc = make_calculator()
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    dynamics = Langevin(
+        atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+        friction=friction_per_fs / units.fs, rng=rng,
+    )
+    dynamics.run(equilibration)
+    frames = []
+    for _ in tqdm(range(n_frames), desc=f"MD {label} {temperature_K:.0f} K", unit="frame", mininterval=1.0):
+        dynamics.run(interval)
+        frames.append(labelled_copy(atoms, temperature_K=temperature_K, config_type=label))
+    return frames

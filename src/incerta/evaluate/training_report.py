@@ -1,0 +1,43 @@
+"""The report written at the end of every training run: errors, parity plots, learning curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from incerta.data.frame import Frame
+from incerta.evaluate import plots
+from incerta.evaluate.predict import collect_predictions, graphs_for
+from incerta.evaluate.report import Report
+from incerta.models.potential import Potential
+
+METRIC_COLUMNS = [
+    ("structures", "n_structures"), ("E MAE (meV/atom)", "energy_per_atom_mae_meV"),
+    ("E RMSE (meV/atom)", "energy_per_atom_rmse_meV"), ("F MAE (meV/Å)", "forces_mae_meV_per_A"),
+    ("F RMSE (meV/Å)", "forces_rmse_meV_per_A"),
+]
+
+
+def write_training_report(
+    folder: Path, model: Potential, metrics: dict, datasets: dict[str, Sequence[Frame]], history: list[dict]
+) -> Path:
+    """report.html in ``folder`` for the exported ``model`` evaluated on ``datasets``."""
+    spec = model.spec
+    report = Report("incerta training report", folder)
+    report.text(
+        f"Model: l_max={spec.l_max}, {spec.num_channels} channels, {spec.num_layers} interaction layers, "
+        f"cutoff {spec.cutoff} Å, {sum(p.numel() for p in model.parameters())} parameters. "
+        f"Best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, training time {metrics['train_time_s']:.0f} s."
+    )
+    report.heading("Errors")
+    results = {"validation": metrics["validation"], **metrics["test"]}
+    report.table(["data"] + [c for c, _ in METRIC_COLUMNS], [[name] + [r[k] for _, k in METRIC_COLUMNS] for name, r in results.items()])
+    predictions = {name: collect_predictions(model, graphs_for(model, frames)) for name, frames in datasets.items()}
+    report.heading("Parity")
+    report.figure(plots.parity(predictions), "parity", "Predicted against reference energies and forces.")
+    report.heading("Error distributions")
+    report.figure(plots.error_histograms(predictions), "error_histograms", "Energy and force-component errors.")
+    if history:
+        report.heading("Learning curve")
+        report.figure(plots.learning_curve(history), "learning_curve", "Validation errors (EMA weights) and learning rate.")
+    return report.write()

@@ -1,0 +1,101 @@
+"""Equivariant interaction block (NequIP-style convolution).
+
+For a receiving atom i with neighbours j (edges i <- j):
+
+    m_i = 1/sqrt(<n>) sum_j  R(|r_ij|) [ (W_up h_j) (x) Y(r_ij / |r_ij|) ]
+    h_i' = Gate( W_down m_i + SC_{Z_i}(h_i) ) (+ h_i when shapes allow)
+
+R is a radial MLP on the Bessel embedding (scaled by the smooth cutoff), (x) is a
+Clebsch–Gordan tensor product with one weight per channel and path ("uvu"), SC a
+species-dependent self-connection and Gate the gated non-linearity of e3nn.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import nn as enn
+from e3nn import o3
+from torch import nn
+
+
+def hidden_irreps(num_channels: int, l_max: int) -> o3.Irreps:
+    """Irreps of natural parity up to l_max: C x 0e + C x 1o + C x 2e + ..."""
+    return o3.Irreps([(num_channels, (degree, (-1) ** degree)) for degree in range(l_max + 1)])
+
+
+def _gate_for(irreps_out: o3.Irreps) -> nn.Module:
+    """Gated non-linearity producing ``irreps_out`` (SiLU on scalars, sigmoid gates)."""
+    scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
+    gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
+    gates = o3.Irreps([(mul, "0e") for mul, _ in gated])
+    return enn.Gate(scalars, [torch.nn.functional.silu], gates, [torch.sigmoid] * len(gates), gated)
+
+
+class Interaction(nn.Module):
+    """One message-passing layer: node irreps ``irreps_in`` -> ``irreps_out``.
+
+    Shapes: node_features (N, irreps_in.dim), species_one_hot (N, S), edge_sh
+    (E, sh.dim), edge_radial (E, num_basis), edge_envelope (E,), edge_index (2, E)
+    as (receiver, sender).
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_out: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        num_species: int,
+        num_basis: int,
+        radial_hidden: list[int],
+        avg_num_neighbors: float,
+    ) -> None:
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.inv_sqrt_neighbors = float(avg_num_neighbors) ** -0.5
+
+        self.gate = _gate_for(self.irreps_out)
+        wanted = {ir for _, ir in self.irreps_out}
+        mid, instructions = [], []
+        for i1, (mul, ir1) in enumerate(self.irreps_in):
+            for i2, (_, ir2) in enumerate(irreps_sh):
+                for ir in ir1 * ir2:
+                    if ir in wanted:
+                        instructions.append((i1, i2, len(mid), "uvu", True))
+                        mid.append((mul, ir))
+        irreps_mid, order, _ = o3.Irreps(mid).sort()
+        instructions = [(a, b, order[k], mode, w) for a, b, k, mode, w in instructions]
+
+        self.linear_up = o3.Linear(self.irreps_in, self.irreps_in)
+        self.tensor_product = o3.TensorProduct(
+            self.irreps_in, irreps_sh, irreps_mid, instructions,
+            shared_weights=False, internal_weights=False,
+        )
+        self.radial = enn.FullyConnectedNet(
+            [num_basis, *radial_hidden, self.tensor_product.weight_numel], torch.nn.functional.silu
+        )
+        self.linear_down = o3.Linear(irreps_mid, self.gate.irreps_in)
+        self.self_connection = o3.FullyConnectedTensorProduct(
+            self.irreps_in, o3.Irreps(f"{num_species}x0e"), self.gate.irreps_in
+        )
+        self.residual = self.irreps_in == self.gate.irreps_out
+
+    def forward(
+        self,
+        node_features: torch.Tensor,
+        species_one_hot: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        edge_envelope: torch.Tensor,
+        edge_index: torch.Tensor,
+    ) -> torch.Tensor:
+        receivers, senders = edge_index[0], edge_index[1]
+        self_term = self.self_connection(node_features, species_one_hot)
+        up = self.linear_up(node_features)
+        weights = self.radial(edge_radial) * edge_envelope.unsqueeze(-1)
+        messages = self.tensor_product(up[senders], edge_sh, weights)
+        aggregated = torch.zeros(
+            node_features.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device
+        ).index_add_(0, receivers, messages)
+        out = self.gate(self.linear_down(aggregated * self.inv_sqrt_neighbors) + self_term)
+        return node_features + out if self.residual else out

@@ -1,0 +1,218 @@
+"""The training loop: Adam(W) + ReduceLROnPlateau + EMA + clipping + early stopping, resumable.
+
+One checkpoint (``checkpoints/last.pt``) is written atomically after every epoch and
+holds everything a resumed run needs (weights, EMA, optimizer, scheduler, counters,
+history). The data order of epoch k depends only on (seed, k), so a run killed and
+resumed reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from incerta import __version__
+from incerta.config import TrainingConfig
+from incerta.data.graph import AtomicGraph, batches
+from incerta.data.splits import epoch_order
+from incerta.evaluate.predict import error_metrics
+from incerta.models.potential import Potential
+from incerta.train.checkpoint import load_training_state, save_training_state
+from incerta.train.losses import LossWeights, energy_forces_loss
+from incerta.utils.files import atomic_write_text
+
+
+@dataclass
+class TrainingState:
+    """Counters that survive a resume."""
+
+    epoch: int = 0
+    best_metric: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def validation_loss(metrics: dict[str, float], weights: LossWeights) -> float:
+    """The training loss evaluated on validation metrics (eV units)."""
+    loss = weights.energy * (metrics["energy_per_atom_rmse_meV"] * 1e-3) ** 2
+    if weights.forces > 0:
+        loss += weights.forces * (metrics["forces_rmse_meV_per_A"] * 1e-3) ** 2
+    if weights.stress > 0 and "stress_rmse_meV_per_A3" in metrics:
+        loss += weights.stress * (metrics["stress_rmse_meV_per_A3"] * 1e-3) ** 2
+    return loss
+
+
+class Trainer:
+    """Fits ``model`` on ``train`` graphs, selecting on ``validation`` graphs.
+
+    Files in ``checkpoint_dir``: ``last.pt`` (every epoch) and ``best.pt`` (best
+    validation loss, EMA weights when EMA is on).
+    """
+
+    def __init__(
+        self,
+        model: Potential,
+        config: TrainingConfig,
+        train: Sequence[AtomicGraph],
+        validation: Sequence[AtomicGraph],
+        checkpoint_dir: str | Path,
+        seed: int = 0,
+        run_config_json: str = "{}",
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.train_graphs = list(train)
+        self.validation_graphs = list(validation)
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.seed = seed
+        self.run_config_json = run_config_json
+        self.weights = LossWeights(config.energy_weight, config.forces_weight, config.stress_weight)
+        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=config.scheduler_factor,
+            patience=config.scheduler_patience, min_lr=config.min_lr,
+        )
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+            if config.ema_decay > 0 else None
+        )
+        self.state = TrainingState()
+        self.compute_stress = config.stress_weight > 0
+
+    @property
+    def last_path(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+    def evaluation_model(self) -> Potential:
+        """The weights used for validation and export (EMA average when enabled)."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _checkpoint(self) -> dict:
+        s = self.state
+        return {
+            "format": "incerta.training",
+            "version": 1,
+            "incerta_version": __version__,
+            "spec": json.dumps(self.model.spec.to_dict()),
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "config": self.run_config_json,
+            "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.module.state_dict(),
+            "ema_steps": 0 if self.ema is None else int(self.ema.n_averaged),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": s.epoch,
+            "best_metric": s.best_metric,
+            "best_epoch": s.best_epoch,
+            "bad_epochs": s.bad_epochs,
+            "elapsed_s": s.elapsed_s,
+            "history": s.history,
+        }
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Restore everything from a training checkpoint (default ``last.pt``)."""
+        saved = load_training_state(path or self.last_path)
+        self.model.load_state_dict(saved["model"])
+        if self.ema is not None and saved["ema"] is not None:
+            self.ema.module.load_state_dict(saved["ema"])
+            self.ema.n_averaged.fill_(saved["ema_steps"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = TrainingState(
+            saved["epoch"], saved["best_metric"], saved["best_epoch"], saved["bad_epochs"],
+            saved["elapsed_s"], list(saved["history"]),
+        )
+
+    def _train_epoch(self, progress: tqdm) -> dict[str, float]:
+        self.model.train()
+        order = epoch_order(len(self.train_graphs), self.seed, self.state.epoch)
+        totals: dict[str, float] = {}
+        steps = 0
+        for batch in batches(self.train_graphs, self.config.batch_size, order):
+            outputs = self.model(batch, compute_forces=True, compute_stress=self.compute_stress)
+            loss, parts = energy_forces_loss(outputs, batch, self.weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            steps += 1
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + value
+            progress.update(1)
+            progress.set_postfix(loss=f"{totals['loss'] / steps:.4g}", refresh=False)
+        return {f"train_{k}": v / max(steps, 1) for k, v in totals.items()}
+
+    def _out_of_time(self) -> bool:
+        limit = self.config.max_time_minutes
+        return limit is not None and self.state.elapsed_s >= 60.0 * limit
+
+    def fit(self) -> TrainingState:
+        """Train until the epoch budget, early stopping or the time limit; return the state."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.config
+        steps_per_epoch = math.ceil(len(self.train_graphs) / cfg.batch_size)
+        progress = tqdm(
+            total=cfg.epochs * steps_per_epoch, initial=self.state.epoch * steps_per_epoch,
+            disable=not cfg.progress, unit="step", dynamic_ncols=True, desc="training",
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+        )
+        with progress:
+            while self.state.epoch < cfg.epochs and not self._stopped_early() and not self._out_of_time():
+                started = time.perf_counter()
+                record = {"epoch": self.state.epoch, **self._train_epoch(progress)}
+                metrics = error_metrics(self.evaluation_model(), self.validation_graphs, batch_size=16)
+                val_loss = validation_loss(metrics, self.weights)
+                self.scheduler.step(val_loss)
+                record.update({f"val_{k}": v for k, v in metrics.items() if k != "n_structures"})
+                record.update(val_loss=val_loss, lr=self.optimizer.param_groups[0]["lr"])
+                improved = val_loss < self.state.best_metric
+                s = self.state
+                s.epoch += 1
+                if improved:
+                    s.best_metric, s.best_epoch, s.bad_epochs = val_loss, s.epoch - 1, 0
+                else:
+                    s.bad_epochs += 1
+                s.elapsed_s += time.perf_counter() - started
+                record["elapsed_s"] = s.elapsed_s
+                s.history.append(record)
+                checkpoint = self._checkpoint()
+                save_training_state(self.last_path, checkpoint)
+                if improved:
+                    save_training_state(self.best_path, checkpoint)
+                progress.set_description(
+                    f"epoch {s.epoch}/{cfg.epochs} E {metrics['energy_per_atom_mae_meV']:.2f} meV/atom "
+                    f"F {metrics['forces_rmse_meV_per_A']:.1f} meV/Å"
+                )
+        return self.state
+
+    def _stopped_early(self) -> bool:
+        patience = self.config.early_stopping_patience
+        return patience is not None and self.state.bad_epochs >= patience
+
+
+def write_history(path: str | Path, history: list[dict[str, float]]) -> None:
+    """Per-epoch metrics as CSV (written atomically)."""
+    if not history:
+        return
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    lines = [",".join(columns)] + [",".join(f"{row.get(c, '')}" for c in columns) for row in history]
+    atomic_write_text(path, "\n".join(lines) + "\n")
