@@ -53,7 +53,7 @@ class IncertaCalculator(Calculator):
         graph = frame_to_graph(frame, self.model.spec.cutoff).to(self.device, model_dtype(self.model))
         outputs = self.model(graph, compute_forces=True, compute_stress=periodic, create_graph=False)
         as_np = lambda t: t.detach().cpu().double().numpy()
-        energy = float(outputs[K.ENERGY][0])
+        energy = float(outputs[K.ENERGY][0].detach())
         self.results = {
             "energy": energy,
             "free_energy": energy,

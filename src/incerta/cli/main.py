@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from incerta.config import ConfigError
@@ -25,7 +26,7 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownSpeciesError)
 
 
 def fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -57,12 +58,12 @@ def print_metrics(results: dict[str, dict[str, float]]) -> None:
                ("E RMSE", "energy_rmse_meV", "{:.2f}"), ("E/atom MAE", "energy_per_atom_mae_meV", "{:.3f}"),
                ("E/atom RMSE", "energy_per_atom_rmse_meV", "{:.3f}"), ("F MAE", "forces_mae_meV_per_A", "{:.2f}"),
                ("F RMSE", "forces_rmse_meV_per_A", "{:.2f}")]
-    table.add_column("data", no_wrap=True, min_width=max(len(n) for n in results))
+    table.add_column("data", overflow="fold")
     for title, _, _ in columns:
-        table.add_column(title, justify="right")
+        table.add_column(title, justify="right", no_wrap=True, min_width=len(title))
     for name, metrics in results.items():
-        table.add_row(name, *[fmt.format(metrics[key]) for _, key, fmt in columns])
-    Console().print(table)
+        table.add_row(Path(name).name, *[fmt.format(metrics[key]) for _, key, fmt in columns])
+    Console(width=max(Console().width, 120)).print(table)
 
 
 @app.command()

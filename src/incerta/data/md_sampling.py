@@ -12,7 +12,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from tqdm.auto import tqdm
 
 
@@ -47,7 +47,7 @@ def sample_md(
     atoms = atoms.copy()
     atoms.calc = make_calculator()
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     ZeroRotation(atoms)
     dynamics = Langevin(

@@ -16,6 +16,8 @@ class EnergyReadout(nn.Module):
         super().__init__()
         self.hidden = nn.Linear(num_features, hidden)
         self.output = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.output.weight)  # start from the reference energies: E_i = shift[Z_i]
+        nn.init.zeros_(self.output.bias)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         last_layer = torch.nn.functional.silu(self.hidden(features))

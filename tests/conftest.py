@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny float64 models, test structures, and the path to the reference data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from incerta.models.potential import Potential, PotentialSpec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """Reference data: $INCERTA_SHARED_DATA, default ../shared/data next to the repository."""
+    return Path(os.environ.get("INCERTA_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"reference data not found at {path} (set INCERTA_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def acac(shared_data: Path) -> Path:
+    path = shared_data / "botnet" / "dataset_acac"
+    if not (path / "train_300K.xyz").is_file():
+        pytest.skip(f"acac data not found in {path}")
+    return path
+
+
+def make_model(l_max: int = 2, cutoff: float = 4.0, species=(1, 6, 8, 14), seed: int = 0, **changes) -> Potential:
+    """A small randomly initialised float64 potential with non-trivial energies."""
+    torch.manual_seed(seed)
+    spec = PotentialSpec(
+        species=list(species), cutoff=cutoff, l_max=l_max, num_channels=8, num_layers=2,
+        radial_hidden=[16], readout_hidden=8, avg_num_neighbors=6.0,
+        energy_shift=[-1.0 * (k + 1) for k in range(len(species))], energy_scale=0.7, **changes,
+    )
+    return Potential(spec).double().eval()
+
+
+@pytest.fixture(params=[0, 1, 2, 3], ids=lambda l: f"lmax{l}")
+def model_any_lmax(request) -> Potential:
+    return make_model(l_max=request.param)
+
+
+@pytest.fixture
+def model() -> Potential:
+    return make_model()
+
+
+@pytest.fixture
+def ethanol() -> Atoms:
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+@pytest.fixture
+def silicon() -> Atoms:
+    """A periodic, slightly distorted, non-orthogonal Si cell (cutoff larger than the cell)."""
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=2)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.02 * np.random.default_rng(3).normal(size=(3, 3))), scale_atoms=True)
+    return atoms

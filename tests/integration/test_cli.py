@@ -1,0 +1,92 @@
+"""The `incerta` command: train, evaluate and demo, as a user runs them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from ase.io import read
+from typer.testing import CliRunner
+
+from incerta import IncertaCalculator
+from incerta.cli.main import app
+from incerta.data import default
+from incerta.data.io import read_frames
+from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.train.checkpoint import load_potential
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+EVALUATE_KEYS = {
+    "n_structures", "energy_mae_meV", "energy_rmse_meV", "energy_per_atom_mae_meV",
+    "energy_per_atom_rmse_meV", "forces_mae_meV_per_A", "forces_rmse_meV_per_A",
+}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = runner.invoke(app, ["demo", "--out", str(out), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_demo_writes_model_and_report(demo_run):
+    report = (demo_run / "report.html").read_text()
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", report)
+    assert len(images) >= 3
+    assert all(base64.b64decode(i).startswith(PNG) for i in images)
+    assert (demo_run / "figures" / "parity.png").read_bytes().startswith(PNG)
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"ethanol_xtb_test_300K", "ethanol_xtb_test_600K", "ethanol_xtb_test_1200K"}
+
+
+def test_demo_model_works_in_ase_and_evaluate(demo_run, tmp_path):
+    atoms = read(default.path("test_600K"), index=0)
+    atoms.calc = IncertaCalculator(demo_run / "model")
+    assert abs(atoms.get_potential_energy() - read(default.path("test_600K"), index=0).get_potential_energy()) < 5.0
+    out = tmp_path / "errors.json"
+    result = runner.invoke(app, ["evaluate", str(demo_run / "model"), str(default.path("test_300K")),
+                                 str(default.path("test_600K")), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())
+    assert list(results) == [str(default.path("test_300K")), str(default.path("test_600K"))]
+    for values in results.values():
+        assert set(values) == EVALUATE_KEYS
+    model = load_potential(demo_run / "model")
+    direct = error_metrics(model, graphs_for(model, read_frames(default.path("test_600K"))))
+    assert results[str(default.path("test_600K"))] == pytest.approx(direct)
+    row = next(line for line in result.output.splitlines() if "ethanol_xtb_test_600K" in line)
+    assert f"{direct['forces_rmse_meV_per_A']:.2f}" in row
+
+
+def test_demo_resumes_instead_of_restarting(demo_run):
+    before = json.loads((demo_run / "metrics.json").read_text())
+    result = runner.invoke(app, ["demo", "--out", str(demo_run), "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    after = json.loads((demo_run / "metrics.json").read_text())
+    assert (before["epochs_run"], after["epochs_run"]) == (2, 3)
+
+
+def test_train_command_with_override(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"data:\n  train: {{path: {default.path('train')}, select: ':30'}}\n  n_val: 10\n"
+        "model: {l_max: 1, num_channels: 8, num_layers: 1}\ntraining: {epochs: 5, progress: false}\n"
+    )
+    result = runner.invoke(app, ["train", str(config), "--run-dir", str(tmp_path / "run"), "--set", "training.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 1
+    assert "epochs: 1" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_user_errors_are_messages_not_tracebacks(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("data: {train: x.xyz}\ntraining: {epocs: 3}\n")
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2
+    assert "did you mean 'epochs'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "no-model"), str(default.path("test_300K"))])
+    assert result.exit_code == 2 and "no such model" in result.output

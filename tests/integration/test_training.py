@@ -1,0 +1,112 @@
+"""Training on real DFT data: it learns, it is reproducible, and it resumes after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from incerta.config import load_config
+from incerta.data.graph import frame_to_graph
+from incerta.data.io import read_frames
+from incerta.data.sources import prepare_splits
+from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.models.build import build_potential
+from incerta.train.checkpoint import load_potential, load_training_state
+from incerta.train.losses import LossWeights
+from incerta.train.run import train_run
+from incerta.train.trainer import validation_loss
+
+SMALL = """
+seed: 3
+data:
+  train: {{path: {train}, select: ":80"}}
+  n_val: 20
+  e0s: {e0s}
+model: {{l_max: 1, num_channels: 16, num_layers: 2, radial_hidden: [32], readout_hidden: 16}}
+training: {{epochs: {epochs}, lr: 0.01, scheduler_patience: 3, progress: false}}
+"""
+
+
+def small_config(tmp_path: Path, acac: Path, epochs: int, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(SMALL.format(train=acac / "train_300K.xyz", e0s=acac / "isolated_atoms.xyz", epochs=epochs))
+    return path
+
+
+def test_training_lowers_validation_error(tmp_path, acac):
+    config = load_config(small_config(tmp_path, acac, epochs=20))
+    splits = prepare_splits(config.data, config.seed)
+    train_graphs = [frame_to_graph(f, config.model.cutoff) for f in splits.train]
+    e0s = read_frames(acac / "isolated_atoms.xyz")
+    untrained = build_potential(config.model, splits.train, train_graphs, e0s, config.seed)
+    before = error_metrics(untrained, graphs_for(untrained, splits.validation))
+    after = train_run(config, tmp_path / "run")["validation"]
+    weights = LossWeights(config.training.energy_weight, config.training.forces_weight)
+    assert after["forces_rmse_meV_per_A"] < 0.5 * before["forces_rmse_meV_per_A"]
+    assert validation_loss(after, weights) < 0.3 * validation_loss(before, weights)
+    exported = load_potential(tmp_path / "run")
+    held_out = read_frames(acac / "test_MD_300K.xyz")[:50]
+    test_before = error_metrics(untrained, graphs_for(untrained, held_out))
+    test_after = error_metrics(exported, graphs_for(exported, held_out))
+    assert test_after["forces_rmse_meV_per_A"] < 0.5 * test_before["forces_rmse_meV_per_A"]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "potential.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Equal up to float32 round-off (BLAS kernels may sum in a different order between processes)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_resume_reaches_the_same_weights(tmp_path, acac):
+    straight = train_run(load_config(small_config(tmp_path, acac, epochs=4)), tmp_path / "straight")
+    train_run(load_config(small_config(tmp_path, acac, epochs=2)), tmp_path / "split")
+    assert load_training_state(tmp_path / "split/checkpoints/last.pt")["epoch"] == 2
+    resumed = train_run(load_config(small_config(tmp_path, acac, epochs=4)), tmp_path / "split")
+    assert resumed["epochs_run"] == straight["epochs_run"] == 4
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "split"))
+
+
+def test_seed_reproducibility(tmp_path, acac):
+    one = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "one")
+    two = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "two")
+    assert one["validation"] == two["validation"]
+
+
+def test_resume_refuses_a_changed_config(tmp_path, acac):
+    train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "run")
+    changed = load_config(small_config(tmp_path, acac, epochs=2), ["training.lr=0.5"])
+    with pytest.raises(ValueError, match=r"different configuration \(training.lr\)"):
+        train_run(changed, tmp_path / "run")
+
+
+def test_kill_during_training_then_resume(tmp_path, acac):
+    """kill -9 a real `incerta train` process mid-run; the resumed run matches an uninterrupted one."""
+    config = small_config(tmp_path, acac, epochs=6)
+    cli = [sys.executable, "-m", "incerta.cli.main", "train", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*cli, "--run-dir", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
+
+    victim = subprocess.Popen([*cli, "--run-dir", str(tmp_path / "killed")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed/checkpoints/last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (last.exists() and load_training_state(last)["epoch"] >= 2):
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed/model").exists(), "the process should have died before finishing"
+    subprocess.run([*cli, "--run-dir", str(tmp_path / "killed")], check=True, env=env, capture_output=True)
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "killed"))

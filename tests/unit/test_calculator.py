@@ -1,0 +1,61 @@
+"""The ASE calculator: results, units, and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from incerta import IncertaCalculator
+from incerta.data.validation import DataError
+from incerta.models.potential import UnknownSpeciesError
+from incerta.testing import predict
+
+
+def test_results_match_the_model(model, ethanol):
+    ethanol.calc = IncertaCalculator(model)
+    direct = predict(model, ethanol)
+    assert ethanol.get_potential_energy() == pytest.approx(direct["energy"])
+    assert ethanol.get_potential_energy(force_consistent=True) == pytest.approx(direct["energy"])
+    np.testing.assert_allclose(ethanol.get_forces(), direct["forces"])
+    np.testing.assert_allclose(ethanol.get_potential_energies(), direct["energies"])
+    with pytest.raises(PropertyNotImplementedError):
+        ethanol.get_stress()
+
+
+def test_stress_in_voigt_form(model, silicon):
+    silicon.calc = IncertaCalculator(model)
+    stress = silicon.get_stress()
+    assert stress.shape == (6,)
+    full = predict(model, silicon)["stress"]
+    np.testing.assert_allclose(stress[[0, 1, 2, 3]], [full[0, 0], full[1, 1], full[2, 2], full[1, 2]])
+
+
+def test_unseen_species_is_an_error_not_a_prediction(model):
+    atoms = molecule("CH3Cl")
+    atoms.calc = IncertaCalculator(model)
+    with pytest.raises(UnknownSpeciesError, match=r"Cl.*not in the model, which knows only H, C, O, Si"):
+        atoms.get_potential_energy()
+
+
+def test_overlapping_atoms_are_refused(model):
+    atoms = Atoms("OH", positions=[[0, 0, 0], [0.05, 0, 0]])
+    atoms.calc = IncertaCalculator(model)
+    with pytest.raises(DataError, match="atoms 0 and 1 overlap"):
+        atoms.get_potential_energy()
+
+
+def test_single_atom(model):
+    atoms = Atoms("C", positions=[[0, 0, 0]])
+    atoms.calc = IncertaCalculator(model)
+    assert np.isfinite(atoms.get_potential_energy())
+    assert np.all(atoms.get_forces() == 0)
+
+
+def test_results_update_when_atoms_move(model, ethanol):
+    ethanol.calc = IncertaCalculator(model)
+    first = ethanol.get_potential_energy()
+    ethanol.positions[0] += 0.1
+    assert ethanol.get_potential_energy() != first

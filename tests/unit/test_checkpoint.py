@@ -1,0 +1,82 @@
+"""Model files load back exactly, and bad files fail clearly without unpickling anything."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import make_model
+from incerta.calculators.ase import IncertaCalculator
+from incerta.testing import predict
+from incerta.train.checkpoint import CheckpointError, load_potential, load_training_state, save_potential
+
+
+def test_roundtrip_gives_identical_predictions(tmp_path, ethanol):
+    model = make_model()
+    save_potential(model, tmp_path / "model")
+    loaded = load_potential(tmp_path / "model")
+    assert predict(loaded, ethanol)["energy"] == predict(model, ethanol)["energy"]
+    assert next(loaded.parameters()).dtype == torch.float64
+    assert loaded.spec == model.spec
+
+
+def test_corrupt_file(tmp_path):
+    path = save_potential(make_model(), tmp_path / "model")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_potential(tmp_path / "model")
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt or not a safetensors"):
+        load_potential(path)
+
+
+def test_foreign_safetensors(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="written by another program"):
+        load_potential(path)
+
+
+def test_pickle_payload_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "incerta.training", "model": Payload()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_potential(path)
+    assert not marker.exists(), "the payload must never run"
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError):
+        load_training_state(raw)
+    assert not marker.exists()
+
+
+def test_pytorch_archive_from_another_program(tmp_path):
+    path = tmp_path / "model.model"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match="PyTorch pickle archive, not an incerta model"):
+        IncertaCalculator(path)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    model = make_model()
+    path = save_potential(model, tmp_path / "m.safetensors", extra={"format_version": "99"})
+    with pytest.raises(CheckpointError, match="upgrade incerta"):
+        load_potential(path)
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="no such model"):
+        load_potential(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no potential.safetensors"):
+        load_potential(tmp_path / "empty")
