@@ -45,10 +45,12 @@ def make_model(l_max: int = 2, cutoff: float = 4.0, species=(1, 6, 8, 14), seed:
         radial_hidden=[16], readout_hidden=8, avg_num_neighbors=6.0,
         energy_shift=[-1.0 * (k + 1) for k in range(len(species))], energy_scale=0.7, **changes,
     )
-    return Potential(spec).double().eval()
+    model = Potential(spec).double().eval()
+    torch.nn.init.normal_(model.readout.output.weight)  # trained models are not flat; zero init would be
+    return model
 
 
-@pytest.fixture(params=[0, 1, 2, 3], ids=lambda l: f"lmax{l}")
+@pytest.fixture(params=[0, 1, 2, 3], ids=lambda degree: f"lmax{degree}")
 def model_any_lmax(request) -> Potential:
     return make_model(l_max=request.param)
 

@@ -37,10 +37,15 @@ def _close(a, b, atol: float, what: str) -> None:
     assert error <= atol, f"{what}: max deviation {error:.3g} > {atol:.3g}"
 
 
+def _not_vacuous(forces: np.ndarray) -> None:
+    assert np.abs(forces).max() > 1e-6, "forces vanish: the check would prove nothing (untrained flat model?)"
+
+
 def assert_e3_equivariant(model: Potential, atoms: Atoms, seed: int = 0, atol: float = 1e-8) -> None:
     """Energy invariant and forces equivariant under rotation, reflection, translation, permutation."""
     rng = np.random.default_rng(seed)
     reference = predict(model, atoms)
+    _not_vacuous(reference["forces"])
     rotation = Rotation.random(random_state=seed).as_matrix()
     for name, matrix in (("rotation", rotation), ("reflection", -rotation)):
         moved = atoms.copy()
@@ -64,6 +69,7 @@ def assert_e3_equivariant(model: Potential, atoms: Atoms, seed: int = 0, atol: f
 def assert_forces_are_gradients(model: Potential, atoms: Atoms, delta: float = 1e-4, atol: float = 1e-6) -> None:
     """F = -dE/dr against central finite differences of the energy."""
     forces = predict(model, atoms)["forces"]
+    _not_vacuous(forces)
     numeric = np.zeros_like(forces)
     for i in range(len(atoms)):
         for a in range(3):
