@@ -90,3 +90,18 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path):
     assert "did you mean 'epochs'" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["evaluate", str(tmp_path / "no-model"), str(default.path("test_300K"))])
     assert result.exit_code == 2 and "no such model" in result.output
+
+
+def test_evaluate_names_the_frame_with_an_unknown_element(demo_run, tmp_path):
+    from ase.build import molecule
+    from ase.calculators.singlepoint import SinglePointCalculator
+    import ase.io
+
+    frames = [molecule("CH3CH2OH"), molecule("CH3Cl")]
+    for atoms in frames:
+        atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=atoms.positions * 0)
+    path = tmp_path / "with_chlorine.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    result = runner.invoke(app, ["evaluate", str(demo_run / "model"), str(path)])
+    assert result.exit_code == 2
+    assert "with_chlorine.xyz, frame 1: element(s) Cl not in the model" in result.output

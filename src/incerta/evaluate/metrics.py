@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from incerta.data import keys as K
@@ -32,24 +33,38 @@ class ErrorAccumulator:
     stress_sq: float = 0.0
 
     def update(self, outputs: dict[str, torch.Tensor], batch: AtomicGraph) -> None:
-        if batch.energy is not None:
-            error = (outputs[K.ENERGY] - batch.energy).detach().double()
-            per_atom = error / batch.num_atoms.double()
-            self.n_structures += error.numel()
-            self.energy_abs += float(error.abs().sum())
-            self.energy_sq += float(error.pow(2).sum())
-            self.per_atom_abs += float(per_atom.abs().sum())
-            self.per_atom_sq += float(per_atom.pow(2).sum())
-        if batch.forces is not None and K.FORCES in outputs:
-            error = (outputs[K.FORCES] - batch.forces).detach().double()
-            self.n_force_components += error.numel()
-            self.forces_abs += float(error.abs().sum())
-            self.forces_sq += float(error.pow(2).sum())
-        if batch.stress is not None and K.STRESS in outputs:
-            error = (outputs[K.STRESS] - batch.stress).detach().double()
-            self.n_stress_components += error.numel()
-            self.stress_abs += float(error.abs().sum())
-            self.stress_sq += float(error.pow(2).sum())
+        """Add a predicted batch against its labels."""
+        as_np = lambda t: t.detach().double().cpu().numpy()
+        self.add(
+            energy_error=None if batch.energy is None else as_np(outputs[K.ENERGY] - batch.energy),
+            n_atoms=as_np(batch.num_atoms),
+            forces_error=None if batch.forces is None or K.FORCES not in outputs else as_np(outputs[K.FORCES] - batch.forces),
+            stress_error=None if batch.stress is None or K.STRESS not in outputs else as_np(outputs[K.STRESS] - batch.stress),
+        )
+
+    def add(
+        self,
+        energy_error: np.ndarray | None,
+        n_atoms: np.ndarray,
+        forces_error: np.ndarray | None = None,
+        stress_error: np.ndarray | None = None,
+    ) -> None:
+        """Add errors (prediction - reference): energy (B,) eV, forces (N, 3) eV/Å, stress eV/Å^3."""
+        if energy_error is not None:
+            per_atom = energy_error / n_atoms
+            self.n_structures += energy_error.size
+            self.energy_abs += float(np.abs(energy_error).sum())
+            self.energy_sq += float(np.square(energy_error).sum())
+            self.per_atom_abs += float(np.abs(per_atom).sum())
+            self.per_atom_sq += float(np.square(per_atom).sum())
+        if forces_error is not None:
+            self.n_force_components += forces_error.size
+            self.forces_abs += float(np.abs(forces_error).sum())
+            self.forces_sq += float(np.square(forces_error).sum())
+        if stress_error is not None:
+            self.n_stress_components += stress_error.size
+            self.stress_abs += float(np.abs(stress_error).sum())
+            self.stress_sq += float(np.square(stress_error).sum())
 
     def result(self) -> dict[str, float]:
         out: dict[str, float] = {"n_structures": self.n_structures}

@@ -1,0 +1,65 @@
+"""Helpers shared by the benchmark scripts: paths, machine description, tables, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "benchmarks" / "work"
+INCERTA = ROOT / ".venv" / "bin" / "incerta"
+
+
+def shared_data() -> Path:
+    """$INCERTA_SHARED_DATA or ../shared/data next to the repository."""
+    path = Path(os.environ.get("INCERTA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        raise SystemExit(f"reference data not found at {path}; set INCERTA_SHARED_DATA")
+    return path
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    try:
+        import torch
+
+        torch_info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    except ImportError:
+        torch_info = {}
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), **torch_info}
+
+
+def run_timed(command: list, log: Path, cwd: Path | None = None, env: dict | None = None) -> float:
+    """Run ``command`` with output to ``log``; return its wall time in seconds."""
+    started = time.perf_counter()
+    with open(log, "w") as handle:
+        subprocess.run([str(c) for c in command], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+                       check=True, env={**os.environ, **(env or {})})
+    return time.perf_counter() - started
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    print(f"\nresults written to {path}")
+    return path

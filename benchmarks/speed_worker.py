@@ -1,0 +1,79 @@
+"""Time one calculator on one system in a fresh process (run under either code's venv).
+
+Prints JSON: median and quartile ms per energy+forces call, atoms*steps/s, peak RSS.
+Only ASE, NumPy and the code under test are imported, so it runs in a peer's venv too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+from ase.io import read
+
+
+def build_system(name: str, data: Path):
+    if name == "acac_15":
+        return read(data / "botnet/dataset_acac/test_MD_300K.xyz", index=0)
+    if name == "ethanol_cluster_27":
+        ethanol = read(data / "botnet/dataset_ethanol/test_MD.xyz", index=0)
+        ethanol.positions -= ethanol.positions.mean(axis=0)
+        atoms = ethanol.copy()
+        for shift in ([4.2, 0.0, 0.0], [2.1, 3.6, 0.0]):
+            other = ethanol.copy()
+            other.positions += shift
+            atoms += other
+        return atoms
+    if name == "water_box_1536":
+        water = read(data / "water_rpbe_d3/test-H2O_RPBE-D3.xyz", index=0)
+        return water.repeat((2, 2, 2))
+    raise SystemExit(f"unknown system {name}")
+
+
+def calculator(code: str, model: str):
+    if code == "incerta":
+        from incerta import IncertaCalculator
+
+        return IncertaCalculator(model)
+    from mace.calculators import MACECalculator
+
+    return MACECalculator(model_paths=model, device="cpu", default_dtype="float32")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--code", choices=["incerta", "mace"], required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--system", required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    atoms = build_system(args.system, args.data)
+    atoms.calc = calculator(args.code, args.model)
+    rng = np.random.default_rng(0)
+    times = []
+    for call in range(args.calls + 3):
+        atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)
+        started = time.perf_counter()
+        atoms.get_forces()
+        if call >= 3:
+            times.append(time.perf_counter() - started)
+    median = float(np.median(times))
+    print(json.dumps({
+        "code": args.code, "system": args.system, "atoms": len(atoms),
+        "median_ms": 1e3 * median, "q25_ms": 1e3 * float(np.percentile(times, 25)),
+        "q75_ms": 1e3 * float(np.percentile(times, 75)), "atom_steps_per_s": len(atoms) / median,
+        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()
