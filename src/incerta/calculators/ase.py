@@ -1,9 +1,10 @@
-"""ASE calculator backed by an incerta potential."""
+"""ASE calculator backed by an incerta potential, with calibrated uncertainties when attached."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
@@ -15,50 +16,84 @@ from incerta.data.validation import DataError, frame_problems
 from incerta.evaluate.predict import check_species, model_dtype
 from incerta.models.potential import Potential
 from incerta.train.checkpoint import load_potential
+from incerta.uq.model import ENERGY_UNCERTAINTY, FORCES_UNCERTAINTY, STRUCTURE_UNCERTAINTY, Aggregate, UncertainPotential
+from incerta.uq.store import has_uncertainty, load_uncertain_potential
+
+UNCERTAINTY_KEYS = (FORCES_UNCERTAINTY, ENERGY_UNCERTAINTY, STRUCTURE_UNCERTAINTY)
 
 
 class IncertaCalculator(Calculator):
-    """Energy (eV), forces (eV/Å), per-atom energies (eV) and stress (eV/Å^3, periodic only).
+    """Energy (eV), forces (eV/Å), per-atom energies (eV), stress (eV/Å^3, periodic only).
 
-    ``model`` is a path (model folder, run folder, .safetensors or training checkpoint)
-    or a loaded :class:`~incerta.models.potential.Potential`. Structures with elements the
-    model never saw, or with overlapping atoms (closer than ``min_distance`` Å), raise a
-    clear error instead of returning a meaningless number.
+    When the model has an uncertainty method attached (``incerta uq fit`` or an
+    ensemble), results also hold:
+
+    * ``forces_uncertainty`` (N,) eV/Å: predicted RMS of each atom's force error;
+    * ``energy_uncertainty`` eV: predicted standard deviation of the energy error;
+    * ``structure_uncertainty`` eV/Å: max (or ``aggregate``) of ``forces_uncertainty``.
+
+    With ``annotate=True`` these are also copied into ``atoms.arrays`` / ``atoms.info``,
+    so ``ase.io.write(..., format="extxyz")`` keeps them.
+
+    ``model`` is a path (model folder, run folder, .safetensors or training checkpoint) or a
+    loaded potential. Elements the model never saw, or overlapping atoms (closer than
+    ``min_distance`` Å), raise a clear error instead of returning a meaningless number.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", *UNCERTAINTY_KEYS]
 
     def __init__(
         self,
-        model: str | Path | Potential,
+        model: str | Path | Potential | UncertainPotential,
         device: str = "cpu",
         min_distance: float = 0.1,
+        aggregate: Aggregate = "max",
+        annotate: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.model = (model if isinstance(model, Potential) else load_potential(model)).to(device).eval()
+        if isinstance(model, (str, Path)):
+            model = load_uncertain_potential(model, aggregate) if has_uncertainty(model) else load_potential(model)
+        self.model = model.to(device).eval()
+        self.potential: Potential = model.potential if isinstance(model, UncertainPotential) else model
         self.device = device
         self.min_distance = min_distance
+        self.annotate = annotate
+
+    @property
+    def has_uncertainty(self) -> bool:
+        return isinstance(self.model, UncertainPotential)
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         frame = Frame.from_atoms(self.atoms, source="atoms")
-        check_species(self.model, [frame])
+        check_species(self.potential, [frame])
         problems = frame_problems(frame, min_distance=self.min_distance)
         if problems:
             raise DataError("; ".join(problems))
         periodic = frame.periodic
-        if "stress" in properties and not periodic:
+        wanted = set(properties)
+        if "stress" in wanted and not periodic:
             raise PropertyNotImplementedError("stress needs a periodic cell (atoms.pbc)")
-        graph = frame_to_graph(frame, self.model.spec.cutoff).to(self.device, model_dtype(self.model))
-        outputs = self.model(graph, compute_forces=True, compute_stress=periodic, create_graph=False)
+        if wanted & set(UNCERTAINTY_KEYS) and not self.has_uncertainty:
+            raise PropertyNotImplementedError("this model has no uncertainty attached; run `incerta uq fit` first")
+        graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, model_dtype(self.potential))
+        if self.has_uncertainty:
+            outputs = self.model(graph, compute_stress=periodic)
+        else:
+            outputs = self.model(graph, compute_forces=True, compute_stress=periodic, create_graph=False)
         as_np = lambda t: t.detach().cpu().double().numpy()
         energy = float(outputs[K.ENERGY][0].detach())
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": as_np(outputs[K.FORCES]),
-            "energies": as_np(outputs[K.ATOMIC_ENERGIES]),
-        }
+        self.results = {"energy": energy, "free_energy": energy, "forces": as_np(outputs[K.FORCES])}
+        if K.ATOMIC_ENERGIES in outputs:
+            self.results["energies"] = as_np(outputs[K.ATOMIC_ENERGIES])
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(as_np(outputs[K.STRESS][0]))
+        if self.has_uncertainty:
+            self.results[FORCES_UNCERTAINTY] = as_np(outputs[FORCES_UNCERTAINTY])
+            self.results[ENERGY_UNCERTAINTY] = float(outputs[ENERGY_UNCERTAINTY][0].detach())
+            self.results[STRUCTURE_UNCERTAINTY] = float(outputs[STRUCTURE_UNCERTAINTY][0].detach())
+            if self.annotate and atoms is not None:
+                atoms.arrays[FORCES_UNCERTAINTY] = np.array(self.results[FORCES_UNCERTAINTY])
+                atoms.info[ENERGY_UNCERTAINTY] = self.results[ENERGY_UNCERTAINTY]
+                atoms.info[STRUCTURE_UNCERTAINTY] = self.results[STRUCTURE_UNCERTAINTY]

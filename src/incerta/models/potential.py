@@ -11,6 +11,7 @@ from torch import nn
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
+from incerta.models.derivatives import derivatives, differentiable_inputs
 from incerta.nn.embedding import SpeciesEmbedding
 from incerta.nn.interaction import Interaction, hidden_irreps
 from incerta.nn.radial import RadialEmbedding
@@ -112,22 +113,21 @@ class Potential(nn.Module):
         create_graph: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         create_graph = self.training if create_graph is None else create_graph
-        species = self.species_index(graph.numbers)
-        positions, cell = graph.positions, graph.cell
-        inputs = []
-        if compute_forces or compute_stress:
-            positions = positions.detach().requires_grad_(True)
-            inputs.append(positions)
-        if compute_stress:
-            strain = torch.zeros_like(cell, requires_grad=True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[graph.batch])
-            cell = cell + torch.bmm(cell, symmetric)
-            inputs.append(strain)
+        inputs = differentiable_inputs(graph, compute_forces, compute_stress)
+        out = self.evaluate(inputs.graph)
+        out.update(derivatives(out[K.ENERGY], inputs, create_graph))
+        return out
 
+    def evaluate(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        """Energies and features at the graph's positions and cell (no derivatives)."""
+        species = self.species_index(graph.numbers)
+        positions = graph.positions
         receivers, senders = graph.edge_index[0], graph.edge_index[1]
-        edge_cell = cell[graph.batch[receivers]]
-        vectors = positions[senders] - positions[receivers] + torch.einsum("ei,eij->ej", graph.edge_shifts, edge_cell)
+        edge_cell = graph.cell[graph.batch[receivers]]
+        vectors = (
+            positions.index_select(0, senders) - positions.index_select(0, receivers)
+            + torch.einsum("ei,eij->ej", graph.edge_shifts, edge_cell)
+        )
         lengths = torch.linalg.norm(vectors, dim=-1)
         edge_sh = self.spherical_harmonics(vectors)
         edge_radial, envelope = self.radial(lengths)
@@ -139,26 +139,9 @@ class Potential(nn.Module):
         raw, last_layer = self.readout(features)
         atomic_energies = self.scale_shift(raw, species)
         energy = torch.zeros(graph.num_graphs, dtype=atomic_energies.dtype, device=atomic_energies.device)
-        energy = energy.index_add(0, graph.batch, atomic_energies)
-
-        out = {
-            K.ENERGY: energy,
+        return {
+            K.ENERGY: energy.index_add(0, graph.batch, atomic_energies),
             K.ATOMIC_ENERGIES: atomic_energies,
             K.NODE_FEATURES: features,
             K.LAST_LAYER_FEATURES: last_layer,
         }
-        if inputs:
-            grads = torch.autograd.grad(
-                [energy.sum()], inputs, create_graph=create_graph, allow_unused=True
-            )
-            if compute_forces:
-                out[K.FORCES] = -_zero_if_none(grads[0], positions)
-            if compute_stress:
-                volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
-                out[K.STRESS] = _zero_if_none(grads[-1], graph.cell) / volume.view(-1, 1, 1)
-        return out
-
-
-def _zero_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """Autograd returns None when no edge touches the input (e.g. isolated atoms)."""
-    return torch.zeros_like(like) if grad is None else grad

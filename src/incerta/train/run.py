@@ -61,8 +61,12 @@ def _e0s(config: RunConfig):
     return load_source(e0s, ("energy",), 0.0) if isinstance(e0s, DataSource) else e0s
 
 
-def train_run(config: RunConfig, run_dir: str | Path, resume: bool = True) -> dict:
-    """Train (or resume) the run in ``run_dir``; return its metrics.json content."""
+def train_run(config: RunConfig, run_dir: str | Path, resume: bool = True, member: int = 0) -> dict:
+    """Train (or resume) the run in ``run_dir``; return its metrics.json content.
+
+    ``member`` > 0 (ensemble members) changes the initial weights and the data order but
+    not the train/validation split, which depends on ``config.seed`` alone.
+    """
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     resuming = resume and checkpoint.is_file()
@@ -79,12 +83,13 @@ def train_run(config: RunConfig, run_dir: str | Path, resume: bool = True) -> di
 
     cutoff = config.model.cutoff
     train_graphs = [frame_to_graph(f, cutoff) for f in splits.train]
-    model = build_potential(config.model, splits.train, train_graphs, _e0s(config), config.seed)
+    seed = config.seed + 1000 * member
+    model = build_potential(config.model, splits.train, train_graphs, _e0s(config), seed)
     dtype = next(model.parameters()).dtype
     trainer = Trainer(
         model, config.training,
         [g.to(dtype=dtype) for g in train_graphs], graphs_for(model, splits.validation),
-        run_dir / "checkpoints", config.seed, config.model_dump_json(),
+        run_dir / "checkpoints", seed, config.model_dump_json(),
     )
     if resuming:
         trainer.resume()

@@ -1,0 +1,85 @@
+"""The one small interface every uncertainty method implements.
+
+A method owns whatever potential(s) it predicts with (the frozen base model, a
+fine-tuned copy, or ensemble members) and answers every structure the same way:
+energy, forces, a raw per-atom score and a raw per-structure energy score. Calibration
+(:mod:`incerta.uq.calibration`) turns raw scores into eV/Å and eV; evaluation,
+calculators and active learning only see :class:`~incerta.uq.model.UncertainPotential`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from incerta.data.graph import AtomicGraph
+from incerta.models.potential import Potential
+from incerta.uq.calibration import ScoreKind
+
+
+@dataclass
+class UncertainOutput:
+    """Predictions of B structures with N atoms.
+
+    energy (B,) eV; forces (N, 3) eV/Å; atom_score (N,) and energy_score (B,) raw
+    scores (unit depends on the method, see ``score_kind``); stress (B, 3, 3) when asked;
+    per-atom energies (N,) eV where the method defines them.
+    """
+
+    energy: torch.Tensor
+    forces: torch.Tensor
+    atom_score: torch.Tensor
+    energy_score: torch.Tensor
+    stress: torch.Tensor | None = None
+    energies: torch.Tensor | None = None
+
+
+@dataclass
+class FitSettings:
+    """Budget of methods that train: epochs, learning rate, batch size, seed, progress bar."""
+
+    epochs: int = 30
+    lr: float = 0.002
+    batch_size: int = 5
+    seed: int = 0
+    progress: bool = True
+
+
+class UncertaintyMethod(nn.Module, ABC):
+    """fit / forward / options; weights are saved with ``state_dict`` by :mod:`incerta.uq.store`."""
+
+    name: ClassVar[str]
+    score_kind: ClassVar[ScoreKind] = "std"
+    #: False when the base potential is used frozen (its weights are not stored again).
+    modifies_potential: ClassVar[bool] = False
+
+    def __init__(self, potential: Potential) -> None:
+        super().__init__()
+        self.potential = potential
+
+    @abstractmethod
+    def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
+        """Fit on training graphs (validation for early stopping / model choice); returns fit info."""
+
+    @abstractmethod
+    def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
+        """Predictions and raw uncertainty scores for a batch."""
+
+    def options(self) -> dict[str, Any]:
+        """JSON-serialisable constructor options that rebuild this method before loading weights."""
+        return {}
+
+    @classmethod
+    def rebuild(cls, potential: Potential, options: dict[str, Any]) -> "UncertaintyMethod":
+        return cls(potential, **options)
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """Set requires_grad=False on every parameter (forces still flow to positions)."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module.eval()

@@ -1,0 +1,133 @@
+"""Recalibration: raw uncertainty scores -> predicted errors in eV/Å and eV.
+
+Fitted on validation data, applied to any method's raw scores. Statistical model:
+the force error on atom i is a 3-D Gaussian whose vector RMS is sigma_i (each component
+has standard deviation sigma_i / sqrt 3); a structure's energy error has standard
+deviation sigma_E.
+
+Maps (``kind``):
+
+* ``scale``: sigma = a * u, the NLL-optimal scale factor (closed form); for scores that
+  are already standard deviations in some unit (ensembles, LLPR, GP, evidential).
+* ``power``: sigma = exp(c0 + c1 * t(u)), two parameters fitted by NLL minimisation,
+  with t(u) = log u for standard-deviation-like scores, and for log-density scores (GMM
+  negative log-likelihoods, which grow like a squared distance)
+  t(u) = log softplus(u - u0), u0 the lowest calibration score: a power law in the excess
+  NLL (about a Mahalanobis distance for c1 = 1/2) that grows polynomially, not
+  exponentially, far from the data.
+* ``isotonic``: sigma^2 = monotone fit of the squared error against u (scikit-learn);
+  flexible but flat beyond the range of validation scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from sklearn.isotonic import IsotonicRegression
+
+ScoreKind = Literal["std", "log-density"]
+CalibrationKind = Literal["scale", "power", "isotonic"]
+
+
+@dataclass
+class ScoreMap:
+    """One fitted map from raw scores to sigma (see module docstring)."""
+
+    kind: CalibrationKind
+    score_kind: ScoreKind
+    c0: float = 0.0
+    c1: float = 1.0
+    offset: float = 0.0
+    knots_x: list[float] = field(default_factory=list)
+    knots_y: list[float] = field(default_factory=list)
+
+    def transform(self, score: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """t(u): log u for std-like scores, log softplus(u - u0) for log-density scores."""
+        if not isinstance(score, torch.Tensor):
+            return self.transform(torch.as_tensor(np.asarray(score, dtype=float))).numpy()
+        if self.score_kind == "std":
+            return score.clamp_min(1e-30).log()
+        return torch.nn.functional.softplus(score - self.offset).clamp_min(1e-30).log()
+
+    def __call__(self, score: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """sigma for raw ``score`` (any shape); differentiable for torch tensors."""
+        if not isinstance(score, torch.Tensor):
+            return self(torch.as_tensor(np.asarray(score, dtype=float))).numpy()
+        if self.kind == "isotonic":
+            x = torch.tensor(self.knots_x, dtype=score.dtype, device=score.device)
+            y = torch.tensor(self.knots_y, dtype=score.dtype, device=score.device)
+            return _interpolate(score, x, y).clamp_min(1e-30).sqrt()
+        return torch.exp(self.c0 + self.c1 * self.transform(score))
+
+
+def _interpolate(value: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation through (x, y), constant beyond the ends (like np.interp)."""
+    if len(x) == 1:
+        return y.expand_as(value).clone()
+    clamped = value.clamp(x[0], x[-1])
+    right = torch.searchsorted(x, clamped.contiguous()).clamp(1, len(x) - 1)
+    x0, x1, y0, y1 = x[right - 1], x[right], y[right - 1], y[right]
+    weight = ((clamped - x0) / (x1 - x0).clamp_min(1e-30)).clamp(0, 1)
+    return y0 + weight * (y1 - y0)
+
+
+def _fit(score: np.ndarray, squared: np.ndarray, dof: int, kind: CalibrationKind, score_kind: ScoreKind) -> ScoreMap:
+    """Fit sigma(score) to squared errors (sum over ``dof`` components, each with var sigma^2/dof)."""
+    result = ScoreMap(kind, score_kind, offset=float(np.min(score)) if score_kind == "log-density" else 0.0)
+    t = result.transform(score)
+    if kind == "isotonic":
+        iso = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(score, squared)
+        result.knots_x, result.knots_y = iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist()
+        return result
+    if kind == "scale":
+        result.c0 = 0.5 * float(np.log(np.mean(squared / np.exp(2 * t))))
+        return result
+
+    def nll(c: np.ndarray) -> float:
+        log_sigma = c[0] + c[1] * t
+        return float(np.mean(dof * log_sigma + 0.5 * dof * squared * np.exp(-2 * log_sigma)))
+
+    start = np.array([0.5 * np.log(np.mean(squared)) - np.mean(t), 1.0])
+    best = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
+    result.c0, result.c1 = float(best.x[0]), float(best.x[1])
+    return result
+
+
+@dataclass
+class Calibration:
+    """Maps for per-atom force uncertainty (eV/Å) and per-structure energy uncertainty (eV)."""
+
+    forces: ScoreMap
+    energy: ScoreMap
+
+    @classmethod
+    def fit(
+        cls,
+        atom_scores: np.ndarray,
+        force_errors: np.ndarray,
+        energy_scores: np.ndarray,
+        energy_errors: np.ndarray,
+        score_kind: ScoreKind = "std",
+        kind: CalibrationKind | None = None,
+    ) -> "Calibration":
+        """Fit on validation scores and errors: force errors (N, 3) eV/Å, energy errors (B,) eV."""
+        kind = kind or ("scale" if score_kind == "std" else "power")
+        force_sq = np.sum(np.square(np.asarray(force_errors, dtype=float).reshape(-1, 3)), axis=1)
+        energy_sq = np.square(np.asarray(energy_errors, dtype=float))
+        return cls(
+            forces=_fit(np.asarray(atom_scores, dtype=float), force_sq, 3, kind, score_kind),
+            energy=_fit(np.asarray(energy_scores, dtype=float), energy_sq, 1, kind, score_kind),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({"forces": asdict(self.forces), "energy": asdict(self.energy)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Calibration":
+        data = json.loads(text)
+        return cls(forces=ScoreMap(**data["forces"]), energy=ScoreMap(**data["energy"]))

@@ -1,0 +1,53 @@
+"""Deep ensemble: K independently initialised potentials; the spread is the uncertainty."""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from incerta.data import keys as K
+from incerta.data.graph import AtomicGraph
+from incerta.models.potential import Potential, PotentialSpec
+from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
+
+
+class DeepEnsemble(UncertaintyMethod):
+    """Mean prediction of the members; per-atom score = RMS spread of the force vectors (eV/Å),
+    per-structure score = standard deviation of the total energies (eV)."""
+
+    name = "ensemble"
+
+    def __init__(self, potential: Potential, member_specs: Sequence[dict] = ()) -> None:
+        super().__init__(frozen(potential))
+        dtype = next(potential.parameters()).dtype
+        self.others = nn.ModuleList([frozen(Potential(PotentialSpec(**spec)).to(dtype)) for spec in member_specs])
+
+    @classmethod
+    def from_members(cls, members: Sequence[Potential]) -> "DeepEnsemble":
+        ensemble = cls(members[0], [json.loads(json.dumps(m.spec.to_dict())) for m in members[1:]])
+        for target, source in zip(ensemble.others, members[1:]):
+            target.load_state_dict(source.state_dict())
+        return ensemble
+
+    @property
+    def members(self) -> list[Potential]:
+        return [self.potential, *self.others]
+
+    def options(self) -> dict:
+        return {"member_specs": [m.spec.to_dict() for m in self.others]}
+
+    def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
+        return {"members": len(self.members)}
+
+    def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
+        outputs = [m(graph, compute_forces=True, compute_stress=compute_stress, create_graph=False) for m in self.members]
+        energies = torch.stack([o[K.ENERGY] for o in outputs])  # (K, B)
+        forces = torch.stack([o[K.FORCES] for o in outputs])  # (K, N, 3)
+        mean_forces = forces.mean(0)
+        atom = (forces - mean_forces).pow(2).sum(-1).mean(0).sqrt()
+        stress = torch.stack([o[K.STRESS] for o in outputs]).mean(0) if compute_stress else None
+        atomic = torch.stack([o[K.ATOMIC_ENERGIES] for o in outputs]).mean(0)
+        return UncertainOutput(energies.mean(0), mean_forces, atom, energies.std(0, unbiased=False), stress, atomic)

@@ -1,0 +1,81 @@
+"""Attach a calibrated uncertainty method to a trained model (what ``incerta uq fit`` runs)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from incerta.config import ConfigError, RunConfig
+from incerta.data.frame import Frame
+from incerta.data.graph import AtomicGraph
+from incerta.data.sources import Splits, prepare_splits
+from incerta.evaluate.predict import graphs_for
+from incerta.models.potential import Potential
+from incerta.train.checkpoint import load_potential, model_file, save_potential
+from incerta.uq.base import FitSettings, UncertaintyMethod
+from incerta.uq.calibration import Calibration, CalibrationKind
+from incerta.uq.ensemble import DeepEnsemble
+from incerta.uq.methods import METHODS
+from incerta.uq.predict import collect
+from incerta.uq.store import save_uncertainty
+
+
+def calibrate(method: UncertaintyMethod, graphs: Sequence[AtomicGraph], kind: CalibrationKind | None = None) -> Calibration:
+    """Fit the score -> error maps of ``method`` on labelled (validation) graphs."""
+    arrays = collect(method, graphs)
+    return Calibration.fit(
+        arrays["atom_score"], arrays["forces_pred"] - arrays["forces_ref"],
+        arrays["energy_score"], arrays["energy_pred"] - arrays["energy_ref"],
+        method.score_kind, kind,
+    )
+
+
+def run_splits(model: str | Path) -> Splits:
+    """Train/validation frames of the run a model folder belongs to (its config.yaml)."""
+    run_dir = model_file(model).parent.parent
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{model}: not inside a training run (no {config_path}); give --train and --val data")
+    config = RunConfig.model_validate(yaml.safe_load(config_path.read_text()))
+    return prepare_splits(config.data, config.seed)
+
+
+def fit_uncertainty(
+    model: str | Path,
+    method: str,
+    train: Sequence[Frame],
+    validation: Sequence[Frame],
+    options: dict | None = None,
+    settings: FitSettings = FitSettings(),
+    calibration: CalibrationKind | None = None,
+) -> dict:
+    """Fit ``method`` on ``train``, calibrate on ``validation``, save into ``model``; return the report."""
+    if method not in METHODS or method == "ensemble":
+        raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(n for n in METHODS if n != 'ensemble')} "
+                          "(ensembles are trained with: incerta train CONFIG --ensemble K)")
+    potential = load_potential(model)
+    instance = METHODS[method](potential, **(options or {}))
+    return _fit_and_save(model, instance, graphs_for(potential, train), graphs_for(potential, validation), settings, calibration)
+
+
+def attach_ensemble(model: str | Path, members: Sequence[Potential], validation: Sequence[Frame],
+                    calibration: CalibrationKind | None = None) -> dict:
+    """Save ``members`` as a calibrated deep ensemble in the model folder ``model``."""
+    save_potential(members[0], model)
+    ensemble = DeepEnsemble.from_members(members)
+    return _fit_and_save(model, ensemble, [], graphs_for(members[0], validation), FitSettings(), calibration)
+
+
+def _fit_and_save(model, instance: UncertaintyMethod, train, validation, settings, calibration) -> dict:
+    started = time.perf_counter()
+    info = instance.fit(train, validation, settings)
+    instance.eval()
+    fit_time = time.perf_counter() - started
+    fitted = calibrate(instance, validation, calibration)
+    report = {"method": instance.name, "fit_time_s": fit_time, "n_train": len(train), "n_validation": len(validation),
+              "calibration": fitted.forces.kind, "fit": info}
+    save_uncertainty(model, instance, fitted, report)
+    return report

@@ -1,0 +1,93 @@
+"""Gaussian mixture on the frozen model's per-atom latent features (Zhu et al., JCP 158, 164111).
+
+The per-atom score is the negative log-likelihood NLL(h_i) of the standardised invariant
+features h_i under a mixture fitted (scikit-learn) to the training atoms, with the number
+of components chosen by BIC. The mixture is evaluated in torch, so the score is
+differentiable with respect to positions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+
+from incerta.data import keys as K
+from incerta.data.graph import AtomicGraph, batches
+from incerta.models.potential import Potential
+from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
+from incerta.uq.model import aggregate_atoms
+
+
+def latent_features(potential: Potential, graphs: Sequence[AtomicGraph], key: str = K.NODE_FEATURES) -> np.ndarray:
+    """(atoms, C) features of every atom of ``graphs`` (no forces computed)."""
+    chunks = []
+    with torch.no_grad():
+        for batch in batches(graphs, 32):
+            chunks.append(potential(batch, compute_forces=False)[key].double().numpy())
+    return np.concatenate(chunks)
+
+
+class GMMUncertainty(UncertaintyMethod):
+    """Per-atom NLL of latent features under a BIC-selected Gaussian mixture."""
+
+    name = "gmm"
+    score_kind = "log-density"
+
+    def __init__(self, potential: Potential, n_components: int = 1, max_components: int = 12) -> None:
+        super().__init__(frozen(potential))
+        dim = potential.spec.num_channels
+        self.max_components = max_components
+        self.register_buffer("center", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("log_weights", torch.zeros(n_components, dtype=torch.float64))
+        self.register_buffer("means", torch.zeros(n_components, dim, dtype=torch.float64))
+        self.register_buffer("precision_cholesky", torch.eye(dim, dtype=torch.float64).repeat(n_components, 1, 1))
+
+    def options(self) -> dict:
+        return {"n_components": int(self.log_weights.numel()), "max_components": self.max_components}
+
+    def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
+        features = latent_features(self.potential, train)
+        center, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
+        z = (features - center) / scale
+        candidates = sorted({k for k in (1, 2, 3, 4, 6, 8, 10, 12, 16) if k <= self.max_components and k < len(z) // 10} | {1})
+        fits = [GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=settings.seed, n_init=1).fit(z)
+                for k in candidates]
+        bics = [m.bic(z) for m in fits]
+        best = fits[int(np.argmin(bics))]
+        to_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)
+        self.center, self.scale = to_t(center), to_t(scale)
+        self.log_weights = to_t(np.log(best.weights_))
+        self.means, self.precision_cholesky = to_t(best.means_), to_t(best.precisions_cholesky_)
+        return {"components": best.n_components, "bic": dict(zip(map(str, candidates), map(float, bics))), "atoms": len(z)}
+
+    def negative_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C) latent features -> (N,) NLL under the mixture."""
+        z = (features.double() - self.center) / self.scale
+        diff = z.unsqueeze(1) - self.means  # (N, M, C)
+        projected = torch.einsum("nmc,mcd->nmd", diff, self.precision_cholesky)
+        log_det = torch.log(torch.diagonal(self.precision_cholesky, dim1=1, dim2=2)).sum(-1)
+        log_prob = -0.5 * projected.pow(2).sum(-1) + log_det - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+        return -torch.logsumexp(log_prob + self.log_weights, dim=1)
+
+    def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
+        out = self.potential(graph, compute_forces=True, compute_stress=compute_stress, create_graph=False)
+        nll = self.negative_log_likelihood(out[K.NODE_FEATURES])
+        return UncertainOutput(out[K.ENERGY], out[K.FORCES], nll, segment_logsumexp(nll, graph), out.get(K.STRESS),
+                               out[K.ATOMIC_ENERGIES])
+
+
+def segment_logsumexp(values: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
+    """log sum_i exp(values_i) over the atoms of each structure: (N,) -> (B,).
+
+    With per-atom variances proportional to exp(NLL_i), this is the log of the energy
+    variance of independent atoms; calibration then fits its scale and power.
+    """
+    peak = aggregate_atoms(values.detach(), graph.batch, graph.num_graphs, "max")
+    shifted = torch.exp(values - peak[graph.batch])
+    total = torch.zeros_like(peak).index_add(0, graph.batch, shifted)
+    return torch.log(total) + peak

@@ -1,0 +1,98 @@
+"""Last-layer prediction rigidity (Bigi et al. 2024): post-hoc, no retraining.
+
+The energy readout is linear in its last hidden layer phi_i (plus a bias): with
+g_b = sum_i [phi_i, 1] the energy is E_b = s w^T g_b + shift. The Gauss-Newton curvature
+of the training loss with respect to the last-layer weights w is
+
+    C = sum_b w_E g_b g_b^T / N_b^2 + sum_{i,a} w_F / (3 N_b) J_ia J_ia^T,   J_ia = dg_b / dr_ia,
+
+and the weights' posterior covariance is (C + s I)^-1. Propagated to predictions:
+force variance of atom i = sum_a J_ia^T (C + s I)^-1 J_ia (the per-atom score, as RMS of
+the force vector), energy variance = g_b^T (C + s I)^-1 g_b. The Jacobians come from one
+batched backward pass (``is_grads_batched``). The regulariser s is chosen on validation
+data (best rank correlation with force errors); calibration fixes the overall scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from incerta.data import keys as K
+from incerta.data.graph import AtomicGraph, batches
+from incerta.evaluate.uq_metrics import spearman
+from incerta.models.derivatives import derivatives, differentiable_inputs
+from incerta.models.potential import Potential
+from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
+
+
+class LLPRUncertainty(UncertaintyMethod):
+    """Last-layer covariance propagated to forces (per atom) and energies (per structure)."""
+
+    name = "llpr"
+
+    def __init__(self, potential: Potential, energy_weight: float = 0.01, forces_weight: float = 0.99) -> None:
+        super().__init__(frozen(potential))
+        size = potential.spec.readout_hidden + 1
+        self.energy_weight, self.forces_weight = energy_weight, forces_weight
+        self.register_buffer("inverse", torch.eye(size, dtype=torch.float64))
+
+    def options(self) -> dict:
+        return {"energy_weight": self.energy_weight, "forces_weight": self.forces_weight}
+
+    def _features(self, graph: AtomicGraph, compute_stress: bool = False):
+        """Outputs, per-structure g (B, H+1), Jacobian dg/dr (N, 3, H) and force/stress derivatives."""
+        inputs = differentiable_inputs(graph, forces=True, stress=compute_stress)
+        out = self.potential.evaluate(inputs.graph)
+        phi = out[K.LAST_LAYER_FEATURES]
+        total = phi.sum(0)
+        eye = torch.eye(total.numel(), dtype=total.dtype, device=total.device)
+        jacobian = torch.autograd.grad(total, inputs.positions, grad_outputs=eye, is_grads_batched=True, retain_graph=True)[0]
+        augmented = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
+        g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype).index_add(0, graph.batch, augmented)
+        grads = derivatives(out[K.ENERGY], inputs, create_graph=False)
+        return out, g.detach().double(), jacobian.detach().double().permute(1, 2, 0), grads
+
+    def _curvature(self, graphs: Sequence[AtomicGraph]) -> torch.Tensor:
+        size = self.inverse.shape[0]
+        curvature = torch.zeros(size, size, dtype=torch.float64)
+        for batch in batches(graphs, 16):
+            _, g, jacobian, _ = self._features(batch)
+            n_atoms = batch.num_atoms.double()
+            per_atom = g / n_atoms.unsqueeze(1)
+            curvature += self.energy_weight * per_atom.T @ per_atom
+            weight = self.forces_weight / (3 * n_atoms[batch.batch])
+            curvature[:-1, :-1] += torch.einsum("nah,nak,n->hk", jacobian, jacobian, weight)
+        return curvature
+
+    @staticmethod
+    def _atom_scores(jacobian: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        """RMS force uncertainty per atom: sqrt(sum_a J_ia^T [C^-1]_phi J_ia), (N,)."""
+        return torch.einsum("nah,hk,nak->n", jacobian, inverse[:-1, :-1], jacobian).clamp_min(0).sqrt()
+
+    def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
+        curvature = self._curvature(train)
+        identity = torch.eye(curvature.shape[0], dtype=torch.float64)
+        mean_diagonal = float(torch.diagonal(curvature).mean())
+        features = []
+        for batch in batches(validation, 16):
+            out, _, jacobian, grads = self._features(batch)
+            features.append((jacobian, torch.linalg.norm(grads[K.FORCES].detach() - batch.forces, dim=1)))
+        errors = np.concatenate([e.numpy() for _, e in features])
+        choices = {}
+        for relative in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
+            inverse = torch.linalg.inv(curvature + relative * mean_diagonal * identity)
+            scores = np.concatenate([self._atom_scores(j, inverse).numpy() for j, _ in features])
+            choices[relative] = (spearman(scores, errors), inverse)
+        best = max(choices, key=lambda r: choices[r][0])
+        self.inverse = choices[best][1]
+        return {"regulariser_relative": best, "validation_spearman": {str(k): v[0] for k, v in choices.items()}}
+
+    def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
+        out, g, jacobian, grads = self._features(graph, compute_stress)
+        energy = torch.einsum("bh,hk,bk->b", g, self.inverse, g).clamp_min(0).sqrt()
+        return UncertainOutput(out[K.ENERGY].detach(), grads[K.FORCES], self._atom_scores(jacobian, self.inverse),
+                               energy, grads.get(K.STRESS), out[K.ATOMIC_ENERGIES].detach())

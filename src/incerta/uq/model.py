@@ -1,0 +1,86 @@
+"""A potential with calibrated uncertainty: what calculators, evaluation and AL consume."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+from incerta.data import keys as K
+from incerta.data.graph import AtomicGraph
+from incerta.models.potential import Potential
+from incerta.uq.base import UncertaintyMethod
+from incerta.uq.calibration import Calibration
+
+Aggregate = Literal["max", "mean", "sum"]
+FORCES_UNCERTAINTY = "forces_uncertainty"  # (N,) eV/Å, predicted RMS of the force-error vector
+ENERGY_UNCERTAINTY = "energy_uncertainty"  # (B,) eV, predicted standard deviation of the energy error
+STRUCTURE_UNCERTAINTY = "structure_uncertainty"  # (B,) eV/Å, aggregate of forces_uncertainty
+ATOM_SCORE = "atom_score"  # (N,) raw per-atom score of the method
+ENERGY_SCORE = "energy_score"  # (B,) raw per-structure score of the method
+
+
+def aggregate_atoms(values: torch.Tensor, batch: torch.Tensor, num_graphs: int, how: Aggregate) -> torch.Tensor:
+    """Per-atom values (N,) -> per-structure (B,) by max, mean or sum."""
+    if how == "max":
+        out = torch.full((num_graphs,), -torch.inf, dtype=values.dtype, device=values.device)
+        return out.scatter_reduce(0, batch, values, reduce="amax", include_self=True)
+    total = torch.zeros(num_graphs, dtype=values.dtype, device=values.device).index_add(0, batch, values)
+    if how == "sum":
+        return total
+    return total / torch.bincount(batch, minlength=num_graphs).to(values.dtype)
+
+
+class UncertainPotential(nn.Module):
+    """Energy, forces and calibrated uncertainties from any :class:`UncertaintyMethod`."""
+
+    def __init__(self, method: UncertaintyMethod, calibration: Calibration, aggregate: Aggregate = "max") -> None:
+        super().__init__()
+        self.method = method
+        self.calibration = calibration
+        self.aggregate = aggregate
+
+    @property
+    def potential(self) -> Potential:
+        return self.method.potential
+
+    def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        """Predictions and uncertainties; structures holding elements the model never saw get
+        NaN energies and forces and infinite uncertainties (flagged, never predicted)."""
+        known = self.potential.species_lookup[graph.numbers.clamp(0, len(self.potential.species_lookup) - 1)] >= 0
+        if not bool(known.all()):
+            placeholder = torch.full_like(graph.numbers, self.potential.species[0])
+            graph = replace(graph, numbers=torch.where(known, graph.numbers, placeholder))
+        raw = self.method(graph, compute_stress=compute_stress)
+        sigma_atoms = self.calibration.forces(raw.atom_score)
+        out = {
+            K.ENERGY: raw.energy,
+            K.FORCES: raw.forces,
+            FORCES_UNCERTAINTY: sigma_atoms,
+            ENERGY_UNCERTAINTY: self.calibration.energy(raw.energy_score),
+            STRUCTURE_UNCERTAINTY: aggregate_atoms(sigma_atoms, graph.batch, graph.num_graphs, self.aggregate),
+            ATOM_SCORE: raw.atom_score,
+            ENERGY_SCORE: raw.energy_score,
+        }
+        if raw.stress is not None:
+            out[K.STRESS] = raw.stress
+        if raw.energies is not None:
+            out[K.ATOMIC_ENERGIES] = raw.energies
+        if not bool(known.all()):
+            _flag_unknown(out, graph, known)
+        return out
+
+
+def _flag_unknown(out: dict[str, torch.Tensor], graph: AtomicGraph, known: torch.Tensor) -> None:
+    """NaN predictions and infinite uncertainty for structures with unknown elements."""
+    bad_structures = torch.zeros(graph.num_graphs, dtype=torch.bool).index_fill(0, graph.batch[~known], True)
+    bad_atoms = bad_structures[graph.batch]
+    for key in (K.ENERGY, ENERGY_UNCERTAINTY, STRUCTURE_UNCERTAINTY):
+        fill = torch.nan if key == K.ENERGY else torch.inf
+        out[key] = out[key].detach().masked_fill(bad_structures, fill)
+    out[K.FORCES] = out[K.FORCES].detach().masked_fill(bad_atoms.unsqueeze(1), torch.nan)
+    out[FORCES_UNCERTAINTY] = out[FORCES_UNCERTAINTY].detach().masked_fill(~known, torch.inf)
+    if K.ATOMIC_ENERGIES in out:
+        out[K.ATOMIC_ENERGIES] = out[K.ATOMIC_ENERGIES].detach().masked_fill(bad_atoms, torch.nan)

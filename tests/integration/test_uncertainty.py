@@ -1,0 +1,141 @@
+"""Every uncertainty method on a small real slice of acetylacetone (train 300 K, test 300/600 K)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from scipy.spatial.transform import Rotation
+
+from incerta import IncertaCalculator
+from incerta.config import RunConfig
+from incerta.data.frame import Frame
+from incerta.data.io import read_frames
+from incerta.data.sources import prepare_splits
+from incerta.evaluate import uq_metrics
+from incerta.evaluate.predict import graphs_for
+from incerta.train.ensemble import train_ensemble
+from incerta.train.run import train_run
+from incerta.uq.base import FitSettings
+from incerta.uq.fit import fit_uncertainty
+from incerta.uq.methods import POST_TRAINING
+from incerta.uq.predict import collect
+from incerta.uq.store import load_uncertain_potential
+
+SETTINGS = {
+    "seed": 1,
+    "model": {"l_max": 1, "num_channels": 16, "num_layers": 2, "radial_hidden": [32], "readout_hidden": 16},
+    "training": {"epochs": 25, "lr": 0.01, "scheduler_patience": 5, "progress": False},
+}
+FIT = FitSettings(epochs=6, lr=0.002, progress=False)
+
+
+def run_config(acac) -> RunConfig:
+    data = {"train": {"path": str(acac / "train_300K.xyz"), "select": ":150"}, "n_val": 30,
+            "e0s": str(acac / "isolated_atoms.xyz")}
+    return RunConfig.model_validate({**SETTINGS, "data": data})
+
+
+@pytest.fixture(scope="module")
+def base_run(acac, tmp_path_factory):
+    run = tmp_path_factory.mktemp("uq") / "base"
+    config = run_config(acac)
+    train_run(config, run)
+    return run, prepare_splits(config.data, config.seed)
+
+
+@pytest.fixture(scope="module")
+def tests(acac):
+    return {t: read_frames(acac / f"test_MD_{t}.xyz")[:60] for t in ("300K", "600K")}
+
+
+@pytest.fixture(scope="module")
+def ensemble_model(acac, tmp_path_factory):
+    run = tmp_path_factory.mktemp("uq") / "ensemble"
+    train_ensemble(run_config(acac), run, members=3, workers=2)
+    return run / "model"
+
+
+def fitted(base_run, method, tmp_path):
+    """A copy of the base model with ``method`` attached."""
+    run, splits = base_run
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "potential.safetensors").write_bytes((run / "model" / "potential.safetensors").read_bytes())
+    fit_uncertainty(model, method, splits.train, splits.validation, settings=FIT)
+    return model
+
+
+def check_quality(model, tests, splits):
+    uncertain = load_uncertain_potential(model)
+    arrays = {t: collect(uncertain, graphs_for(uncertain.potential, frames)) for t, frames in tests.items()}
+    means = {t: a["forces_uncertainty"].mean() for t, a in arrays.items()}
+    assert means["600K"] > means["300K"], f"uncertainty must rise with temperature: {means}"
+    both = {k: np.concatenate([arrays["300K"][k], arrays["600K"][k]]) for k in ("forces_uncertainty", "forces_pred", "forces_ref")}
+    error = np.linalg.norm(both["forces_pred"] - both["forces_ref"], axis=1)
+    rho = uq_metrics.spearman(both["forces_uncertainty"], error)
+    assert rho > 0.15, f"per-atom Spearman {rho:.3f} not clearly above 0"
+    return uncertain, arrays
+
+
+@pytest.mark.parametrize("method", POST_TRAINING)
+def test_method_on_real_data(method, base_run, tests, tmp_path):
+    model = fitted(base_run, method, tmp_path)
+    uncertain, arrays = check_quality(model, tests, base_run[1])
+
+    # save/load round-trip gives identical uncertainties
+    again = load_uncertain_potential(model)
+    graphs = graphs_for(again.potential, tests["600K"][:5])
+    np.testing.assert_allclose(collect(again, graphs)["forces_uncertainty"],
+                               collect(uncertain, graphs)["forces_uncertainty"], rtol=1e-5)
+
+    # rotation invariance
+    atoms = tests["600K"][0].to_atoms()
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ Rotation.random(random_state=3).as_matrix().T
+    calculator = IncertaCalculator(model)
+    sigma = calculator.get_property("forces_uncertainty", atoms)
+    np.testing.assert_allclose(calculator.get_property("forces_uncertainty", rotated), sigma, rtol=1e-4, atol=1e-7)
+
+    # a structure far outside training: scores above every in-distribution structure
+    stretched = atoms.copy()
+    stretched.positions *= 1.25
+    far = calculator.get_property("structure_uncertainty", stretched)
+    assert far > np.max(arrays["300K"]["structure_uncertainty"])
+
+
+def test_unseen_element_is_flagged_not_predicted(base_run, tmp_path):
+    model = fitted(base_run, "gmm", tmp_path)
+    uncertain = load_uncertain_potential(model)
+    frames = [Frame.from_atoms(molecule("CH3CH2OH")), Frame.from_atoms(molecule("CH3Cl"))]
+    from incerta.data.graph import collate, frame_to_graph
+
+    graph = collate([frame_to_graph(f, uncertain.potential.spec.cutoff).to(dtype=torch.float32) for f in frames])
+    out = uncertain(graph)
+    assert torch.isfinite(out["energy"][0]) and torch.isnan(out["energy"][1])
+    assert torch.isinf(out["structure_uncertainty"][1]) and torch.isfinite(out["structure_uncertainty"][0])
+    chlorine = int(np.flatnonzero(frames[1].numbers == 17)[0]) + len(frames[0])
+    assert torch.isinf(out["forces_uncertainty"][chlorine])
+
+
+def test_calibration_reduces_miscalibration_on_held_out(base_run, tests, tmp_path):
+    model = fitted(base_run, "llpr", tmp_path)
+    uncertain = load_uncertain_potential(model)
+    arrays = collect(uncertain, graphs_for(uncertain.potential, tests["300K"]))
+    error = arrays["forces_pred"] - arrays["forces_ref"]
+    raw = uq_metrics.miscalibration_area(*uq_metrics.force_components(error, arrays["atom_score"]))
+    calibrated = uq_metrics.miscalibration_area(*uq_metrics.force_components(error, arrays["forces_uncertainty"]))
+    assert calibrated < 0.5 * raw and calibrated < 0.15
+
+
+def test_deep_ensemble(ensemble_model, tests, base_run):
+    uncertain, _ = check_quality(ensemble_model, tests, base_run[1])
+    assert len(uncertain.method.members) == 3
+    members = uncertain.method.members
+    assert not torch.equal(members[0].readout.hidden.weight, members[1].readout.hidden.weight), "members must differ"
+    calculator = IncertaCalculator(ensemble_model)
+    atoms = tests["300K"][0].to_atoms()
+    atoms.calc = calculator
+    assert atoms.get_potential_energy() == pytest.approx(
+        np.mean([IncertaCalculator(m).get_potential_energy(atoms) for m in members]), abs=2e-3)  # float32 at 9 keV

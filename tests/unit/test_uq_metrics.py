@@ -1,0 +1,103 @@
+"""Uncertainty metrics and calibration on hand-made inputs with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from incerta.evaluate import uq_metrics as m
+from incerta.uq.calibration import Calibration
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_spearman_and_auroc_extremes():
+    x = np.arange(10.0)
+    assert m.spearman(x, x**2) == pytest.approx(1.0)
+    assert m.spearman(x, -x) == pytest.approx(1.0), "error magnitudes are ranked, sign ignored"
+    assert m.spearman(x, 10 - x) == pytest.approx(-1.0)
+    assert m.auroc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
+    assert m.auroc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
+    assert m.auroc(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0])) == 0.5
+
+
+def test_gaussian_nll_known_value():
+    assert m.gaussian_nll(np.zeros(4), np.ones(4)) == pytest.approx(0.5 * np.log(2 * np.pi))
+    assert m.gaussian_nll(np.full(3, 2.0), np.full(3, 2.0)) == pytest.approx(0.5 * np.log(8 * np.pi) + 0.5)
+
+
+def test_calibrated_gaussian_errors_have_small_miscalibration(rng):
+    sigma = rng.uniform(0.05, 0.5, 20000)
+    errors = rng.normal(size=sigma.size) * sigma
+    assert m.miscalibration_area(errors, sigma) < 0.01
+    assert m.ence(errors, sigma) < 0.05
+    rmv, rmse = m.rmse_vs_rmv(errors, sigma)
+    np.testing.assert_allclose(rmse, rmv, rtol=0.1)
+
+
+def test_miscalibration_of_overconfident_and_underconfident(rng):
+    sigma = np.full(20000, 0.1)
+    errors = rng.normal(size=sigma.size) * sigma
+    assert m.miscalibration_area(errors, 10 * sigma) > 0.35, "10x too wide: almost everything inside every interval"
+    assert m.miscalibration_area(errors, 0.1 * sigma) > 0.35
+    assert m.ence(errors, 2 * sigma) == pytest.approx(0.5, abs=0.03)
+
+
+def test_force_components_share_the_atom_sigma():
+    errors, sigmas = m.force_components(np.ones((2, 3)), np.array([np.sqrt(3.0), 2 * np.sqrt(3.0)]))
+    np.testing.assert_allclose(sigmas, [1, 1, 1, 2, 2, 2])
+    assert errors.shape == (6,)
+
+
+def synthetic_forces(rng, sigma):
+    """Force errors (N, 3) whose vector RMS is sigma (N,)."""
+    return rng.normal(size=(sigma.size, 3)) * (sigma / np.sqrt(3))[:, None]
+
+
+def test_scale_calibration_recovers_the_factor(rng):
+    score = rng.uniform(0.01, 0.1, 5000)
+    forces = synthetic_forces(rng, 2.0 * score)
+    energy_score = rng.uniform(0.1, 1.0, 2000)
+    energy_errors = rng.normal(size=2000) * 0.5 * energy_score
+    calibration = Calibration.fit(score, forces, energy_score, energy_errors, "std")
+    assert calibration.forces.kind == "scale"
+    assert np.exp(calibration.forces.c0) == pytest.approx(2.0, rel=0.05)
+    assert np.exp(calibration.energy.c0) == pytest.approx(0.5, rel=0.05)
+
+
+def test_power_calibration_of_log_density_scores(rng):
+    nll = rng.uniform(-20, 80, 8000)
+    true_sigma = 0.02 * np.log1p(np.exp(nll - nll.min())) ** 0.5  # ~ Mahalanobis distance
+    forces = synthetic_forces(rng, true_sigma)
+    calibration = Calibration.fit(nll, forces, nll[:2000], rng.normal(size=2000) * true_sigma[:2000], "log-density")
+    assert calibration.forces.kind == "power"
+    assert calibration.forces.c1 == pytest.approx(0.5, abs=0.03)
+    assert np.exp(calibration.forces.c0) == pytest.approx(0.02, rel=0.1)
+    far = calibration.forces(np.array([1e4]))[0]
+    assert far < 10 * calibration.forces(np.array([80.0]))[0] * np.sqrt(1e4 / 100), "polynomial, not exponential"
+
+
+def test_calibration_reduces_miscalibration_on_held_out_data(rng):
+    score = rng.uniform(0.1, 1.0, 10000)
+    forces = synthetic_forces(rng, 0.05 * score**1.5)
+    fit, held = slice(0, 5000), slice(5000, None)
+    before = m.miscalibration_area(*m.force_components(forces[held], score[held]))
+    for kind in ("scale", "power", "isotonic"):
+        calibration = Calibration.fit(score[fit], forces[fit], score[fit], np.ones(5000) * 0.1, "std", kind)
+        after = m.miscalibration_area(*m.force_components(forces[held], calibration.forces(score[held])))
+        assert after < 0.5 * before and after < 0.05, kind
+
+
+def test_calibration_json_roundtrip_and_torch_path(rng):
+    score = rng.uniform(0.1, 1.0, 3000)
+    forces = synthetic_forces(rng, 0.05 * score)
+    for kind in ("power", "isotonic"):
+        calibration = Calibration.fit(score, forces, score, rng.normal(size=3000) * 0.05 * score, "std", kind)
+        again = Calibration.from_json(calibration.to_json())
+        np.testing.assert_allclose(again.forces(score), calibration.forces(score))
+        as_torch = again.forces(torch.as_tensor(score)).numpy()
+        np.testing.assert_allclose(as_torch, calibration.forces(score), rtol=1e-10)
