@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 import yaml
 
 from common import INCERTA, WORK, print_table, run_timed, shared_data, write_results
+from incerta.config import apply_overrides
 from incerta.data.io import read_frames
 from incerta.evaluate.metrics import ErrorAccumulator
 from incerta.evaluate.predict import error_metrics, graphs_for
@@ -47,15 +49,17 @@ def write_split(acac: Path, work: Path, seed: int) -> None:
     ase.io.write(work / "valid.xyz", [frames[i] for i in order[450:500]], format="extxyz")
 
 
-def run_incerta(acac: Path, work: Path, minutes: float) -> dict:
+def run_incerta(acac: Path, work: Path, minutes: float, overrides: list[str]) -> dict:
     settings = json.loads(json.dumps(INCERTA_SETTINGS))
     settings["training"]["max_time_minutes"] = minutes
+    apply_overrides(settings, overrides)
     settings["data"] = {
         "train": str(work / "train.xyz"), "validation": [str(work / "valid.xyz")],
         "e0s": str(acac / "isolated_atoms.xyz"),
     }
     config = work / "incerta.yaml"
     config.write_text(yaml.safe_dump(settings))
+    shutil.rmtree(work / "incerta", ignore_errors=True)
     wall = run_timed([INCERTA, "train", config, "--run-dir", work / "incerta", "--no-resume"], work / "incerta.log")
     model = load_potential(work / "incerta")
     history = json.loads((work / "incerta" / "metrics.json").read_text())
@@ -76,14 +80,14 @@ def run_mace(acac: Path, work: Path, minutes: float) -> dict:
     train = python.parent / "mace_run_train"
     e0s = {int(f.numbers[0]): f.energy for f in read_frames(acac / "isolated_atoms.xyz")}
     common = ["--train_file", work / "train.xyz", "--valid_file", work / "valid.xyz", "--E0s", str(e0s), *MACE_ARGS]
-    calibration = work / "mace_calibration"
-    calibration.mkdir(exist_ok=True)
+    calibration, run = work / "mace_calibration", work / "mace"
+    for folder in (calibration, run):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
     total = run_timed([train, "--name", "calib", "--max_num_epochs", "2", *common], work / "mace_calibration.log", cwd=calibration)
     stamps = _mace_epoch_times(calibration / "logs" / "calib_run-0.log")
     epoch_s = (stamps[1] - stamps[0]).total_seconds()
     epochs = max(1, int((60 * minutes - (total - 2 * epoch_s)) / epoch_s))
-    run = work / "mace"
-    run.mkdir(exist_ok=True)
     wall = run_timed([train, "--name", "mace", "--max_num_epochs", epochs, *common], work / "mace.log", cwd=run)
     tests = {}
     for name in TESTS:
@@ -104,12 +108,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per code")
     parser.add_argument("--peer", choices=["mace", "none"], default="mace")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override an incerta setting, e.g. --set model.num_layers=4")
     args = parser.parse_args()
     acac = shared_data() / "botnet" / "dataset_acac"
     work = WORK / "accuracy_acac"
     work.mkdir(parents=True, exist_ok=True)
     write_split(acac, work, args.seed)
-    results = {"incerta": run_incerta(acac, work, args.minutes)}
+    results = {"incerta": run_incerta(acac, work, args.minutes, args.overrides)}
     if args.peer == "mace":
         results["mace"] = run_mace(acac, work, args.minutes)
     rows = []
@@ -124,7 +130,8 @@ def main() -> None:
         ratios = {name: results["incerta"]["tests"][name]["forces_rmse_meV_per_A"] / results["mace"]["tests"][name]["forces_rmse_meV_per_A"]
                   for name in TESTS}
         print("\nforce RMSE ratio incerta / MACE: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) + " (goal <= 0.8)")
-    write_results("accuracy_acac", {"budget_minutes": args.minutes, "settings": {"incerta": INCERTA_SETTINGS, "mace": MACE_ARGS},
+    incerta_settings = apply_overrides(json.loads(json.dumps(INCERTA_SETTINGS)), args.overrides)
+    write_results("accuracy_acac", {"budget_minutes": args.minutes, "settings": {"incerta": incerta_settings, "mace": MACE_ARGS},
                                     "results": results, "force_rmse_ratio_incerta_over_mace": ratios})
 
 

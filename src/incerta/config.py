@@ -28,7 +28,7 @@ class DataSource(Schema):
     """One labelled file. A plain string in YAML is shorthand for ``{path: ...}``."""
 
     path: Path
-    format: Literal["auto", "extxyz", "npz", "n2p2", "spookynet", "mlearn"] = "auto"
+    format: Literal["auto", "extxyz", "npz", "n2p2", "spookynet", "mlearn", "hdf5"] = "auto"
     keys: dict[Literal["energy", "forces", "stress", "virial", "charge", "spin", "atomic_charges", "dipole"], str] = {}
     energy_unit: str | None = None
     length_unit: str | None = None
@@ -115,6 +115,9 @@ class ModelConfig(Schema):
     cutoff_p: int = Field(6, ge=2, description="order of the polynomial cutoff envelope")
     radial_hidden: list[int] = Field([64, 64], description="hidden widths of the radial MLP")
     readout_hidden: int = Field(32, ge=1, description="hidden width of the energy readout")
+    electronic_embedding: bool = Field(False, description="total charge and spin (info['charge'], info['spin']) as inputs")
+    global_attention: bool = Field(False, description="learned non-local block: every atom sees the whole structure")
+    electrostatics: Literal["none", "qeq"] = Field("none", description="qeq: charge equilibration + Coulomb/Ewald energy")
     dtype: Literal["float32", "float64"] = "float32"
 
 
@@ -129,9 +132,15 @@ class TrainingConfig(Schema):
     energy_weight: float = Field(0.01, ge=0, description="weight of the per-atom energy MSE (eV^2)")
     forces_weight: float = Field(0.99, ge=0, description="weight of the force MSE ((eV/Å)^2)")
     stress_weight: float = Field(0.0, ge=0, description="weight of the stress MSE ((eV/Å^3)^2)")
+    charges_weight: float = Field(0.0, ge=0, description="weight of the atomic-charge MSE (e^2), needs reference charges")
+    dipole_weight: float = Field(0.0, ge=0, description="weight of the dipole MSE ((e Å)^2), needs reference dipoles")
     scheduler_patience: int = Field(100, ge=0, description="epochs without improvement before the lr is reduced")
     scheduler_factor: float = Field(0.5, gt=0, lt=1)
     min_lr: float = Field(1e-6, ge=0)
+    lr_decay_fraction: float = Field(
+        0.2, ge=0, lt=1,
+        description="final fraction of the budget (epochs or max_time_minutes) over which the lr decays linearly to min_lr",
+    )
     ema_decay: float = Field(0.99, ge=0, lt=1, description="exponential moving average of weights (0 = off)")
     clip_grad_norm: float | None = Field(10.0, gt=0)
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without improvement")
@@ -212,9 +221,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run configuration; relative data paths are taken from the file's folder."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as err:
@@ -223,18 +230,198 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (data, model, training)")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run configuration; relative data paths are taken from the file's folder."""
+    return load_experiment(path, RunConfig, overrides)
+
+
+class FitSection(Schema):
+    """Budget of the uncertainty methods that train (ledl, shallow, svgp, lnk)."""
+
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.002, gt=0)
+    batch_size: int = Field(5, ge=1)
+    calibration: Literal["scale", "power", "isotonic"] | None = None
+
+
+class ShiftSection(Schema):
+    """Temperature-shift (or any labelled-groups) experiment."""
+
+    groups: dict[str, DataSource] = Field(..., description="ordered test groups; the first is in-distribution")
+    methods: list[str] = ["gmm", "llpr", "svgp"]
+    ensemble: int = Field(0, ge=0, description="members of a deep ensemble to add (0 = none)")
+    model: Path | None = Field(None, description="use this trained model folder instead of training one")
+    aggregate: Literal["max", "mean", "sum"] = "max"
+    max_frames: int | None = Field(None, ge=2, description="frames used per group")
+    fit: FitSection = FitSection()
+
+    @field_validator("groups")
+    @classmethod
+    def _two_groups(cls, value: dict) -> dict:
+        if len(value) < 2:
+            raise ValueError("give at least two groups (in-distribution first)")
+        return value
+
+
+class ShiftConfig(RunConfig):
+    """A run configuration (used to train the model) plus the ``shift`` section."""
+
+    shift: ShiftSection
+
+
+class OODDataset(Schema):
+    train: DataSource
+    test: DataSource
+
+
+class OODSection(Schema):
+    """One model per dataset, every model tested on every dataset."""
+
+    datasets: dict[str, OODDataset]
+    methods: list[str] = ["gmm", "llpr"]
+    n_train: int | None = Field(None, ge=1, description="training frames per dataset")
+    n_val: int = Field(50, ge=1)
+    max_test: int | None = Field(None, ge=4, description="test frames used per dataset")
+    aggregate: Literal["max", "mean", "sum"] = "max"
+    fit: FitSection = FitSection()
+    e0s: dict[str, float] | DataSource | None = None
+
+    @field_validator("datasets")
+    @classmethod
+    def _two_datasets(cls, value: dict) -> dict:
+        if len(value) < 2:
+            raise ValueError("give at least two datasets")
+        return value
+
+
+class OODConfig(Schema):
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    ood: OODSection
+
+
+def load_experiment(path: str | Path, schema: type[Schema], overrides: list[str] = ()) -> Schema:
+    """Read a YAML experiment configuration with the same checks and messages as run configs."""
+    path = Path(path)
+    raw = _read_yaml(path)
     raw = apply_overrides(raw, list(overrides))
     try:
-        config = RunConfig.model_validate(raw)
+        config = schema.model_validate(raw)
     except ValidationError as err:
-        raise explain(err, RunConfig, str(path)) from None
-    return resolve_paths(config, path.parent)
-
-
-def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
-    """Make relative data paths absolute with respect to ``base``."""
-    data = config.data
-    for source in [*data.train, *data.validation, *data.test] + ([data.e0s] if isinstance(data.e0s, DataSource) else []):
+        raise explain(err, schema, str(path)) from None
+    for source in _sources(config):
         if not source.path.is_absolute():
-            source.path = (base / source.path).resolve()
+            source.path = (path.parent / source.path).resolve()
+    model = getattr(getattr(config, "shift", None), "model", None)
+    if model is not None and not model.is_absolute():
+        config.shift.model = (path.parent / model).resolve()
     return config
+
+
+def _sources(node) -> list[DataSource]:
+    """Every DataSource inside a config tree."""
+    if isinstance(node, DataSource):
+        return [node]
+    if isinstance(node, BaseModel):
+        return [s for name in type(node).model_fields for s in _sources(getattr(node, name))]
+    if isinstance(node, (list, tuple)):
+        return [s for item in node for s in _sources(item)]
+    if isinstance(node, dict):
+        return [s for item in node.values() for s in _sources(item)]
+    return []
+
+
+class OracleSection(Schema):
+    """Reference calculator: tblite | pyscf | emt | ase | lookup, with its options."""
+
+    type: Literal["tblite", "pyscf", "emt", "ase", "lookup"] = "tblite"
+    options: dict[str, Any] = {}
+
+
+class MDSection(Schema):
+    """Langevin MD driven by the current model."""
+
+    temperature_K: float = Field(300.0, gt=0)
+    steps: int = Field(1000, ge=1)
+    timestep_fs: float = Field(0.5, gt=0)
+    friction_per_fs: float = Field(0.02, gt=0)
+    check_every: int = Field(10, ge=1, description="steps between uncertainty checks")
+    on_threshold: Literal["branch", "stop"] = Field(
+        "branch", description="when an atom passes the threshold: keep the frame and restart from the last safe one, or stop")
+
+
+class AttackSection(Schema):
+    """Gradient ascent on the model's uncertainty with a Boltzmann penalty on energy."""
+
+    steps: int = Field(40, ge=1)
+    step_size: float = Field(0.01, gt=0, description="Å per step (Adam learning rate on displacements)")
+    temperature_K: float = Field(600.0, gt=0, description="kT of the energy penalty")
+    min_distance: float = Field(0.7, gt=0, description="Å; stop before any two atoms come closer")
+    per_structure: int = Field(1, ge=1, description="perturbed copies per starting structure")
+
+
+class CandidateSection(Schema):
+    """Where candidates come from."""
+
+    source: Literal["pool", "md", "attack"] = "pool"
+    pool: list[DataSource] = Field([], description="frames to choose from (source: pool)")
+    structures: list[DataSource] = Field([], description="starting structures (source: md or attack)")
+    max_candidates: int = Field(100, ge=1, description="per iteration (md / attack)")
+    md: MDSection = MDSection()
+    attack: AttackSection = AttackSection()
+
+    _lists = field_validator("pool", "structures", mode="before")(_as_list)
+
+
+class SelectionSection(Schema):
+    strategy: Literal["uncertainty", "random"] = "uncertainty"
+    threshold: float = Field(0.0, ge=0, description="eV/Å: label only structures whose uncertainty exceeds this")
+    thresholds_by_formula: dict[str, float] = Field({}, description="per-system thresholds, e.g. {C5H8O2: 0.2}")
+    batch_size: int = Field(10, ge=1, description="labels per iteration")
+    diversity: Literal["fps", "none"] = "fps"
+
+
+class StopSection(Schema):
+    max_labels: int = Field(100, ge=1)
+    max_iterations: int = Field(10, ge=1)
+    target_force_rmse_meV_per_A: float | None = Field(None, gt=0, description="stop when validation error is below")
+
+
+class ClusterSection(Schema):
+    """Dask: a LocalCluster by default, or a scheduler address (e.g. from dask-jobqueue on SLURM)."""
+
+    scheduler: str | None = None
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    retries: int = Field(1, ge=0)
+    time_limit_s: float | None = Field(None, gt=0)
+
+
+class UncertaintySection(Schema):
+    method: str = "llpr"
+    options: dict[str, Any] = {}
+    fit: FitSection = FitSection()
+
+
+class ActiveSection(Schema):
+    oracle: OracleSection = OracleSection()
+    candidates: CandidateSection = CandidateSection()
+    uncertainty: UncertaintySection = UncertaintySection()
+    selection: SelectionSection = SelectionSection()
+    stop: StopSection = StopSection()
+    retrain: Literal["warm", "scratch"] = "warm"
+    epochs_per_iteration: int | None = Field(None, ge=1, description="training epochs after each labelling round")
+    cluster: ClusterSection = ClusterSection()
+    test: list[DataSource] = Field([], description="extra labelled sets for the learning curves")
+
+    _lists = field_validator("test", mode="before")(_as_list)
+
+
+class ALConfig(RunConfig):
+    """A run configuration (initial data, model, training) plus the ``active`` section."""
+
+    active: ActiveSection

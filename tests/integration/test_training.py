@@ -18,7 +18,7 @@ from incerta.data.graph import frame_to_graph
 from incerta.data.io import read_frames
 from incerta.data.sources import prepare_splits
 from incerta.evaluate.predict import error_metrics, graphs_for
-from incerta.models.build import build_potential
+from incerta.models.build import DataStatistics, build_potential
 from incerta.train.checkpoint import load_potential, load_training_state
 from incerta.train.losses import LossWeights
 from incerta.train.run import train_run
@@ -46,7 +46,7 @@ def test_training_lowers_validation_error(tmp_path, acac):
     splits = prepare_splits(config.data, config.seed)
     train_graphs = [frame_to_graph(f, config.model.cutoff) for f in splits.train]
     e0s = read_frames(acac / "isolated_atoms.xyz")
-    untrained = build_potential(config.model, splits.train, train_graphs, e0s, config.seed)
+    untrained = build_potential(config.model, DataStatistics.from_frames(splits.train, train_graphs, e0s), config.seed)
     before = error_metrics(untrained, graphs_for(untrained, splits.validation))
     after = train_run(config, tmp_path / "run")["validation"]
     weights = LossWeights(config.training.energy_weight, config.training.forces_weight)

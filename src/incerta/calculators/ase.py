@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ class IncertaCalculator(Calculator):
     ``min_distance`` Å), raise a clear error instead of returning a meaningless number.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", *UNCERTAINTY_KEYS]
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", "charges", "dipole",
+                              *UNCERTAINTY_KEYS]
 
     def __init__(
         self,
@@ -59,6 +61,21 @@ class IncertaCalculator(Calculator):
         self.device = device
         self.min_distance = min_distance
         self.annotate = annotate
+        self._warned_state = False
+
+    def _check_electronic_state(self, atoms: Atoms) -> None:
+        """A model trained with total charge/spin needs them; warn once when they are missing."""
+        if not self.potential.spec.electronic_embedding or self._warned_state:
+            return
+        missing = [name for name, keys in (("charge", ("charge", "total_charge")), ("spin", ("spin", "total_spin")))
+                   if not any(k in atoms.info for k in keys)]
+        if missing:
+            warnings.warn(
+                f"this model takes the total charge and spin as inputs, but atoms.info has no {' or '.join(missing)}; "
+                "assuming a neutral singlet (set atoms.info['charge'] = Q and atoms.info['spin'] = unpaired electrons)",
+                stacklevel=3,
+            )
+            self._warned_state = True
 
     @property
     def has_uncertainty(self) -> bool:
@@ -67,6 +84,7 @@ class IncertaCalculator(Calculator):
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         frame = Frame.from_atoms(self.atoms, source="atoms")
+        self._check_electronic_state(self.atoms)
         check_species(self.potential, [frame])
         problems = frame_problems(frame, min_distance=self.min_distance)
         if problems:
@@ -89,6 +107,10 @@ class IncertaCalculator(Calculator):
             self.results["energies"] = as_np(outputs[K.ATOMIC_ENERGIES])
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(as_np(outputs[K.STRESS][0]))
+        if K.ATOMIC_CHARGES in outputs:
+            self.results["charges"] = as_np(outputs[K.ATOMIC_CHARGES])
+            if not periodic:
+                self.results["dipole"] = as_np(outputs[K.DIPOLE][0])
         if self.has_uncertainty:
             self.results[FORCES_UNCERTAINTY] = as_np(outputs[FORCES_UNCERTAINTY])
             self.results[ENERGY_UNCERTAINTY] = float(outputs[ENERGY_UNCERTAINTY][0].detach())

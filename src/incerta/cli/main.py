@@ -38,21 +38,31 @@ def train(
     resume: bool = typer.Option(True, help="Resume the run found in --run-dir, if any."),
     ensemble: int = typer.Option(1, "--ensemble", min=1, help="Train a deep ensemble of this many members."),
     workers: Optional[int] = typer.Option(None, help="Ensemble members trained at once (default: one per core)."),
+    nprocs: int = typer.Option(1, "--nprocs", min=1, help="Data-parallel processes on this machine (gloo/NCCL)."),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address for ensemble members."),
 ) -> None:
     """Train a potential (or a deep ensemble); the model lands in RUN_DIR/model."""
     from incerta.config import load_config
+    from incerta.train.distributed import init_from_environment, is_main
     from incerta.train.ensemble import train_ensemble
-    from incerta.train.run import train_run
+    from incerta.train.run import train_run, train_run_parallel
 
     try:
         cfg = load_config(config, overrides)
         target = run_dir or Path("runs") / config.stem
         if ensemble > 1:
-            report = train_ensemble(cfg, target, ensemble, workers)
+            report = train_ensemble(cfg, target, ensemble, workers, scheduler)
             console.print(f"deep ensemble of {report['fit']['members']} members calibrated on {report['n_validation']} "
                           f"validation structures: {target / 'model'}")
             return
-        metrics = train_run(cfg, target, resume=resume)
+        if nprocs > 1:
+            metrics = train_run_parallel(cfg, target, nprocs, resume)
+        elif init_from_environment():  # started by torchrun / srun
+            metrics = train_run(cfg, target, resume=resume)
+            if not is_main():
+                return
+        else:
+            metrics = train_run(cfg, target, resume=resume)
     except USER_ERRORS as err:
         fail(err)
     print_metrics({"validation": metrics["validation"], **metrics["test"]})
@@ -186,6 +196,197 @@ def uq_fit(
         fail(ConfigError(f"method '{method}' does not take these options: {err}"))
     console.print(f"{method}: fitted in {report['fit_time_s']:.1f} s on {report['n_train']} structures, "
                   f"calibrated ({report['calibration']}) on {report['n_validation']}; saved in {model}")
+
+
+@uq_app.command("shift")
+def uq_shift(
+    config: Path = typer.Argument(..., help="Experiment YAML (see configs/uq_shift_acac.yaml)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/<config name>)."),
+    overrides: List[str] = typer.Option([], "--set", "-s", help="Override a config value."),
+) -> None:
+    """Uncertainty under distribution shift: train, attach methods, compare test groups."""
+    from incerta.config import ShiftConfig, load_experiment
+    from incerta.evaluate.shift import run_shift, table_rows
+
+    try:
+        cfg = load_experiment(config, ShiftConfig, overrides)
+        target = out or Path("runs") / config.stem
+        results = run_shift(cfg, target).results
+    except USER_ERRORS as err:
+        fail(err)
+    header, rows = table_rows(results)
+    print_rows("uncertainty under shift", header, rows)
+    console.print(f"report: {target / 'report.html'}   results: {target / 'results.json'}")
+
+
+@uq_app.command("ood")
+def uq_ood(
+    config: Path = typer.Argument(..., help="Experiment YAML (see configs/uq_ood_rmd17.yaml)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/<config name>)."),
+    overrides: List[str] = typer.Option([], "--set", "-s", help="Override a config value."),
+) -> None:
+    """Out-of-distribution detection: one model per dataset, tested on every dataset."""
+    from incerta.config import OODConfig, load_experiment
+    from incerta.evaluate.ood import run_ood
+
+    try:
+        cfg = load_experiment(config, OODConfig, overrides)
+        target = out or Path("runs") / config.stem
+        results = run_ood(cfg, target)
+    except USER_ERRORS as err:
+        fail(err)
+    names = results["datasets"]
+    for method, result in results["methods"].items():
+        print_rows(f"AUROC {method} (rows: trained on; columns: tested on)", ["trained on", *names],
+                   [[n, *row] for n, row in zip(names, result["auroc"])])
+    console.print(f"report: {target / 'report.html'}   results: {target / 'results.json'}")
+
+
+al_app = typer.Typer(help="Active learning: label only what the model is unsure about.", no_args_is_help=True)
+app.add_typer(al_app, name="al")
+
+
+@al_app.command("run")
+def al_run(
+    config: Optional[Path] = typer.Argument(None, help="Active-learning YAML (see configs/al_acac_xtb.yaml)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<config name>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    overrides: List[str] = typer.Option([], "--set", "-s", help="Override a config value."),
+) -> None:
+    """Select uncertain structures, label them with the oracle, retrain, repeat."""
+    from incerta.active.loop import ActiveLearning
+    from incerta.active.report import learning_rows
+    from incerta.config import ALConfig, load_experiment
+
+    try:
+        if resume is not None:
+            if config is not None:
+                raise ConfigError("give either CONFIG or --resume DIR, not both")
+            target, cfg = resume, load_experiment(resume / "config.yaml", ALConfig, overrides)
+        elif config is not None:
+            target = out or Path("runs") / config.stem
+            cfg = load_experiment(config, ALConfig, overrides)
+            if (target / "journal.jsonl").exists():
+                raise ConfigError(f"{target} already holds an active-learning run; use --resume {target}")
+        else:
+            raise ConfigError("give a CONFIG file or --resume DIR")
+        loop = ActiveLearning(cfg, target)
+        reason = loop.run()
+    except USER_ERRORS as err:
+        fail(err)
+    rows = learning_rows(loop.state)
+    keys = [k for k in rows[0] if k.endswith("(meV/Å)")] if rows else []
+    print_rows("learning curve", ["iteration", "labels", *keys], [[r["iteration"], r["n_labels"], *[r[k] for k in keys]] for r in rows])
+    console.print(f"stopped: {reason}; labels in {target / 'labelled.xyz'}; report {target / 'report.html'}")
+
+
+@app.command()
+def md(
+    model: Path = typer.Argument(..., help="Model folder (with an uncertainty attached for watching)."),
+    structure: Path = typer.Argument(..., help="Starting structure (any ASE-readable file; last frame used)."),
+    temperature: float = typer.Option(300.0, "--temperature", "-T", help="Langevin temperature (K)."),
+    steps: int = typer.Option(1000, help="MD steps."),
+    timestep: float = typer.Option(0.5, help="Time step (fs)."),
+    max_uncertainty: Optional[float] = typer.Option(None, help="Flag frames above this force uncertainty (eV/Å)."),
+    stop: bool = typer.Option(False, help="Stop at the first flagged frame (default: keep going)."),
+    check_every: int = typer.Option(10, help="Steps between uncertainty checks."),
+    out: Path = typer.Option(Path("md-output"), "--out", "-o", help="Folder for log.csv, trajectory and flagged frames."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Uncertainty-aware Langevin MD: logs energy, temperature and the largest atomic uncertainty,
+    and saves flagged frames (flagged.xyz) for labelling."""
+    import csv
+
+    import ase.io
+
+    from incerta.calculators.ase import IncertaCalculator
+    from incerta.calculators.md import run_watched_md
+
+    try:
+        calculator = IncertaCalculator(model)
+        if max_uncertainty is not None and not calculator.has_uncertainty:
+            raise ConfigError(f"{model} has no uncertainty attached; run `incerta uq fit` first")
+        atoms = ase.io.read(structure, index=-1)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "log.csv", "w", newline="") as handle:
+            writer = None
+
+            def log(row: dict) -> None:
+                nonlocal writer
+                if writer is None:
+                    writer = csv.DictWriter(handle, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                handle.flush()
+
+            result = run_watched_md(atoms, calculator, temperature, steps, max_uncertainty, check_every,
+                                    "stop" if stop else "branch", timestep, seed=seed, on_check=log)
+        if result.flagged:
+            ase.io.write(out / "flagged.xyz", result.flagged, format="extxyz")
+    except USER_ERRORS as err:
+        fail(err)
+    last = result.log[-1]
+    console.print(f"{len(result.log) * check_every if result.stopped_at is None else result.stopped_at} steps; "
+                  f"final T {last['temperature_K']:.0f} K; {len(result.flagged)} flagged frames"
+                  + (f" in {out / 'flagged.xyz'}" if result.flagged else "") + f"; log {out / 'log.csv'}")
+
+
+data_app = typer.Typer(help="Make and inspect data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("generate")
+def data_generate(
+    system: str = typer.Argument(..., help="ag3 (Ag3+/Ag3-), c10h2 (C10H2/C10H3+) or nacl (Na8Cl8/Na9Cl8+)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Extended XYZ file to write."),
+    frames: int = typer.Option(100, help="MD frames per structure (each labelled in every charge state)."),
+    temperature: float = typer.Option(1000.0, help="MD temperature (K) for sampling geometries."),
+    oracle: str = typer.Option("tblite", help="tblite (GFN2-xTB) or pyscf (PBE/def2-SVP)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Sample geometries by MD and label them with a reference calculator, in each charge state."""
+    import sys
+
+    import ase.io
+
+    from incerta.data.generate import SYSTEMS, generate
+    from incerta.utils.files import atomic_write
+
+    if system not in SYSTEMS:
+        fail(ConfigError(f"unknown system '{system}'; choose one of {', '.join(SYSTEMS)}"))
+    if oracle not in ("tblite", "pyscf"):
+        fail(ConfigError(f"--oracle: expected tblite or pyscf, got '{oracle}'"))
+    made = generate(system, frames, temperature, oracle, seed, command=" ".join(["incerta", *sys.argv[1:]]))
+    atomic_write(out, lambda tmp: ase.io.write(tmp, [f.to_atoms() for f in made], format="extxyz"))
+    console.print(f"{len(made)} labelled structures written to {out}")
+
+
+@data_app.command("convert")
+def data_convert(
+    inputs: List[Path] = typer.Argument(..., help="Labelled files in any supported format."),
+    out: Path = typer.Option(..., "--out", "-o", help="The on-disk store to write (.h5)."),
+    cutoff: float = typer.Option(5.0, help="Neighbour-list cutoff (Å); must equal the model's cutoff."),
+) -> None:
+    """Preprocess data into an HDF5 store with neighbour lists, read lazily during training."""
+    from incerta.data.io import read_frames
+    from incerta.data.store import write_store
+
+    try:
+        frames = (f for path in inputs for f in read_frames(path, require=("energy", "forces")))
+        count = write_store(out, frames, cutoff)
+    except USER_ERRORS as err:
+        fail(err)
+    console.print(f"{count} structures written to {out} (cutoff {cutoff} Å)")
+
+
+def print_rows(title: str, header: list[str], rows: list[list]) -> None:
+    """A plain table; floats with 3 decimals."""
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name, justify="right", overflow="fold")
+    for row in rows:
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    Console(width=max(Console().width, 160)).print(table)
 
 
 def main() -> None:

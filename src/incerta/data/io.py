@@ -8,6 +8,7 @@ format             files                       units in the file (converted on r
 ``n2p2``           ``input.data``              Hartree, Bohr, Hartree/Bohr
 ``spookynet``      ``*.db`` (SQLite)           eV, Å, eV/Å, e·Å
 ``mlearn``         ``*.json`` (Zuo et al.)     eV, Å, eV/Å, stress in kBar (VASP sign)
+``hdf5``           ``*.h5`` (incerta store)    eV, Å, eV/Å (``incerta data convert``)
 =================  ==========================  =========================================
 
 Every reader checks each frame (see :mod:`incerta.data.validation`) and raises one
@@ -89,7 +90,7 @@ def read_extxyz(path: str | Path, keys: KeyMap = KeyMap(), energy_unit: float = 
     frames: list[Frame] = []
     try:
         for index, atoms in enumerate(ase.io.iread(path, index=":", format="extxyz")):
-            frames.append(_frame_from_atoms(atoms, f"{path}, frame {index}", keys, energy_unit, length_unit))
+            frames.append(frame_from_atoms(atoms, f"{path}, frame {index}", keys, energy_unit, length_unit))
     except DataError:
         raise
     except Exception as err:  # ASE raises many types for malformed text
@@ -102,7 +103,7 @@ def read_extxyz(path: str | Path, keys: KeyMap = KeyMap(), energy_unit: float = 
     return frames
 
 
-def _frame_from_atoms(atoms: ase.Atoms, source: str, keys: KeyMap, e_unit: float, l_unit: float) -> Frame:
+def frame_from_atoms(atoms: ase.Atoms, source: str, keys: KeyMap, e_unit: float, l_unit: float) -> Frame:
     frame = Frame.from_atoms(atoms, source)
     frame.positions = frame.positions * l_unit
     frame.cell = frame.cell * l_unit
@@ -306,8 +307,16 @@ def read_mlearn(path: str | Path) -> list[Frame]:
     return frames
 
 
+def read_store(path: str | Path) -> list[Frame]:
+    """An incerta on-disk graph store (``incerta data convert``), materialised as frames."""
+    from incerta.data.store import GraphStore, store_frames
+
+    return store_frames(GraphStore(path))
+
+
 READERS: dict[str, Callable[..., list[Frame]]] = {
     "extxyz": read_extxyz, "npz": read_npz, "n2p2": read_n2p2, "spookynet": read_spookynet, "mlearn": read_mlearn,
+    "hdf5": read_store,
 }
 
 
@@ -326,6 +335,8 @@ def guess_format(path: str | Path) -> str:
         return "spookynet"
     if name.endswith(".json"):
         return "mlearn"
+    if name.endswith((".h5", ".hdf5")):
+        return "hdf5"
     raise DataError(f"{path}: cannot tell the format from the name; give format: one of {sorted(READERS)}")
 
 
@@ -355,7 +366,7 @@ def read_frames(
             continue
         if value not in table:
             raise DataError(f"{path}: unknown {name} '{value}', expected one of {sorted(table)}")
-        if fmt in ("spookynet", "mlearn"):
+        if fmt in ("spookynet", "mlearn", "hdf5"):
             raise DataError(f"{path}: the {fmt} format has fixed units; remove {name}")
         kwargs[name] = table[value]
     frames = READERS[fmt](path, **kwargs)

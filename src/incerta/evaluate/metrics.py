@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import torch
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
+from incerta.train.distributed import all_reduce_sum
 
 
 @dataclass
@@ -65,6 +66,10 @@ class ErrorAccumulator:
             self.n_stress_components += stress_error.size
             self.stress_abs += float(np.abs(stress_error).sum())
             self.stress_sq += float(np.square(stress_error).sum())
+
+    def reduced(self) -> "ErrorAccumulator":
+        """The sums over all ranks of a distributed run (itself when not distributed)."""
+        return ErrorAccumulator(*[type(v)(t) for v, t in zip(astuple(self), all_reduce_sum([float(v) for v in astuple(self)]))])
 
     def result(self) -> dict[str, float]:
         out: dict[str, float] = {"n_structures": self.n_structures}

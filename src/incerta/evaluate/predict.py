@@ -48,12 +48,13 @@ def predict_batches(
         yield batch, {k: v.detach() for k, v in outputs.items()}
 
 
-def error_metrics(model: Potential, graphs: Sequence[AtomicGraph], batch_size: int = 16) -> dict[str, float]:
-    """Energy / force (/ stress) MAE and RMSE of ``model`` on labelled ``graphs``."""
+def error_metrics(model: Potential, graphs: Sequence[AtomicGraph], batch_size: int = 16, reduce: bool = False) -> dict[str, float]:
+    """Energy / force (/ stress) MAE and RMSE of ``model`` on labelled ``graphs``; with
+    ``reduce``, the sums of all ranks of a distributed run are combined."""
     accumulator = ErrorAccumulator()
     for batch, outputs in predict_batches(model, graphs, batch_size):
         accumulator.update(outputs, batch)
-    return accumulator.result()
+    return (accumulator.reduced() if reduce else accumulator).result()
 
 
 def collect_predictions(model: Potential, graphs: Sequence[AtomicGraph], batch_size: int = 16) -> dict[str, np.ndarray]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from incerta.data.frame import Frame
+from incerta.data.graph import AtomicGraph
 from incerta.evaluate import plots
-from incerta.evaluate.predict import collect_predictions, graphs_for
+from incerta.evaluate.predict import collect_predictions
 from incerta.evaluate.report import Report
 from incerta.models.potential import Potential
 
@@ -19,11 +19,19 @@ METRIC_COLUMNS = [
 
 
 def write_training_report(
-    folder: Path, model: Potential, metrics: dict, datasets: dict[str, Sequence[Frame]], history: list[dict]
+    folder: Path, model: Potential, metrics: dict, datasets: dict[str, Sequence[AtomicGraph]], history: list[dict]
 ) -> Path:
-    """report.html in ``folder`` for the exported ``model`` evaluated on ``datasets``."""
-    spec = model.spec
+    """report.html in ``folder`` for the exported ``model`` evaluated on ``datasets`` (graphs)."""
     report = Report("incerta training report", folder)
+    add_training_sections(report, model, metrics, datasets, history)
+    return report.write()
+
+
+def add_training_sections(
+    report: Report, model: Potential, metrics: dict, datasets: dict[str, Sequence[AtomicGraph]], history: list[dict]
+) -> None:
+    """Errors table, parity plots, error histograms and learning curve."""
+    spec = model.spec
     report.text(
         f"Model: l_max={spec.l_max}, {spec.num_channels} channels, {spec.num_layers} interaction layers, "
         f"cutoff {spec.cutoff} Å, {sum(p.numel() for p in model.parameters())} parameters. "
@@ -32,7 +40,7 @@ def write_training_report(
     report.heading("Errors")
     results = {"validation": metrics["validation"], **metrics["test"]}
     report.table(["data"] + [c for c, _ in METRIC_COLUMNS], [[name] + [r[k] for _, k in METRIC_COLUMNS] for name, r in results.items()])
-    predictions = {name: collect_predictions(model, graphs_for(model, frames)) for name, frames in datasets.items()}
+    predictions = {name: collect_predictions(model, graphs) for name, graphs in datasets.items()}
     report.heading("Parity")
     report.figure(plots.parity(predictions), "parity", "Predicted against reference energies and forces.")
     report.heading("Error distributions")
@@ -40,4 +48,3 @@ def write_training_report(
     if history:
         report.heading("Learning curve")
         report.figure(plots.learning_curve(history), "learning_curve", "Validation errors (EMA weights) and learning rate.")
-    return report.write()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -10,34 +11,39 @@ import torch
 from incerta.config import ModelConfig
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph
+from incerta.data.store import GraphStore
 from incerta.data.statistics import force_rms, reference_energies, species_of
 from incerta.models.potential import Potential, PotentialSpec
 
 
-def average_neighbors(graphs: Sequence[AtomicGraph]) -> float:
-    """Mean number of neighbours per atom (at least 1)."""
-    edges = sum(g.edge_index.shape[1] for g in graphs)
-    atoms = sum(g.positions.shape[0] for g in graphs)
-    return max(edges / max(atoms, 1), 1.0)
+@dataclass
+class DataStatistics:
+    """What the model's normalisation takes from the training data.
 
-
-def build_potential(
-    config: ModelConfig,
-    frames: Sequence[Frame],
-    graphs: Sequence[AtomicGraph],
-    e0s=None,
-    seed: int = 0,
-    species: Sequence[int] | None = None,
-) -> Potential:
-    """A freshly initialised potential whose shift/scale/normalisation fit ``frames``.
-
-    ``e0s``: isolated-atom energies (mapping or one-atom frames) or None to fit them;
-    ``species``: elements the model must know (default: those in ``frames``).
+    species: atomic numbers; shift: per-species reference energy (eV); scale: energy scale
+    (eV, RMS of force components times 1 Å); avg_num_neighbors: mean edges per atom.
     """
-    species = sorted(set(species or []) | set(species_of(frames)))
-    shift = reference_energies(frames, species, e0s)
+
+    species: list[int]
+    shift: list[float]
+    scale: float
+    avg_num_neighbors: float
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Frame], graphs: Sequence[AtomicGraph], e0s=None,
+                    species: Sequence[int] = ()) -> "DataStatistics":
+        """``e0s``: isolated-atom energies (mapping or one-atom frames) or None to fit them."""
+        all_species = sorted(set(species) | set(species_of(frames)))
+        shift = reference_energies(frames, all_species, e0s)
+        edges = sum(g.edge_index.shape[1] for g in graphs)
+        atoms = sum(g.positions.shape[0] for g in graphs)
+        return cls(all_species, [float(x) for x in np.asarray(shift)], force_rms(frames), max(edges / max(atoms, 1), 1.0))
+
+
+def build_potential(config: ModelConfig, statistics: DataStatistics, seed: int = 0) -> Potential:
+    """A freshly initialised potential normalised by ``statistics``."""
     spec = PotentialSpec(
-        species=species,
+        species=list(statistics.species),
         cutoff=config.cutoff,
         l_max=config.l_max,
         num_channels=config.num_channels,
@@ -46,9 +52,35 @@ def build_potential(
         cutoff_p=config.cutoff_p,
         radial_hidden=list(config.radial_hidden),
         readout_hidden=config.readout_hidden,
-        avg_num_neighbors=average_neighbors(graphs),
-        energy_shift=[float(x) for x in np.asarray(shift)],
-        energy_scale=force_rms(frames),
+        electronic_embedding=config.electronic_embedding,
+        global_attention=config.global_attention,
+        electrostatics=config.electrostatics,
+        avg_num_neighbors=statistics.avg_num_neighbors,
+        energy_shift=list(statistics.shift),
+        energy_scale=statistics.scale,
     )
     torch.manual_seed(seed)
     return Potential(spec).to(getattr(torch, config.dtype))
+
+
+def statistics_from_store(store: GraphStore, indices: Sequence[int], e0s=None) -> DataStatistics:
+    """The same statistics as :meth:`DataStatistics.from_frames`, streamed from an on-disk store
+    (one structure in memory at a time; the composition matrix is B x species)."""
+    counts, energies, square_sum, components, species = [], [], 0.0, 0, set()
+    for i in indices:
+        graph = store[int(i)]
+        numbers, n = np.unique(graph.numbers.numpy(), return_counts=True)
+        counts.append(dict(zip(numbers.tolist(), n.tolist())))
+        species |= set(numbers.tolist())
+        energies.append(float(graph.energy[0]))
+        square_sum += float(graph.forces.pow(2).sum())
+        components += graph.forces.numel()
+    ordered = sorted(species)
+    frames = [Frame(numbers=np.repeat(list(c), list(c.values())), positions=np.zeros((sum(c.values()), 3)), energy=e)
+              for c, e in zip(counts, energies)]
+    shift = reference_energies(frames, ordered, e0s)
+    edges = sum(int(store.edge_offsets[i + 1] - store.edge_offsets[i]) for i in indices)
+    atoms = sum(store.atoms(int(i)) for i in indices)
+    rms = float(np.sqrt(square_sum / max(components, 1)))
+    return DataStatistics(ordered, [float(x) for x in np.asarray(shift)], rms if rms > 1e-8 else 1.0,
+                          max(edges / max(atoms, 1), 1.0))

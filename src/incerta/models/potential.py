@@ -12,7 +12,10 @@ from torch import nn
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
 from incerta.models.derivatives import derivatives, differentiable_inputs
+from incerta.nn.electronic import ElectronicEmbedding, segment_sum
+from incerta.nn.electrostatics import ChargeEquilibration
 from incerta.nn.embedding import SpeciesEmbedding
+from incerta.nn.global_attention import GlobalAttention
 from incerta.nn.interaction import Interaction, hidden_irreps
 from incerta.nn.radial import RadialEmbedding
 from incerta.nn.readout import EnergyReadout, SpeciesScaleShift
@@ -28,7 +31,9 @@ class PotentialSpec:
 
     Architecture: cutoff (Å), l_max (0 = invariant), num_channels, num_layers,
     num_radial_basis, cutoff_p (polynomial envelope order), radial_hidden (radial MLP
-    widths), readout_hidden. Data statistics: species (atomic numbers), avg_num_neighbors,
+    widths), readout_hidden; electronic_embedding (total charge and spin as inputs),
+    global_attention (learned non-local block), electrostatics ("none" or "qeq": charge
+    equilibration + Coulomb/Ewald energy). Data statistics: species (atomic numbers), avg_num_neighbors,
     energy_shift (eV per species, same order as species), energy_scale (eV).
     """
 
@@ -41,6 +46,9 @@ class PotentialSpec:
     cutoff_p: int = 6
     radial_hidden: list[int] = field(default_factory=lambda: [64, 64])
     readout_hidden: int = 32
+    electronic_embedding: bool = False
+    global_attention: bool = False
+    electrostatics: str = "none"
     avg_num_neighbors: float = 10.0
     energy_shift: list[float] = field(default_factory=list)
     energy_scale: float = 1.0
@@ -82,7 +90,13 @@ class Potential(nn.Module):
             )
             irreps_in = irreps_out
         self.interactions = nn.ModuleList(layers)
-        self.readout = EnergyReadout(spec.num_channels, spec.readout_hidden)
+        self.electronic = ElectronicEmbedding(spec.num_channels) if spec.electronic_embedding else None
+        self.attention = GlobalAttention(spec.num_channels) if spec.global_attention else None
+        if spec.electrostatics not in ("none", "qeq"):
+            raise ValueError(f"electrostatics must be 'none' or 'qeq', got {spec.electrostatics!r}")
+        self.charge_model = ChargeEquilibration(spec.num_channels, spec.species) if spec.electrostatics == "qeq" else None
+        readout_inputs = spec.num_channels + (1 if self.charge_model is not None else 0)
+        self.readout = EnergyReadout(readout_inputs, spec.readout_hidden)
         shift = torch.tensor(spec.energy_shift or [0.0] * num_species)
         self.scale_shift = SpeciesScaleShift(shift, spec.energy_scale)
 
@@ -134,14 +148,26 @@ class Potential(nn.Module):
 
         one_hot = torch.nn.functional.one_hot(species, len(self.spec.species)).to(positions.dtype)
         features = self.embedding(one_hot)
+        if self.electronic is not None:
+            features = self.electronic(features, graph.charge.to(features.dtype), graph.spin.to(features.dtype), graph.batch)
         for layer in self.interactions:
             features = layer(features, one_hot, edge_sh, edge_radial, envelope, graph.edge_index)
-        raw, last_layer = self.readout(features)
+        if self.attention is not None:
+            features = self.attention(features, graph.batch, graph.num_graphs)
+        out = {K.NODE_FEATURES: features}
+        readout_input = features
+        if self.charge_model is not None:
+            charges, electrostatic = self.charge_model(features, species, graph)
+            readout_input = torch.cat([features, charges.unsqueeze(-1)], dim=-1)
+            out[K.ATOMIC_CHARGES] = charges
+            out[K.DIPOLE] = segment_sum(charges.unsqueeze(-1) * positions, graph.batch, graph.num_graphs)
+        raw, last_layer = self.readout(readout_input)
         atomic_energies = self.scale_shift(raw, species)
-        energy = torch.zeros(graph.num_graphs, dtype=atomic_energies.dtype, device=atomic_energies.device)
-        return {
-            K.ENERGY: energy.index_add(0, graph.batch, atomic_energies),
+        if self.charge_model is not None:
+            atomic_energies = atomic_energies + electrostatic
+        out.update({
+            K.ENERGY: segment_sum(atomic_energies, graph.batch, graph.num_graphs),
             K.ATOMIC_ENERGIES: atomic_energies,
-            K.NODE_FEATURES: features,
             K.LAST_LAYER_FEATURES: last_layer,
-        }
+        })
+        return out

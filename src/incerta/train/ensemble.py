@@ -1,10 +1,8 @@
-"""Deep ensembles: K members trained from different seeds, concurrently where cores allow."""
+"""Deep ensembles: K members trained from different seeds, concurrently on Dask."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -28,22 +26,30 @@ def member_dir(run_dir: Path, member: int) -> Path:
     return run_dir / "members" / f"member_{member}"
 
 
-def train_ensemble(config: RunConfig, run_dir: str | Path, members: int, workers: int | None = None) -> dict:
-    """Train ``members`` potentials into RUN_DIR/members/member_k and attach them, calibrated
-    on the run's validation split, as a deep ensemble in RUN_DIR/model. Resumable."""
+def train_ensemble(config: RunConfig, run_dir: str | Path, members: int, workers: int | None = None,
+                   scheduler: str | None = None) -> dict:
+    """Train ``members`` potentials into RUN_DIR/members/member_k on Dask (a LocalCluster of
+    ``workers`` processes by default, or the cluster at ``scheduler``) and attach them,
+    calibrated on the run's validation split, as a deep ensemble in RUN_DIR/model. Resumable:
+    finished members are kept, interrupted ones resume from their checkpoints."""
+    from dask.distributed import as_completed
+
+    from incerta.active.labelling import ClusterSpec, connect
     from incerta.uq.fit import attach_ensemble
 
     run_dir = Path(run_dir)
     cores = os.cpu_count() or 1
     workers = max(1, min(members, workers or cores))
     threads = max(1, cores // workers)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(_train_member, config.model_dump_json(), str(member_dir(run_dir, k)), k, threads)
-                   for k in range(members)]
+    client = connect(ClusterSpec(scheduler=scheduler, workers=workers, threads_per_worker=1))
+    try:
+        futures = [client.submit(_train_member, config.model_dump_json(), str(member_dir(run_dir, k)), k, threads,
+                                 key=f"member-{k}-{run_dir.name}", pure=False) for k in range(members)]
         for future in tqdm(as_completed(futures), total=members, desc="ensemble members", unit="member",
                            disable=not config.training.progress):
             future.result()
+    finally:
+        client.close()
     potentials = [load_potential(member_dir(run_dir, k)) for k in range(members)]
     splits = prepare_splits(config.data, config.seed)
     return attach_ensemble(run_dir / "model", potentials, splits.validation)

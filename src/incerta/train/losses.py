@@ -15,22 +15,35 @@ class LossWeights:
     energy: float = 0.01
     forces: float = 0.99
     stress: float = 0.0
+    charges: float = 0.0
+    dipole: float = 0.0
 
 
 def energy_forces_loss(
-    outputs: dict[str, torch.Tensor], batch: AtomicGraph, weights: LossWeights
+    outputs: dict[str, torch.Tensor], batch: AtomicGraph, weights: LossWeights, totals: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = w_E mean_b ((E_b - E*_b)/N_b)^2 + w_F mean_ia (F_ia - F*_ia)^2 [+ w_S mean (S - S*)^2].
+    """L = w_E mean_b ((E_b - E*_b)/N_b)^2 + w_F mean_ia (F_ia - F*_ia)^2 [+ w_S mean (S - S*)^2
+    + w_q mean_i (q_i - q*_i)^2 + w_mu mean (mu - mu*)^2] (terms with labels and weights only).
 
-    Units: eV^2 per atom^2, (eV/Å)^2, (eV/Å^3)^2. Returns (loss, components as floats).
+    Units: eV^2 per atom^2, (eV/Å)^2, (eV/Å^3)^2, e^2, (e Å)^2. Returns (loss, components).
+    ``totals`` = (structures, atoms) of the whole global batch when this batch is one rank's
+    share: energy and force terms are then sums divided by the global counts, so the sum
+    over ranks equals the loss of the global batch.
     """
+    structures, atoms = totals or (batch.num_graphs, batch.positions.shape[0])
     per_atom = (outputs[K.ENERGY] - batch.energy) / batch.num_atoms.to(batch.energy.dtype)
-    parts = {"energy": per_atom.pow(2).mean()}
+    parts = {"energy": per_atom.pow(2).sum() / structures}
     loss = weights.energy * parts["energy"]
     if weights.forces > 0:
-        parts["forces"] = (outputs[K.FORCES] - batch.forces).pow(2).mean()
+        parts["forces"] = (outputs[K.FORCES] - batch.forces).pow(2).sum() / (3 * atoms)
         loss = loss + weights.forces * parts["forces"]
     if weights.stress > 0 and batch.stress is not None and K.STRESS in outputs:
         parts["stress"] = (outputs[K.STRESS] - batch.stress).pow(2).mean()
         loss = loss + weights.stress * parts["stress"]
+    if weights.charges > 0 and batch.atomic_charges is not None and K.ATOMIC_CHARGES in outputs:
+        parts["charges"] = (outputs[K.ATOMIC_CHARGES] - batch.atomic_charges).pow(2).mean()
+        loss = loss + weights.charges * parts["charges"]
+    if weights.dipole > 0 and batch.dipole is not None and K.DIPOLE in outputs:
+        parts["dipole"] = (outputs[K.DIPOLE] - batch.dipole).pow(2).mean()
+        loss = loss + weights.dipole * parts["dipole"]
     return loss, {k: float(v.detach()) for k, v in parts.items()}

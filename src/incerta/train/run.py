@@ -14,16 +14,24 @@ Run folder layout::
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+
+import torch
 
 import yaml
 
 from incerta.config import ConfigError, DataSource, RunConfig
-from incerta.data.graph import frame_to_graph
-from incerta.data.sources import load_source, prepare_splits
+from incerta.data.graph import AtomicGraph, frame_to_graph
+from incerta.data.sources import load_source, prepare_splits, test_set_name
+from incerta.data.splits import split_indices
+from incerta.data.store import GraphStore, StoreView, is_store
 from incerta.evaluate.predict import error_metrics, graphs_for
 from incerta.evaluate.training_report import write_training_report
-from incerta.models.build import build_potential
+from incerta.models.build import DataStatistics, build_potential, statistics_from_store
+from incerta.models.potential import Potential
+from incerta.train import distributed
 from incerta.train.checkpoint import load_potential, save_potential
 from incerta.train.trainer import Trainer, write_history
 from incerta.utils.files import atomic_write_text
@@ -61,11 +69,15 @@ def _e0s(config: RunConfig):
     return load_source(e0s, ("energy",), 0.0) if isinstance(e0s, DataSource) else e0s
 
 
-def train_run(config: RunConfig, run_dir: str | Path, resume: bool = True, member: int = 0) -> dict:
+def train_run(
+    config: RunConfig, run_dir: str | Path, resume: bool = True, member: int = 0, initial_model: Path | None = None
+) -> dict:
     """Train (or resume) the run in ``run_dir``; return its metrics.json content.
 
     ``member`` > 0 (ensemble members) changes the initial weights and the data order but
     not the train/validation split, which depends on ``config.seed`` alone.
+    ``initial_model`` warm-starts from a trained model (same architecture and reference
+    energies) when it knows every element of the data; otherwise training starts afresh.
     """
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoints" / "last.pt"
@@ -74,26 +86,32 @@ def train_run(config: RunConfig, run_dir: str | Path, resume: bool = True, membe
         _check_resumable(run_dir, config)
     elif checkpoint.is_file():
         raise ConfigError(f"{run_dir} already holds a training run; resume it or pick another --run-dir")
+    main = distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    if main:
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
 
     require = ("energy", "forces") if config.training.forces_weight > 0 else ("energy",)
-    splits = prepare_splits(config.data, config.seed, require)
-    atomic_write_text(run_dir / "splits.json", json.dumps(splits.record(), indent=1))
+    data = load_run_data(config, require)
+    if main:
+        atomic_write_text(run_dir / "splits.json", json.dumps(data.record, indent=1))
 
-    cutoff = config.model.cutoff
-    train_graphs = [frame_to_graph(f, cutoff) for f in splits.train]
     seed = config.seed + 1000 * member
-    model = build_potential(config.model, splits.train, train_graphs, _e0s(config), seed)
+    model = build_potential(config.model, data.statistics, seed)
+    if initial_model is not None:
+        warm = load_potential(initial_model)
+        if set(data.statistics.species) <= set(warm.species):
+            model = warm.train()
     dtype = next(model.parameters()).dtype
     trainer = Trainer(
-        model, config.training,
-        [g.to(dtype=dtype) for g in train_graphs], graphs_for(model, splits.validation),
+        model, config.training, data.train(dtype), data.validation(dtype),
         run_dir / "checkpoints", seed, config.model_dump_json(),
     )
     if resuming:
         trainer.resume()
     state = trainer.fit()
+    if not main:
+        return {}
     write_history(run_dir / "history.csv", state.history)
 
     best = load_potential(trainer.best_path)
@@ -103,8 +121,71 @@ def train_run(config: RunConfig, run_dir: str | Path, resume: bool = True, membe
         "epochs_run": state.epoch,
         "train_time_s": state.elapsed_s,
         "validation": error_metrics(best, trainer.validation_graphs),
-        "test": {name: error_metrics(best, graphs_for(best, frames)) for name, frames in splits.tests.items()},
+        "test": {name: error_metrics(best, graphs) for name, graphs in data.tests(best).items()},
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    write_training_report(run_dir, best, metrics, {"validation": splits.validation, **splits.tests}, state.history)
+    write_training_report(run_dir, best, metrics, {"validation": trainer.validation_graphs, **data.tests(best)},
+                          state.history)
     return metrics
+
+
+@dataclass
+class RunData:
+    """Training and validation graphs (float64, in memory or read lazily from a store),
+    the statistics that normalise the model, and the split record."""
+
+    train_float64: Sequence[AtomicGraph]
+    validation_float64: Sequence[AtomicGraph]
+    statistics: DataStatistics
+    record: dict
+    test_frames: dict[str, list]
+
+    def train(self, dtype: torch.dtype) -> Sequence[AtomicGraph]:
+        return _cast(self.train_float64, dtype)
+
+    def validation(self, dtype: torch.dtype) -> Sequence[AtomicGraph]:
+        return _cast(self.validation_float64, dtype)
+
+    def tests(self, model: Potential) -> dict[str, list[AtomicGraph]]:
+        return {name: graphs_for(model, frames) for name, frames in self.test_frames.items()}
+
+
+def _cast(graphs: Sequence[AtomicGraph], dtype: torch.dtype) -> Sequence[AtomicGraph]:
+    if isinstance(graphs, StoreView):
+        return StoreView(graphs.store, graphs.indices, dtype)
+    return [g.to(dtype=dtype) for g in graphs]
+
+
+def load_run_data(config: RunConfig, require: tuple[str, ...]) -> RunData:
+    """In-memory frames from any readers, or a lazily read on-disk store (``.h5``)."""
+    data = config.data
+    tests = {test_set_name(s): load_source(s, (), data.min_distance) for s in data.test}
+    stores = [s for s in data.train if is_store(s.path)]
+    if not stores:
+        splits = prepare_splits(data, config.seed, require)
+        train = [frame_to_graph(f, config.model.cutoff) for f in splits.train]
+        validation = [frame_to_graph(f, config.model.cutoff) for f in splits.validation]
+        statistics = DataStatistics.from_frames(splits.train, train, _e0s(config))
+        return RunData(train, validation, statistics, splits.record(), tests)
+    if len(data.train) > 1 or data.validation:
+        raise ConfigError("data.train: an on-disk store (.h5) must be the only training source; "
+                          "its validation split is taken from it (n_val / val_fraction)")
+    store = GraphStore(stores[0].path)
+    if abs(store.cutoff - config.model.cutoff) > 1e-9:
+        raise ConfigError(f"{store.path}: neighbour lists were built for a {store.cutoff} Å cutoff but "
+                          f"model.cutoff is {config.model.cutoff} Å; convert the data again or change the cutoff")
+    n_val = data.n_val or max(1, round(data.val_fraction * len(store)))
+    train_index, val_index = split_indices(len(store), n_val, data.n_train, config.seed)
+    statistics = statistics_from_store(store, train_index, _e0s(config))
+    record = {"store": str(store.path), "train": train_index.tolist(), "validation": val_index.tolist()}
+    return RunData(StoreView(store, train_index), StoreView(store, val_index), statistics, record, tests)
+
+
+def _train_worker(config_json: str, run_dir: str, resume: bool) -> None:
+    train_run(RunConfig.model_validate_json(config_json), run_dir, resume)
+
+
+def train_run_parallel(config: RunConfig, run_dir: str | Path, nprocs: int, resume: bool = True) -> dict:
+    """``train_run`` on ``nprocs`` data-parallel gloo processes on this machine; returns metrics.json."""
+    distributed.spawn(_train_worker, nprocs, config.model_dump_json(), str(run_dir), resume)
+    return json.loads((Path(run_dir) / "metrics.json").read_text())

@@ -17,15 +17,18 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from incerta import __version__
 from incerta.config import TrainingConfig
-from incerta.data.graph import AtomicGraph, batches
+from incerta.data.graph import AtomicGraph, collate
 from incerta.data.splits import epoch_order
+from incerta.data.store import StoreView
 from incerta.evaluate.predict import error_metrics
 from incerta.models.potential import Potential
+from incerta.train import distributed
 from incerta.train.checkpoint import load_training_state, save_training_state
 from incerta.train.losses import LossWeights, energy_forces_loss
 from incerta.utils.files import atomic_write_text
@@ -41,6 +44,7 @@ class TrainingState:
     bad_epochs: int = 0
     elapsed_s: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    decay_start_lr: float = 0.0  # lr when the final decay began (0: not yet)
 
 
 def validation_loss(metrics: dict[str, float], weights: LossWeights) -> float:
@@ -72,12 +76,13 @@ class Trainer:
     ) -> None:
         self.model = model
         self.config = config
-        self.train_graphs = list(train)
-        self.validation_graphs = list(validation)
+        self.train_graphs = train  # may be read lazily from an on-disk store
+        self.validation_graphs = validation
         self.checkpoint_dir = Path(checkpoint_dir)
         self.seed = seed
         self.run_config_json = run_config_json
-        self.weights = LossWeights(config.energy_weight, config.forces_weight, config.stress_weight)
+        self.weights = LossWeights(config.energy_weight, config.forces_weight, config.stress_weight,
+                                   config.charges_weight, config.dipole_weight)
         optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = optimizer_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -90,6 +95,9 @@ class Trainer:
         )
         self.state = TrainingState()
         self.compute_stress = config.stress_weight > 0
+        self.network = DistributedDataParallel(model) if distributed.is_distributed() else model
+        self.atom_counts = (train.atom_counts() if isinstance(train, StoreView)
+                            else [g.positions.shape[0] for g in train])
 
     @property
     def last_path(self) -> Path:
@@ -123,6 +131,7 @@ class Trainer:
             "bad_epochs": s.bad_epochs,
             "elapsed_s": s.elapsed_s,
             "history": s.history,
+            "decay_start_lr": s.decay_start_lr,
         }
 
     def resume(self, path: str | Path | None = None) -> None:
@@ -136,19 +145,28 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         self.state = TrainingState(
             saved["epoch"], saved["best_metric"], saved["best_epoch"], saved["bad_epochs"],
-            saved["elapsed_s"], list(saved["history"]),
+            saved["elapsed_s"], list(saved["history"]), saved.get("decay_start_lr", 0.0),
         )
 
     def _train_epoch(self, progress: tqdm) -> dict[str, float]:
+        """One pass over the data; with N ranks each takes its share of every global batch."""
         self.model.train()
-        order = epoch_order(len(self.train_graphs), self.seed, self.state.epoch)
+        order = epoch_order(len(self.train_graphs), self.seed, self.state.epoch).tolist()
+        world = distributed.world_size()
         totals: dict[str, float] = {}
         steps = 0
-        for batch in batches(self.train_graphs, self.config.batch_size, order):
-            outputs = self.model(batch, compute_forces=True, compute_stress=self.compute_stress)
-            loss, parts = energy_forces_loss(outputs, batch, self.weights)
+        for start in range(0, len(order), self.config.batch_size):
+            members = order[start: start + self.config.batch_size]
+            mine = distributed.shard(members)
+            weight = float(world)  # the gradients are averaged over ranks: this makes it the sum
+            if not mine:  # fewer structures than ranks: take part with a zero-weight loss
+                mine, weight = members[:1], 0.0
+            batch = collate([self.train_graphs[i] for i in mine])
+            global_counts = (len(members), sum(self.atom_counts[i] for i in members))
+            outputs = self.network(batch, compute_forces=True, compute_stress=self.compute_stress)
+            loss, parts = energy_forces_loss(outputs, batch, self.weights, global_counts)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             if self.config.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
             self.optimizer.step()
@@ -156,10 +174,34 @@ class Trainer:
                 self.ema.update_parameters(self.model)
             steps += 1
             for key, value in {"loss": float(loss.detach()), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + value
+                totals[key] = totals.get(key, 0.0) + value * weight / world
             progress.update(1)
             progress.set_postfix(loss=f"{totals['loss'] / steps:.4g}", refresh=False)
-        return {f"train_{k}": v / max(steps, 1) for k, v in totals.items()}
+        summed = dict(zip(totals, distributed.all_reduce_sum(list(totals.values()))))
+        return {f"train_{k}": v / max(steps, 1) for k, v in summed.items()}
+
+    def budget_used(self) -> float:
+        """Fraction of the budget spent: the larger of epochs and wall time."""
+        used = self.state.epoch / self.config.epochs
+        if self.config.max_time_minutes is not None:
+            used = max(used, self.state.elapsed_s / (60.0 * self.config.max_time_minutes))
+        return used
+
+    def _final_decay(self) -> bool:
+        """In the last ``lr_decay_fraction`` of the budget, set the lr linearly towards min_lr.
+
+        Returns True while decaying (the plateau scheduler then stands aside)."""
+        fraction = self.config.lr_decay_fraction
+        remaining = 1.0 - self.budget_used()
+        if fraction <= 0 or remaining > fraction:
+            return False
+        s = self.state
+        if s.decay_start_lr == 0.0:
+            s.decay_start_lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.config.min_lr + (s.decay_start_lr - self.config.min_lr) * max(remaining, 0.0) / fraction
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return True
 
     def _out_of_time(self) -> bool:
         limit = self.config.max_time_minutes
@@ -172,16 +214,19 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.train_graphs) / cfg.batch_size)
         progress = tqdm(
             total=cfg.epochs * steps_per_epoch, initial=self.state.epoch * steps_per_epoch,
-            disable=not cfg.progress, unit="step", dynamic_ncols=True, desc="training",
+            disable=not (cfg.progress and distributed.is_main()), unit="step", dynamic_ncols=True, desc="training",
             mininterval=0.5 if sys.stderr.isatty() else 30.0,
         )
         with progress:
             while self.state.epoch < cfg.epochs and not self._stopped_early() and not self._out_of_time():
                 started = time.perf_counter()
+                decaying = self._final_decay()
                 record = {"epoch": self.state.epoch, **self._train_epoch(progress)}
-                metrics = error_metrics(self.evaluation_model(), self.validation_graphs, batch_size=16)
+                metrics = error_metrics(self.evaluation_model(), distributed.shard(self.validation_graphs),
+                                        batch_size=16, reduce=True)
                 val_loss = validation_loss(metrics, self.weights)
-                self.scheduler.step(val_loss)
+                if not decaying:
+                    self.scheduler.step(val_loss)
                 record.update({f"val_{k}": v for k, v in metrics.items() if k != "n_structures"})
                 record.update(val_loss=val_loss, lr=self.optimizer.param_groups[0]["lr"])
                 improved = val_loss < self.state.best_metric
@@ -194,10 +239,11 @@ class Trainer:
                 s.elapsed_s += time.perf_counter() - started
                 record["elapsed_s"] = s.elapsed_s
                 s.history.append(record)
-                checkpoint = self._checkpoint()
-                save_training_state(self.last_path, checkpoint)
-                if improved:
-                    save_training_state(self.best_path, checkpoint)
+                if distributed.is_main():
+                    checkpoint = self._checkpoint()
+                    save_training_state(self.last_path, checkpoint)
+                    if improved:
+                        save_training_state(self.best_path, checkpoint)
                 progress.set_description(
                     f"epoch {s.epoch}/{cfg.epochs} E {metrics['energy_per_atom_mae_meV']:.2f} meV/atom "
                     f"F {metrics['forces_rmse_meV_per_A']:.1f} meV/Å"

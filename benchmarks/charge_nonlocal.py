@@ -1,0 +1,116 @@
+"""Local vs charge-aware (+ electrostatics) vs learned non-local models on charged systems.
+
+Sets: Ag3+/Ag3- and singlet/triplet CH2 (shared SpookyNet data, GFN2-xTB), C10H2/C10H3+
+(shared n2p2 4G example, PBE, with Hirshfeld charges; and a larger GFN2-xTB set made by
+`incerta data generate c10h2`), Na8Cl8/Na9Cl8+ (`incerta data generate nacl`). Models:
+
+* local: the equivariant potential alone;
+* charge-aware: total charge and spin as inputs + charge equilibration + Coulomb energy;
+* non-local: total charge and spin as inputs + learned global attention (no formula).
+
+Per set and model: energy RMSE per atom, force RMSE, atomic-charge RMSE (where reference
+charges exist). Goals: charge-aware energy error at least 100x below the local model on
+Ag3+/-, and below the local model on every set.
+
+    .venv/bin/python benchmarks/charge_nonlocal.py            # ~1 h
+    .venv/bin/python benchmarks/charge_nonlocal.py --minutes 1 --frames 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import ase.io
+import numpy as np
+
+from common import WORK, print_table, shared_data, write_results
+from incerta.config import RunConfig
+from incerta.data.generate import generate
+from incerta.data.io import read_frames
+from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.train.checkpoint import load_potential
+from incerta.train.run import train_run
+
+MODELS = {
+    "local": {},
+    "charge-aware": {"electronic_embedding": True, "electrostatics": "qeq"},
+    "non-local": {"electronic_embedding": True, "global_attention": True},
+}
+
+
+def charge_rmse(model, frames) -> float | None:
+    if any(f.atomic_charges is None for f in frames) or model.charge_model is None:
+        return None
+    errors = []
+    for graph, frame in zip(graphs_for(model, frames), frames):
+        out = model(graph, compute_forces=False)
+        errors.append(out["charges"].detach().double().numpy() - frame.atomic_charges)
+    return 1e3 * float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
+
+
+def datasets(data, work, frames: int) -> dict[str, str]:
+    paths = {
+        "Ag3+/Ag3-": str(data / "spookynet_ag3_carbene" / "ag3_2200.db"),
+        "CH2 singlet/triplet": str(data / "spookynet_ag3_carbene" / "carbene_2200.db"),
+        "C10H2/C10H3+ (4G, PBE)": str(data / "n2p2_4g_examples" / "examples" / "nnp-train" / "Carbon_chain_4G" / "input.data"),
+    }
+    for system, name in (("c10h2", "C10H2/C10H3+ (xTB)"), ("nacl", "Na8Cl8/Na9Cl8+ (xTB)")):
+        path = work / f"{system}_xtb.xyz"
+        if not path.exists():
+            made = generate(system, frames, 800.0, command=f"incerta data generate {system} --frames {frames} --temperature 800")
+            ase.io.write(path, [f.to_atoms() for f in made], format="extxyz")
+        paths[name] = str(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
+    parser.add_argument("--frames", type=int, default=150, help="generated MD frames per structure")
+    parser.add_argument("--max-train", type=int, default=400)
+    args = parser.parse_args()
+    work = WORK / "charge_nonlocal"
+    work.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, path in datasets(shared_data(), work, args.frames).items():
+        frames = read_frames(path)
+        order = np.random.default_rng(0).permutation(len(frames))
+        test = [frames[i] for i in order[: max(10, len(frames) // 5)]]
+        train_index = order[len(test): len(test) + args.max_train]
+        slug = re.sub(r"\W+", "_", name).strip("_")
+        subset = work / f"{slug}_train.xyz"
+        ase.io.write(subset, [frames[i].to_atoms() for i in train_index], format="extxyz")
+        has_charges = frames[0].atomic_charges is not None
+        results[name] = {}
+        for model_name, blocks in MODELS.items():
+            config = RunConfig.model_validate({
+                "seed": 0,
+                "data": {"train": str(subset), "n_val": max(5, len(train_index) // 10)},
+                "model": {"l_max": 1, "num_channels": 32, "num_layers": 3, "cutoff": 5.0, **blocks},
+                "training": {"epochs": 100000, "lr": 0.01, "scheduler_patience": 10, "max_time_minutes": args.minutes,
+                             "energy_weight": 0.1, "forces_weight": 0.9, "progress": False,
+                             "charges_weight": 1.0 if has_charges and "electrostatics" in blocks else 0.0},
+            })
+            run = work / f"{slug}_{model_name}"
+            if not (run / "model").exists():
+                train_run(config, run)
+            model = load_potential(run / "model")
+            metrics = error_metrics(model, graphs_for(model, test))
+            results[name][model_name] = {"energy_rmse_meV_per_atom": metrics["energy_per_atom_rmse_meV"],
+                                         "forces_rmse_meV_per_A": metrics["forces_rmse_meV_per_A"],
+                                         "charges_rmse_me": charge_rmse(model, test), "n_train": len(train_index),
+                                         "n_test": len(test)}
+    rows = [[name, model, r["energy_rmse_meV_per_atom"], r["forces_rmse_meV_per_A"],
+             "-" if r["charges_rmse_me"] is None else r["charges_rmse_me"]]
+            for name, by_model in results.items() for model, r in by_model.items()]
+    print_table("charged / open-shell systems", ["set", "model", "E RMSE meV/atom", "F RMSE meV/Å", "q RMSE me"], rows)
+    ag3 = results["Ag3+/Ag3-"]
+    ratio = ag3["local"]["energy_rmse_meV_per_atom"] / ag3["charge-aware"]["energy_rmse_meV_per_atom"]
+    better = {name: r["charge-aware"]["energy_rmse_meV_per_atom"] < r["local"]["energy_rmse_meV_per_atom"] for name, r in results.items()}
+    print(f"\nAg3: local / charge-aware energy error = {ratio:.0f}x (goal >= 100); charge-aware better everywhere: {better}")
+    write_results("charge_nonlocal", {"settings": vars(args), "results": results, "ag3_ratio": ratio, "better": better})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Every uncertainty method on acetylacetone: ranking, detection, calibration and cost.
+
+Runs the temperature-shift experiment of configs/uq_shift_acac.yaml (train at 300 K,
+450/50 frames; every method attached; deep ensemble of 4; test at 300 K and 600 K) and
+prints, per method: per-atom Spearman of the calibrated force uncertainty vs |dF|
+(300 + 600 K), structure AUROC 600 K vs 300 K (max over atoms), miscalibration area and
+Gaussian NLL of force components on the 300 K test set (held out from calibration),
+mean uncertainty per temperature, fit time and inference time relative to the bare model.
+
+    .venv/bin/python benchmarks/uq_methods.py                           # ~45 min
+    .venv/bin/python benchmarks/uq_methods.py --set shift.max_frames=50 --set training.max_time_minutes=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import ROOT, WORK, print_table, write_results
+from incerta.config import ShiftConfig, load_experiment
+from incerta.evaluate.shift import run_shift
+
+CONFIG = ROOT / "configs" / "uq_shift_acac.yaml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override a config value")
+    args = parser.parse_args()
+    config = load_experiment(CONFIG, ShiftConfig, args.overrides)
+    started = time.perf_counter()
+    results = run_shift(config, WORK / "uq_shift_acac", progress=False).results
+    wall = time.perf_counter() - started
+    rows = []
+    for method, m in results["methods"].items():
+        means = m["mean_uncertainty_meV_per_A"]
+        rows.append([method, m["spearman_atoms"], m["auroc_vs_300K"]["600K"], m["miscalibration_area"], m["nll"],
+                     means["300K"], means["600K"], "yes" if m["means_ordered"] else "NO", m["fit_time_s"],
+                     m["inference_overhead"]])
+    print_table("uncertainty methods on acac (train 300 K; test 300 K and 600 K)",
+                ["method", "Spearman atoms", "AUROC 600v300", "miscal. area", "NLL", "mean σ 300K meV/Å",
+                 "mean σ 600K meV/Å", "rises", "fit s", "inference x"], rows)
+    methods = results["methods"]
+    ensemble = methods.get("ensemble")
+    matching = [] if ensemble is None else [
+        name for name, m in methods.items() if name != "ensemble"
+        and m["spearman_atoms"] >= ensemble["spearman_atoms"] and m["inference_overhead"] < 1.2]
+    print(f"\nsingle-model methods ranking at least as well as the ensemble at < 1.2x cost: {matching or 'none'}")
+    print(f"wall time: {wall / 60:.1f} min")
+    write_results("uq_methods", {"config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides,
+                                 "wall_time_s": wall, "results": results, "matching_ensemble_under_1.2x": matching})
+
+
+if __name__ == "__main__":
+    main()

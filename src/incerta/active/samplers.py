@@ -1,0 +1,105 @@
+"""Candidate structures for active learning: a pool, model-driven MD, or an uncertainty attack."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import units
+
+from incerta.calculators.ase import IncertaCalculator
+from incerta.calculators.md import run_watched_md
+from incerta.config import AttackSection, CandidateSection
+from incerta.data import keys as K
+from incerta.data.frame import Frame
+from incerta.data.graph import AtomicGraph, frame_to_graph
+from incerta.data.neighbors import neighbor_list
+from incerta.evaluate.predict import graphs_for, model_dtype
+from incerta.uq.base import FitSettings
+from incerta.uq.gmm import GMMUncertainty
+from incerta.uq.model import UncertainPotential
+
+Candidate = tuple[str, Frame]
+
+
+def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
+    """Every pool frame, keyed by its position in the pool."""
+    return [(f"pool-{index}", frame) for index, frame in enumerate(pool)]
+
+
+def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection, threshold: float,
+                  iteration: int, seed: int, progress: bool) -> list[Candidate]:
+    """Frames flagged by uncertainty-watched MD from each starting structure."""
+    flagged = []
+    per_start = max(1, section.max_candidates // max(len(starts), 1))
+    for index, start in enumerate(starts):
+        run = run_watched_md(start.to_atoms(), IncertaCalculator(model, annotate=False), section.md.temperature_K,
+                             section.md.steps, threshold, section.md.check_every, section.md.on_threshold,
+                             section.md.timestep_fs, section.md.friction_per_fs, per_start, seed + 7919 * iteration + index,
+                             progress)
+        flagged += [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {index}") for atoms in run.flagged]
+    return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
+
+
+def _min_distance(positions: np.ndarray, frame: Frame, bound: float) -> float:
+    edges, shifts = neighbor_list(positions, frame.cell, frame.pbc, bound)
+    if edges.shape[1] == 0:
+        return np.inf
+    vectors = positions[edges[1]] - positions[edges[0]] + shifts @ frame.cell
+    return float(np.linalg.norm(vectors, axis=1).min())
+
+
+def attack_structure(
+    potential, gmm: GMMUncertainty, frame: Frame, settings: AttackSection, rng: np.random.Generator
+) -> tuple[Frame, float, float]:
+    """Gradient ascent on log-sum-exp of atomic NLLs minus (E - E0)/kT (Schwalbe-Koda et al. 2021).
+
+    Stops before two atoms come closer than ``settings.min_distance``. Returns the new
+    frame and the score before and after."""
+    dtype = model_dtype(potential)
+    graph = frame_to_graph(frame, potential.spec.cutoff).to(dtype=dtype)
+    kT = units.kB * settings.temperature_K
+    start = torch.as_tensor(frame.positions, dtype=dtype) + torch.as_tensor(rng.normal(scale=0.01, size=frame.positions.shape), dtype=dtype)
+    displacement = torch.zeros_like(start, requires_grad=True)
+    optimizer = torch.optim.Adam([displacement], lr=settings.step_size)
+
+    def objective(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        moved: AtomicGraph = replace(graph, positions=positions)
+        out = potential.evaluate(moved)
+        uncertainty = torch.logsumexp(gmm.negative_log_likelihood(out[K.NODE_FEATURES]), dim=0)
+        return uncertainty, out[K.ENERGY].sum()
+
+    with torch.no_grad():
+        first_score, first_energy = objective(start)
+    accepted = start.detach().clone()
+    for _ in range(settings.steps):
+        uncertainty, energy = objective(start + displacement)
+        loss = -(uncertainty - (energy - first_energy) / kT)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        trial = (start + displacement).detach()
+        if _min_distance(trial.double().numpy(), frame, settings.min_distance) < settings.min_distance:
+            break
+        accepted = trial
+    with torch.no_grad():
+        final_score, _ = objective(accepted)
+    new = frame.with_(positions=accepted.double().numpy(), energy=None, forces=None,
+                      source=f"attack on {frame.source}")
+    return new, float(first_score), float(final_score)
+
+
+def attack_candidates(potential, train_frames: Sequence[Frame], starts: Sequence[Frame], section: CandidateSection,
+                      iteration: int, seed: int) -> list[Candidate]:
+    """Structures pushed towards high uncertainty, from each start (several copies each)."""
+    gmm = GMMUncertainty(potential)
+    gmm.fit(graphs_for(potential, train_frames), [], FitSettings(seed=seed, progress=False))
+    rng = np.random.default_rng(seed + 104729 * iteration)
+    made = []
+    for index, start in enumerate(starts):
+        for copy in range(section.attack.per_structure):
+            frame, _, _ = attack_structure(potential, gmm, start, section.attack, rng)
+            made.append((f"attack-{iteration}-{index}-{copy}", frame))
+    return made[: section.max_candidates]

@@ -1,0 +1,87 @@
+"""Molecular dynamics through ASE with the calibrated uncertainty watched at every check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from ase import Atoms, units
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+from tqdm.auto import tqdm
+
+from incerta.calculators.ase import IncertaCalculator
+from incerta.data.md_sampling import labelled_copy
+from incerta.uq.model import FORCES_UNCERTAINTY, STRUCTURE_UNCERTAINTY
+
+
+@dataclass
+class WatchedMD:
+    """Result: log rows (step, time_fs, energy_eV, temperature_K, max_uncertainty_eV_per_A),
+    the flagged frames (uncertainty above the threshold, with their uncertainties) and
+    whether the run stopped early."""
+
+    log: list[dict[str, float]] = field(default_factory=list)
+    flagged: list[Atoms] = field(default_factory=list)
+    stopped_at: int | None = None
+
+
+def run_watched_md(
+    atoms: Atoms,
+    calculator: IncertaCalculator,
+    temperature_K: float,
+    steps: int,
+    threshold: float | None = None,
+    check_every: int = 10,
+    on_threshold: str = "branch",
+    timestep_fs: float = 0.5,
+    friction_per_fs: float = 0.02,
+    max_flagged: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    on_check: Callable[[dict], None] | None = None,
+) -> WatchedMD:
+    """Langevin MD; every ``check_every`` steps log the state and compare the largest atomic
+    force uncertainty (eV/Å) with ``threshold``. Above it the frame is flagged and, with
+    ``on_threshold='stop'``, the run ends; with ``'branch'`` it goes back to the last frame
+    below the threshold with fresh velocities (so it keeps exploring near the edge)."""
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    rng = np.random.default_rng(seed)
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    if not atoms.pbc.any():
+        ZeroRotation(atoms)
+    dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+                        friction=friction_per_fs / units.fs, rng=rng)
+    result = WatchedMD()
+    safe = (atoms.positions.copy(), atoms.get_momenta().copy())
+    bar = tqdm(total=steps, desc=f"MD {temperature_K:.0f} K", unit="step", disable=not progress, mininterval=1.0)
+    step = 0
+    while step < steps:
+        dynamics.run(check_every)
+        step += check_every
+        bar.update(check_every)
+        atoms.get_forces()
+        sigma = float(calculator.results[STRUCTURE_UNCERTAINTY]) if calculator.has_uncertainty else float("nan")
+        row = {"step": step, "time_fs": step * timestep_fs, "energy_eV": float(atoms.get_potential_energy()),
+               "temperature_K": float(atoms.get_temperature()), "max_uncertainty_eV_per_A": sigma}
+        result.log.append(row)
+        if on_check is not None:
+            on_check(row)
+        if threshold is None or not sigma > threshold:
+            safe = (atoms.positions.copy(), atoms.get_momenta().copy())
+            continue
+        frame = labelled_copy(atoms, step=step, md_temperature_K=temperature_K)
+        frame.arrays[FORCES_UNCERTAINTY] = np.array(calculator.results[FORCES_UNCERTAINTY])
+        frame.info[STRUCTURE_UNCERTAINTY] = sigma
+        result.flagged.append(frame)
+        if on_threshold == "stop" or (max_flagged is not None and len(result.flagged) >= max_flagged):
+            result.stopped_at = step
+            break
+        atoms.positions, _ = safe
+        thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
+        Stationary(atoms)
+    bar.close()
+    return result

@@ -1,0 +1,88 @@
+"""Building blocks shared by the uncertainty experiments (temperature shift, OOD matrix).
+
+Every step leaves a file behind and is skipped when that file exists, so a killed
+experiment resumes where it stopped: trained models (resumable runs), fitted methods
+(``uncertainty.safetensors``), predictions (``predictions_<group>.npz``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from incerta.config import FitSection
+from incerta.data.frame import Frame
+from incerta.data.sources import Splits
+from incerta.evaluate.predict import graphs_for
+from incerta.train.checkpoint import load_potential
+from incerta.uq.base import FitSettings
+from incerta.uq.fit import fit_uncertainty
+from incerta.uq.model import Aggregate
+from incerta.uq.predict import collect
+from incerta.uq.store import has_uncertainty, load_uncertain_potential, read_uncertainty_metadata
+from incerta.utils.files import atomic_write, atomic_write_text
+
+
+def attach_method(base_model: Path, folder: Path, method: str, splits: Splits, fit: FitSection, seed: int,
+                  progress: bool) -> dict:
+    """``folder`` = copy of ``base_model`` with ``method`` fitted and calibrated (skipped if done)."""
+    if has_uncertainty(folder):
+        return json.loads(read_uncertainty_metadata(folder)["report"])
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    shutil.copy2(base_model / "potential.safetensors", folder / "potential.safetensors")
+    settings = FitSettings(epochs=fit.epochs, lr=fit.lr, batch_size=fit.batch_size, seed=seed, progress=progress)
+    return fit_uncertainty(folder, method, splits.train, splits.validation, settings=settings, calibration=fit.calibration)
+
+
+def predictions(model: Path, frames: Sequence[Frame], cache: Path, aggregate: Aggregate) -> dict[str, np.ndarray]:
+    """:func:`incerta.uq.predict.collect` arrays of ``model`` on ``frames``, cached in ``cache`` (npz)."""
+    if cache.is_file():
+        with np.load(cache) as data:
+            return dict(data)
+    uncertain = load_uncertain_potential(model, aggregate)
+    arrays = collect(uncertain, graphs_for(uncertain.potential, frames))
+    atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    return arrays
+
+
+def inference_overhead(model: Path, frames: Sequence[Frame], calls: int = 20) -> float:
+    """Median time of one structure's prediction with uncertainty / without (bare potential)."""
+    uncertain = load_uncertain_potential(model)
+    bare = load_potential(model)
+    graphs = graphs_for(bare, frames[: calls + 3])
+
+    def median_time(predict) -> float:
+        times = []
+        for k, graph in enumerate(graphs):
+            started = time.perf_counter()
+            predict(graph)
+            if k >= 3:
+                times.append(time.perf_counter() - started)
+        return float(np.median(times))
+
+    return median_time(uncertain) / median_time(lambda g: bare(g, compute_forces=True, create_graph=False))
+
+
+def force_error_norms(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return np.linalg.norm(arrays["forces_pred"] - arrays["forces_ref"], axis=1)
+
+
+def write_table(path: Path, header: list[str], rows: list[list]) -> None:
+    """CSV (atomic)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+    atomic_write(path, write)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, default=float))

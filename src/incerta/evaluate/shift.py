@@ -1,0 +1,152 @@
+"""The report's temperature-shift experiment (3BPA-style, section 3.4.2) for any labelled groups.
+
+Train once (or take a model), attach each uncertainty method, predict every group, then
+report per method: 2-D histograms of uncertainty vs force error, uncertainty histograms
+per group, group means (their order is checked), RMSE-vs-RMV calibration curves and a
+table with Spearman, AUROC of every shifted group against the first, miscalibration
+area, NLL and cost. Output folder::
+
+    base/ (training run) · methods/<method>/ · ensemble/ · results.json · results.csv
+    figures/*.png · report.html
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from incerta.config import RunConfig, ShiftConfig
+from incerta.data.sources import load_source, prepare_splits
+from incerta.evaluate import plots, uq_metrics
+from incerta.evaluate.experiments import (
+    attach_method, force_error_norms, inference_overhead, predictions, write_json, write_table,
+)
+from incerta.evaluate.report import Report
+from incerta.train.ensemble import train_ensemble
+from incerta.train.run import train_run
+from incerta.uq.store import has_uncertainty, read_uncertainty_metadata
+
+COLUMNS = [
+    ("method", "method"), ("Spearman (atoms)", "spearman_atoms"), ("miscal. area", "miscalibration_area"),
+    ("NLL", "nll"), ("ENCE", "ence"), ("means ordered", "means_ordered"), ("fit (s)", "fit_time_s"),
+    ("inference (x model)", "inference_overhead"),
+]
+
+
+def _method_metrics(arrays: dict[str, dict[str, np.ndarray]], groups: list[str]) -> dict:
+    reference = groups[0]
+    sigma = np.concatenate([arrays[g]["forces_uncertainty"] for g in groups])
+    error = np.concatenate([force_error_norms(arrays[g]) for g in groups])
+    held = arrays[reference]
+    components, sigmas = uq_metrics.force_components(held["forces_pred"] - held["forces_ref"], held["forces_uncertainty"])
+    means = [float(np.mean(arrays[g]["forces_uncertainty"])) for g in groups]
+    return {
+        "spearman_atoms": uq_metrics.spearman(sigma, error),
+        "spearman_atoms_per_group": {g: uq_metrics.spearman(arrays[g]["forces_uncertainty"], force_error_norms(arrays[g])) for g in groups},
+        "auroc_vs_" + reference: {g: uq_metrics.auroc(arrays[reference]["structure_uncertainty"], arrays[g]["structure_uncertainty"])
+                                  for g in groups[1:]},
+        "miscalibration_area": uq_metrics.miscalibration_area(components, sigmas),
+        "nll": uq_metrics.gaussian_nll(components, sigmas),
+        "ence": uq_metrics.ence(components, sigmas),
+        "mean_uncertainty_meV_per_A": {g: 1e3 * m for g, m in zip(groups, means)},
+        "mean_force_error_meV_per_A": {g: 1e3 * float(np.mean(force_error_norms(arrays[g]))) for g in groups},
+        "means_ordered": bool(all(a < b for a, b in zip(means, means[1:]))),
+    }
+
+
+@dataclass
+class ShiftOutcome:
+    """results.json content and the per-method, per-group prediction arrays behind it."""
+
+    results: dict
+    arrays: dict[str, dict[str, dict[str, np.ndarray]]]
+
+
+def run_shift(config: ShiftConfig, out: str | Path, progress: bool = True) -> ShiftOutcome:
+    """Run (or resume) the experiment into ``out``."""
+    out = Path(out)
+    section = config.shift
+    run_config = RunConfig.model_validate(config.model_dump(exclude={"shift"}))
+    base_model = section.model or out / "base" / "model"
+    if section.model is None and not (base_model / "potential.safetensors").is_file():
+        train_run(run_config, out / "base")
+    splits = prepare_splits(run_config.data, run_config.seed)
+    groups = {name: load_source(source, ("energy", "forces"))[: section.max_frames] for name, source in section.groups.items()}
+    names = list(groups)
+
+    models = {}
+    for method in tqdm(section.methods, desc="uncertainty methods", disable=not progress, unit="method"):
+        folder = out / "methods" / method
+        attach_method(Path(base_model), folder, method, splits, section.fit, run_config.seed, progress)
+        models[method] = folder
+    if section.ensemble > 1:
+        ensemble_model = out / "ensemble" / "model"
+        if not has_uncertainty(ensemble_model):
+            train_ensemble(run_config, out / "ensemble", section.ensemble)
+        models["ensemble"] = ensemble_model
+
+    results = {"groups": names, "methods": {}}
+    arrays = {}
+    for method, folder in models.items():
+        arrays[method] = {g: predictions(folder, frames, folder / f"predictions_{g}.npz", section.aggregate)
+                          for g, frames in groups.items()}
+        metrics = _method_metrics(arrays[method], names)
+        timing_file = folder / "timing.json"
+        if not timing_file.is_file():
+            report = json.loads(read_uncertainty_metadata(folder)["report"])
+            write_json(timing_file, {"fit_time_s": report["fit_time_s"],
+                                     "inference_overhead": inference_overhead(folder, groups[names[0]])})
+        metrics.update(json.loads(timing_file.read_text()))
+        results["methods"][method] = metrics
+
+    _write_outputs(out, results, arrays, names)
+    return ShiftOutcome(results, arrays)
+
+
+def table_rows(results: dict) -> tuple[list[str], list[list]]:
+    """Header and rows of the summary table (also written to results.csv)."""
+    groups = results["groups"]
+    header = [c for c, _ in COLUMNS[:2]] + [f"AUROC {g} vs {groups[0]}" for g in groups[1:]] \
+        + [f"mean σ {g} (meV/Å)" for g in groups] + [c for c, _ in COLUMNS[2:]]
+    rows = []
+    for method, m in results["methods"].items():
+        auroc = m[f"auroc_vs_{groups[0]}"]
+        rows.append([method, m["spearman_atoms"], *[auroc[g] for g in groups[1:]],
+                     *[m["mean_uncertainty_meV_per_A"][g] for g in groups], *[m[k] for _, k in COLUMNS[2:]]])
+    return header, rows
+
+
+def _write_outputs(out: Path, results: dict, arrays: dict, groups: list[str]) -> None:
+    write_json(out / "results.json", results)
+    header, rows = table_rows(results)
+    write_table(out / "results.csv", header, rows)
+    report = Report("incerta uncertainty under distribution shift", out)
+    add_shift_sections(report, results, arrays, groups)
+    report.write()
+
+
+def add_shift_sections(report: Report, results: dict, arrays: dict, groups: list[str]) -> None:
+    """Summary table, uncertainty-vs-error grid, histograms per group and calibration curves."""
+    header, rows = table_rows(results)
+    report.text(f"Groups: {', '.join(groups)} (the first is in distribution). Per-atom uncertainties are calibrated "
+                "on the validation split, in eV/Å (predicted RMS of the force-error vector).")
+    report.heading("Summary")
+    report.table(header, rows)
+    report.heading("Uncertainty vs error")
+    report.figure(plots.uncertainty_error_grid({
+        m: {g: (a[g]["forces_uncertainty"], force_error_norms(a[g])) for g in groups} for m, a in arrays.items()
+    }), "uncertainty_vs_error", "Per-atom calibrated uncertainty against |F_pred - F|; the dashed line is σ = error.")
+    report.heading("Uncertainty per group")
+    report.figure(plots.uncertainty_histograms({m: {g: a[g]["forces_uncertainty"] for g in groups} for m, a in arrays.items()}),
+                  "uncertainty_histograms", "Distributions of per-atom uncertainty; means should rise with the shift.")
+    report.heading("Calibration")
+    reference = groups[0]
+    report.figure(plots.calibration_curves({
+        m: uq_metrics.force_components(a[reference]["forces_pred"] - a[reference]["forces_ref"], a[reference]["forces_uncertainty"])
+        for m, a in arrays.items()
+    }), "calibration", f"Force-component RMSE against predicted σ on {reference} (held out from calibration).")
+

@@ -1,0 +1,44 @@
+"""Learned non-local interactions: linear-scaling global attention over invariant atom features.
+
+Within each structure, every atom attends to every other atom, whatever their distance:
+
+    y_i = phi(q_i)^T S / (phi(q_i) . z),   S = sum_j phi(k_j) v_j^T,   z = sum_j phi(k_j)
+
+with phi(x) = elu(x) + 1 (Katharopoulos et al. 2020), so the cost is O(N F^2) instead of
+O(N^2 F). No empirical formula; invariant under rotations, translations and permutations
+because it acts on invariant features. Added residually: x_i <- x_i + W_o y_i.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from incerta.nn.electronic import segment_sum
+
+
+class GlobalAttention(nn.Module):
+    def __init__(self, num_features: int, heads: int = 4) -> None:
+        super().__init__()
+        if num_features % heads:
+            raise ValueError(f"num_features ({num_features}) must be divisible by heads ({heads})")
+        self.heads, self.head_dim = heads, num_features // heads
+        self.query = nn.Linear(num_features, num_features)
+        self.key = nn.Linear(num_features, num_features)
+        self.value = nn.Linear(num_features, num_features)
+        self.output = nn.Linear(num_features, num_features)
+        nn.init.zeros_(self.output.weight)  # starts as the identity: a local model
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, features: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        """features (N, F) -> (N, F)."""
+        n = features.shape[0]
+        shape = (n, self.heads, self.head_dim)
+        q = nn.functional.elu(self.query(features).view(shape)) + 1
+        k = nn.functional.elu(self.key(features).view(shape)) + 1
+        v = self.value(features).view(shape)
+        summary = segment_sum(torch.einsum("nhd,nhe->nhde", k, v), batch, num_graphs)  # (B, H, D, D)
+        normaliser = segment_sum(k, batch, num_graphs)  # (B, H, D)
+        numerator = torch.einsum("nhd,nhde->nhe", q, summary[batch])
+        denominator = torch.einsum("nhd,nhd->nh", q, normaliser[batch]).clamp_min(1e-9).unsqueeze(-1)
+        return features + self.output((numerator / denominator).reshape(n, -1))

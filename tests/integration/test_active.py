@@ -1,0 +1,184 @@
+"""Active learning with real oracles (tblite GFN2-xTB, PySCF DFT), a real Dask LocalCluster,
+and real kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+from ase.build import molecule
+
+from incerta.active.labelling import ClusterSpec, connect, label_on_cluster
+from incerta.active.loop import ActiveLearning
+from incerta.active.oracles import PySCFOracle, TBLiteOracle
+from incerta.active.samplers import attack_structure
+from incerta.active.state import RunState
+from incerta.calculators.ase import IncertaCalculator
+from incerta.calculators.md import run_watched_md
+from incerta.config import ALConfig, AttackSection, load_experiment
+from incerta.data.frame import Frame
+from incerta.data.io import read_frames
+from incerta.evaluate.predict import graphs_for
+from incerta.uq.base import FitSettings
+from incerta.uq.gmm import GMMUncertainty
+from incerta.uq.store import load_uncertain_potential
+
+SMALL_MODEL = {"l_max": 1, "num_channels": 16, "num_layers": 2, "radial_hidden": [32], "readout_hidden": 16}
+
+
+def al_yaml(tmp_path, train, pool, **active) -> str:
+    config = {
+        "seed": 0,
+        "data": {"train": train, "n_val": 10},
+        "model": SMALL_MODEL,
+        "training": {"epochs": 10, "lr": 0.01, "progress": False},
+        "active": {"uncertainty": {"method": "gmm"}, "candidates": {"source": "pool", "pool": pool},
+                   "cluster": {"workers": 2}, **active},
+    }
+    path = tmp_path / "al.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def acac_slices(acac, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slices")
+    frames = ase.io.read(acac / "train_300K.xyz", ":60")
+    hot = ase.io.read(acac / "train_600K.xyz", ":60")
+    ase.io.write(folder / "initial.xyz", frames[:40], format="extxyz")
+    ase.io.write(folder / "pool.xyz", frames[40:] + hot, format="extxyz")
+    return folder
+
+
+def test_uncertainty_selection_picks_higher_error_frames_than_random(acac_slices, tmp_path):
+    config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz"),
+                                     oracle={"type": "lookup"}, selection={"batch_size": 15}), ALConfig)
+    loop = ActiveLearning(config, tmp_path / "run", progress=False)
+    loop._prepare()
+    model = loop.train(0)
+    candidates = loop.candidates(0, model, set())
+    chosen = set(loop.choose(0, model, candidates))
+    potential = load_uncertain_potential(model).potential
+    frames = dict(candidates)
+    errors = {}
+    for key, frame in candidates:
+        out = potential(graphs_for(potential, [frame])[0], create_graph=False)
+        errors[key] = float(np.sqrt(((out["forces"].detach().numpy() - frame.forces) ** 2).mean()))
+    rng = np.random.default_rng(0)
+    random_means = [np.mean([errors[k] for k in rng.choice(list(frames), size=len(chosen), replace=False)]) for _ in range(200)]
+    chosen_mean = np.mean([errors[k] for k in chosen])
+    assert chosen_mean > np.percentile(random_means, 95), (chosen_mean, np.mean(random_means))
+
+
+def test_oracle_failure_is_survived_and_journaled(tmp_path):
+    frames = [Frame.from_atoms(molecule(n)) for n in ("H2O", "NH3")]
+    path = tmp_path / "pool.xyz"
+    ase.io.write(path, [f.to_atoms() for f in frames], format="extxyz")
+    state = RunState(tmp_path / "run")
+    client = connect(ClusterSpec(workers=1))
+    try:
+        failing = PySCFOracle(basis="sto-3g", max_cycle=1)  # a real SCF that cannot converge in one cycle
+        results = list(label_on_cluster(client, failing, [("a", frames[0])], ClusterSpec(retries=1)))
+        working = PySCFOracle(basis="sto-3g")
+        results += list(label_on_cluster(client, working, [("b", frames[1])], ClusterSpec(retries=0)))
+    finally:
+        client.close()
+    failed, good = results
+    assert failed.frame is None and "not converged" in failed.error and failed.attempts == 2
+    assert good.frame is not None and np.isfinite(good.frame.energy)
+    state.log("failed", iteration=0, key=failed.key, error=failed.error, attempts=failed.attempts)
+    assert state.failed_keys() == {"a"}
+
+
+def test_kill_during_labelling_then_resume(acac_slices, tmp_path):
+    """kill -9 while PySCF labels; --resume keeps every stored label and labels nothing twice."""
+    pool = [Frame.from_atoms(molecule(n)) for n in ("H2O", "NH3", "CH4", "H2O2", "HCN", "CO2", "C2H2", "HCOOH")]
+    pool_path = tmp_path / "pool.xyz"
+    ase.io.write(pool_path, [f.to_atoms() for f in pool], format="extxyz")
+    initial = tmp_path / "initial.xyz"
+    atoms = []
+    for k, name in enumerate(("H2O", "NH3", "CH4", "HCN", "CO2", "C2H2", "HCOOH", "H2O2") * 3):
+        a = molecule(name)
+        a.rattle(0.05, seed=k)
+        labelled = TBLiteOracle().label(Frame.from_atoms(a))
+        atoms.append(labelled.to_atoms())
+    ase.io.write(initial, atoms, format="extxyz")
+    config = al_yaml(tmp_path, str(initial), str(pool_path), oracle={"type": "pyscf", "options": {"basis": "6-31g"}},
+                     selection={"batch_size": 8}, stop={"max_iterations": 1, "max_labels": 8})
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "incerta.cli.main", "al", "run", config, "--out", str(out)]
+    victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = RunState(out)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(state.labelled()) < 3:
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)  # the whole job, Dask workers included
+    victim.wait()
+    before = [k for k, _ in state.labelled()]
+    assert 3 <= len(before) < 8, before
+    done = subprocess.run([sys.executable, "-m", "incerta.cli.main", "al", "run", "--resume", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = [k for k, _ in state.labelled()]
+    assert len(after) == len(set(after)) == 8, "no duplicates, nothing lost"
+    assert after[: len(before)] == before, "stored labels are kept"
+    assert {k for k, _ in state.labelled()} == {f"pool-{i}" for i in range(8)}
+
+
+def test_dask_cluster_survives_a_killed_worker():
+    frames = [Frame.from_atoms(molecule(n)) for n in ("H2O", "NH3", "CH4", "HCN", "CO2", "C2H2", "HCOOH", "H2O2")]
+    client = connect(ClusterSpec(workers=2))
+    try:
+        oracle = PySCFOracle(basis="6-31g")
+        items = [(f"m{k}", f) for k, f in enumerate(frames)]
+        results = []
+        killed = False
+        for result in label_on_cluster(client, oracle, items, ClusterSpec(retries=0)):
+            results.append(result)
+            if not killed:
+                pids = client.run(os.getpid)
+                os.kill(next(iter(pids.values())), signal.SIGKILL)
+                killed = True
+    finally:
+        client.close()
+    assert sorted(r.key for r in results) == sorted(k for k, _ in items)
+    assert all(r.frame is not None for r in results), [r.error for r in results if r.frame is None]
+
+
+def test_md_watcher_stops_at_the_threshold(acac_slices, tmp_path):
+    config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz")), ALConfig)
+    loop = ActiveLearning(config, tmp_path / "run", progress=False)
+    loop._prepare()
+    calculator = IncertaCalculator(loop.train(0))
+    start = read_frames(acac_slices / "pool.xyz")[0].to_atoms()
+    free = run_watched_md(start, calculator, 300, 40, threshold=None, check_every=10, progress=False)
+    sigmas = [row["max_uncertainty_eV_per_A"] for row in free.log]
+    assert len(free.log) == 4 and free.stopped_at is None
+    threshold = 0.5 * min(sigmas)
+    stopped = run_watched_md(start, calculator, 300, 40, threshold=threshold, check_every=10, on_threshold="stop",
+                             progress=False)
+    assert stopped.stopped_at == 10 and len(stopped.flagged) == 1
+    assert stopped.flagged[0].info["structure_uncertainty"] > threshold
+
+
+def test_uncertainty_attack_raises_uncertainty_physically(acac_slices, tmp_path):
+    config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz")), ALConfig)
+    loop = ActiveLearning(config, tmp_path / "run", progress=False)
+    loop._prepare()
+    potential = load_uncertain_potential(loop.train(0)).potential
+    gmm = GMMUncertainty(potential)
+    gmm.fit(graphs_for(potential, read_frames(acac_slices / "initial.xyz")), [], FitSettings(progress=False))
+    settings = AttackSection(steps=30, step_size=0.02, min_distance=0.8)
+    start = read_frames(acac_slices / "pool.xyz")[0]
+    attacked, before, after = attack_structure(potential, gmm, start, settings, np.random.default_rng(0))
+    assert after > before + 1.0
+    distances = attacked.to_atoms().get_all_distances()[np.triu_indices(len(attacked), 1)]
+    assert distances.min() >= 0.8
+    assert np.abs(attacked.positions - start.positions).max() > 0.05, "the structure actually moved"

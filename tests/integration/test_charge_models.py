@@ -1,0 +1,48 @@
+"""On the shared SpookyNet Ag3+/Ag3- slice, a charge-aware model separates the states; a local one cannot."""
+
+from __future__ import annotations
+
+import pytest
+
+from incerta.config import RunConfig
+from incerta.data.io import read_frames
+from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.train.checkpoint import load_potential
+from incerta.train.run import train_run
+
+
+@pytest.fixture(scope="module")
+def ag3(shared_data, tmp_path_factory):
+    path = shared_data / "spookynet_ag3_carbene" / "ag3_2200.db"
+    if not path.is_file():
+        pytest.skip("Ag3 data absent")
+    frames = read_frames(path)
+    training = frames[::7]  # same slice as the config below
+    assert {f.charge for f in training} == {1.0, -1.0}
+    return path, frames[3::22]
+
+
+def train(path, tmp_path, electronic: bool) -> dict:
+    config = RunConfig.model_validate({
+        "seed": 0,
+        "data": {"train": {"path": str(path), "select": "::7"}, "n_val": 30},
+        "model": {"l_max": 1, "num_channels": 16, "num_layers": 2, "cutoff": 6.0, "radial_hidden": [32],
+                  "readout_hidden": 16, "electronic_embedding": electronic},
+        "training": {"epochs": 25, "lr": 0.01, "scheduler_patience": 5, "progress": False, "energy_weight": 0.5,
+                     "forces_weight": 0.5},
+    })
+    run = tmp_path / ("charged" if electronic else "local")
+    train_run(config, run)
+    return run
+
+
+def test_charge_aware_model_separates_ag3_cation_and_anion(ag3, tmp_path):
+    path, held_out = ag3
+    charges = {f.charge for f in held_out}
+    assert charges == {1.0, -1.0}
+    errors = {}
+    for electronic in (False, True):
+        model = load_potential(train(path, tmp_path, electronic))
+        errors[electronic] = error_metrics(model, graphs_for(model, held_out))["energy_per_atom_rmse_meV"]
+    assert errors[False] > 1000, f"a local model cannot tell Ag3+ from Ag3- ({errors[False]:.0f} meV/atom)"
+    assert errors[True] < 0.1 * errors[False], errors

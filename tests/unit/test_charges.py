@@ -1,0 +1,109 @@
+"""Charge and spin inputs, charge equilibration, Ewald electrostatics and the non-local block."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from incerta.nn.ewald import point_coulomb_matrix
+from incerta.testing import assert_e3_equivariant, assert_forces_are_gradients, predict
+
+from conftest import make_model
+
+MADELUNG_NACL = 1.747564594633
+COULOMB = 14.399645478425668
+
+
+def charged_model(**blocks):
+    settings = {"electronic_embedding": True, "global_attention": True, "electrostatics": "qeq", **blocks}
+    model = make_model(species=(1, 6, 8, 11, 17), **settings)
+    for parameter in model.parameters():  # blocks start as identity/zero; give them a random state
+        if parameter.dim() > 1 and not parameter.abs().sum():
+            torch.nn.init.normal_(parameter, std=0.3)
+    return model
+
+
+def with_state(atoms: Atoms, charge: float, spin: float) -> Atoms:
+    atoms = atoms.copy()
+    atoms.info.update(charge=charge, spin=spin)
+    return atoms
+
+
+def test_same_geometry_different_charge_or_spin():
+    model = charged_model(electrostatics="none", global_attention=False)
+    water = molecule("H2O")
+    neutral = predict(model, with_state(water, 0, 0))
+    for charge, spin in ((1, 1), (-1, 1), (0, 2)):
+        other = predict(model, with_state(water, charge, spin))
+        assert abs(other["energy"] - neutral["energy"]) > 1e-3
+        assert np.abs(other["forces"] - neutral["forces"]).max() > 1e-4
+    local = make_model(species=(1, 6, 8, 11, 17))
+    assert predict(local, with_state(water, 1, 0))["energy"] == predict(local, water)["energy"], "a local model cannot tell"
+
+
+@pytest.mark.parametrize("charge", [0.0, 1.0, -2.0])
+def test_equilibrated_charges_sum_to_the_total_charge(charge):
+    model = charged_model()
+    from incerta.data.frame import Frame
+    from incerta.data.graph import frame_to_graph
+
+    frame = Frame.from_atoms(with_state(molecule("CH3CH2OH"), charge, 0))
+    out = model(frame_to_graph(frame, model.spec.cutoff).to(dtype=torch.float64), create_graph=False)
+    charges = out["charges"].detach()
+    assert abs(float(charges.sum()) - charge) < 1e-6
+    assert float(charges.std()) > 1e-3, "charges must not be uniform"
+    dipole = (charges.unsqueeze(1) * frame_to_graph(frame, 4.0).positions).sum(0)
+    np.testing.assert_allclose(out["dipole"][0].detach(), dipole, atol=1e-10)
+
+
+def test_ewald_reproduces_the_madelung_constant():
+    crystal = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    charges = torch.tensor([1.0 if z == 11 else -1.0 for z in crystal.numbers], dtype=torch.float64)
+    matrix = point_coulomb_matrix(torch.as_tensor(crystal.positions), torch.as_tensor(crystal.cell.array))
+    energy = 0.5 * charges @ matrix @ charges
+    pairs = len(crystal) / 2
+    nearest = 5.64 / 2
+    assert float(energy / pairs) == pytest.approx(-MADELUNG_NACL * COULOMB / nearest, rel=1e-6)
+    bigger = crystal.repeat((2, 1, 1))
+    charges2 = torch.cat([charges, charges])
+    matrix2 = point_coulomb_matrix(torch.as_tensor(bigger.positions), torch.as_tensor(bigger.cell.array))
+    assert float(0.5 * charges2 @ matrix2 @ charges2) == pytest.approx(2 * float(energy), rel=1e-8)
+
+
+def test_long_range_forces_match_finite_differences():
+    model = charged_model()
+    assert_forces_are_gradients(model, with_state(molecule("CH3CH2OH"), 1.0, 0.0), atol=1e-6)
+
+
+def test_long_range_forces_periodic():
+    model = charged_model(global_attention=False)
+    crystal = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    crystal.rattle(0.05, seed=1)
+    assert_forces_are_gradients(model, crystal, atol=1e-6)
+
+
+def test_equivariance_with_every_block():
+    model = charged_model()
+    assert_e3_equivariant(model, with_state(molecule("CH3CH2OH"), -1.0, 1.0))
+    crystal = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    crystal.rattle(0.05, seed=2)
+    assert_e3_equivariant(model, crystal)
+
+
+def test_periodic_images_consistent_with_electrostatics():
+    model = charged_model(global_attention=False)
+    crystal = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    crystal.rattle(0.05, seed=3)
+    unit, double = predict(model, crystal), predict(model, crystal.repeat((1, 2, 1)))
+    assert double["energy"] == pytest.approx(2 * unit["energy"], rel=1e-8)
+    np.testing.assert_allclose(double["forces"], np.tile(unit["forces"], (2, 1)), atol=1e-8)
+
+
+def test_energy_continuous_across_the_cutoff_with_electrostatics():
+    model = charged_model(global_attention=False)
+    pair = lambda r: with_state(Atoms("NaCl", positions=[[0, 0, 0], [r, 0, 0]]), 0.0, 0.0)
+    energies = [predict(model, pair(r))["energy"] for r in np.linspace(3.9, 4.1, 21)]
+    assert np.max(np.abs(np.diff(energies))) < 5e-3
