@@ -22,8 +22,8 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import yaml
-
 from common import INCERTA, WORK, print_table, run_timed, shared_data, write_results
+
 from incerta.config import apply_overrides
 from incerta.data.io import read_frames
 from incerta.evaluate.metrics import ErrorAccumulator

@@ -19,8 +19,8 @@ import shutil
 import time
 
 import numpy as np
-
 from common import ROOT, WORK, print_table, shared_data, write_results
+
 from incerta.active.loop import ActiveLearning
 from incerta.active.report import learning_rows
 from incerta.config import ALConfig, load_experiment

@@ -23,8 +23,8 @@ import re
 
 import ase.io
 import numpy as np
-
 from common import WORK, print_table, shared_data, write_results
+
 from incerta.config import RunConfig
 from incerta.data.generate import generate
 from incerta.data.io import read_frames

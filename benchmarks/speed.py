@@ -44,7 +44,7 @@ def main() -> None:
         from peers import peer_python
 
         codes["mace"] = (peer_python("mace"), trained / "mace" / "mace.model")
-    for code, (_, model) in codes.items():
+    for _, model in codes.values():
         if not model.exists():
             raise SystemExit(f"{model} missing: run benchmarks/accuracy_acac.py first")
     results = []

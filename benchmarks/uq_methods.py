@@ -17,6 +17,7 @@ import argparse
 import time
 
 from common import ROOT, WORK, print_table, write_results
+
 from incerta.config import ShiftConfig, load_experiment
 from incerta.evaluate.shift import run_shift
 

@@ -16,8 +16,8 @@ import argparse
 import time
 
 import numpy as np
-
 from common import ROOT, WORK, print_table, write_results
+
 from incerta.config import OODConfig, ShiftConfig, load_experiment
 from incerta.evaluate.ood import run_ood
 from incerta.evaluate.shift import run_shift

@@ -95,9 +95,9 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path):
 
 
 def test_evaluate_names_the_frame_with_an_unknown_element(demo_run, tmp_path):
+    import ase.io
     from ase.build import molecule
     from ase.calculators.singlepoint import SinglePointCalculator
-    import ase.io
 
     frames = [molecule("CH3CH2OH"), molecule("CH3Cl")]
     for atoms in frames:

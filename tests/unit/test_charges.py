@@ -8,10 +8,9 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
+from conftest import make_model
 from incerta.nn.ewald import point_coulomb_matrix
 from incerta.testing import assert_e3_equivariant, assert_forces_are_gradients, predict
-
-from conftest import make_model
 
 MADELUNG_NACL = 1.747564594633
 COULOMB = 14.399645478425668

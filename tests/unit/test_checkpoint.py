@@ -27,17 +27,17 @@ def test_corrupt_file(tmp_path):
     path = save_potential(make_model(), tmp_path / "model")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match=r"corrupt"):
         load_potential(tmp_path / "model")
     path.write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match="corrupt or not a safetensors"):
+    with pytest.raises(CheckpointError, match=r"corrupt or not a safetensors"):
         load_potential(path)
 
 
 def test_foreign_safetensors(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(3)}, str(path), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match="written by another program"):
+    with pytest.raises(CheckpointError, match=r"written by another program"):
         load_potential(path)
 
 
@@ -50,7 +50,7 @@ def test_pickle_payload_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "incerta.training", "model": Payload()}, path)
-    with pytest.raises(CheckpointError, match="refusing to load"):
+    with pytest.raises(CheckpointError, match=r"refusing to load"):
         load_potential(path)
     assert not marker.exists(), "the payload must never run"
     raw = tmp_path / "raw.pkl"
@@ -63,20 +63,20 @@ def test_pickle_payload_is_refused(tmp_path):
 def test_pytorch_archive_from_another_program(tmp_path):
     path = tmp_path / "model.model"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
-    with pytest.raises(CheckpointError, match="PyTorch pickle archive, not an incerta model"):
+    with pytest.raises(CheckpointError, match=r"PyTorch pickle archive, not an incerta model"):
         IncertaCalculator(path)
 
 
 def test_newer_format_version_is_refused(tmp_path):
     model = make_model()
     path = save_potential(model, tmp_path / "m.safetensors", extra={"format_version": "99"})
-    with pytest.raises(CheckpointError, match="upgrade incerta"):
+    with pytest.raises(CheckpointError, match=r"upgrade incerta"):
         load_potential(path)
 
 
 def test_missing_model_folder(tmp_path):
-    with pytest.raises(CheckpointError, match="no such model"):
+    with pytest.raises(CheckpointError, match=r"no such model"):
         load_potential(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="holds no potential.safetensors"):
+    with pytest.raises(CheckpointError, match=r"holds no potential.safetensors"):
         load_potential(tmp_path / "empty")

@@ -44,11 +44,11 @@ def test_wrong_type_and_range(tmp_path):
 
 
 def test_missing_section_and_bad_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="data: Field required"):
+    with pytest.raises(ConfigError, match=r"data: Field required"):
         load_config(write(tmp_path, "model: {l_max: 1}\n"))
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
         load_config(write(tmp_path, "data: [unclosed\n"))
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match=r"cannot read"):
         load_config(tmp_path / "absent.yaml")
 
 
@@ -56,14 +56,14 @@ def test_command_line_overrides(tmp_path):
     config = load_config(write(tmp_path, "data: {train: t.xyz}\n"), ["training.lr=0.02", "model.radial_hidden=[8, 8]"])
     assert config.training.lr == 0.02
     assert config.model.radial_hidden == [8, 8]
-    with pytest.raises(ConfigError, match="training.lrr: unknown key; did you mean 'lr'"):
+    with pytest.raises(ConfigError, match=r"training.lrr: unknown key; did you mean 'lr'"):
         load_config(write(tmp_path, "data: {train: t.xyz}\n"), ["training.lrr=1"])
-    with pytest.raises(ConfigError, match="must look like key.path=value"):
+    with pytest.raises(ConfigError, match=r"must look like key.path=value"):
         load_config(write(tmp_path, "data: {train: t.xyz}\n"), ["training.lr"])
 
 
 def test_frame_selection_is_validated(tmp_path):
     config = load_config(write(tmp_path, "data: {train: {path: t.xyz, select: '10:20'}}\n"))
     assert config.data.train[0].select == "10:20"
-    with pytest.raises(ConfigError, match="not a slice"):
+    with pytest.raises(ConfigError, match=r"not a slice"):
         load_config(write(tmp_path, "data: {train: {path: t.xyz, select: 'first ten'}}\n"))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from incerta.data.keys import markdown_table
-
 from conftest import REPO
+from incerta.data.keys import markdown_table
 
 
 def test_readme_key_table_matches_keys_module():

@@ -16,7 +16,7 @@ def test_neighbor_list_matches_ase(silicon):
     from ase.neighborlist import neighbor_list as ase_neighbor_list
 
     edges, shifts = neighbor_list(silicon.positions, silicon.cell.array, silicon.pbc, 4.0)
-    i, j, d = ase_neighbor_list("ijd", silicon, 4.0)
+    i, _, d = ase_neighbor_list("ijd", silicon, 4.0)
     vectors = silicon.positions[edges[1]] - silicon.positions[edges[0]] + shifts @ silicon.cell.array
     assert sorted(np.round(np.linalg.norm(vectors, axis=1), 8)) == pytest.approx(sorted(np.round(d, 8)))
     assert edges.shape[1] == len(i) > 8 * len(silicon), "cutoff beyond the cell: second shell through images"

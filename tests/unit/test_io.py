@@ -97,7 +97,7 @@ def test_n2p2_atomic_units(tmp_path):
 def test_n2p2_truncated(tmp_path):
     path = tmp_path / "input.data"
     path.write_text("begin\natom 0.0 0.0 0.0 O 0.0 0.0 0.0 0.0 0.0\nenergy -1.0\n")
-    with pytest.raises(DataError, match="ends inside frame 0"):
+    with pytest.raises(DataError, match=r"ends inside frame 0"):
         read_frames(path)
 
 
@@ -150,7 +150,7 @@ def test_malformed_number(good_xyz, tmp_path):
     lines[7] = lines[7].replace(lines[7].split()[1], "abc", 1)
     bad = tmp_path / "malformed.xyz"
     bad.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match="malformed.xyz: cannot parse frame 1"):
+    with pytest.raises(DataError, match=r"malformed.xyz: cannot parse frame 1"):
         read_frames(bad)
 
 
@@ -209,7 +209,7 @@ def test_overlap_through_periodic_image(tmp_path):
     atoms = Atoms("Si2", positions=[[0.05, 0, 0], [4.9, 0, 0]], cell=np.eye(3) * 5.0, pbc=True)
     path = tmp_path / "image.xyz"
     ase.io.write(path, atoms, format="extxyz")
-    with pytest.raises(DataError, match="overlap: 0.150 Å apart"):
+    with pytest.raises(DataError, match=r"overlap: 0.150 Å apart"):
         read_frames(path)
 
 
@@ -225,9 +225,9 @@ def test_all_problems_listed_at_once(tmp_path):
 
 
 def test_unknown_format_and_missing_file(tmp_path):
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match=r"no such file"):
         read_frames(tmp_path / "absent.xyz")
     odd = tmp_path / "data.weird"
     odd.write_text("x")
-    with pytest.raises(DataError, match="cannot tell the format"):
+    with pytest.raises(DataError, match=r"cannot tell the format"):
         read_frames(odd)

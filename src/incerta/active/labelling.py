@@ -12,8 +12,8 @@ from __future__ import annotations
 import multiprocessing
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 from incerta.active.oracles import Oracle, OracleFailure
 from incerta.data.frame import Frame

@@ -193,7 +193,7 @@ class ActiveLearning:
                     break
                 done = {k for k, _ in self.state.labelled()} | self.state.failed_keys()
                 candidates = self.candidates(iteration, model, done)
-                keys = self.choose(iteration, model, candidates)
+                keys = [k for k in self.choose(iteration, model, candidates) if k not in done]
                 budget = stop.max_labels - len(self.state.labelled())
                 keys = keys[: max(budget, 0)]
                 if not keys:

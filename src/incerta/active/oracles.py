@@ -64,7 +64,7 @@ class TBLiteOracle:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         from tblite.ase import TBLite
 
-        calculator = TBLite(method=self.method, charge=float(frame.charge), multiplicity=int(round(frame.spin)) + 1,
+        calculator = TBLite(method=self.method, charge=float(frame.charge), multiplicity=round(frame.spin) + 1,
                             accuracy=self.accuracy, verbosity=0)
         return _with_ase(frame, calculator, f"{self.method}")
 
@@ -89,10 +89,10 @@ class PySCFOracle:
         from pyscf import dft, gto, lib
 
         lib.num_threads(1)
-        spin = int(round(frame.spin))
+        spin = round(frame.spin)
         molecule = gto.M(
             atom=[(chemical_symbols[z], tuple(p)) for z, p in zip(frame.numbers, frame.positions)],
-            basis=self.basis, charge=int(round(frame.charge)), spin=spin, unit="Angstrom", verbose=0,
+            basis=self.basis, charge=round(frame.charge), spin=spin, unit="Angstrom", verbose=0,
         )
         solver = (dft.RKS if spin == 0 else dft.UKS)(molecule)
         solver.xc, solver.max_cycle, solver.conv_tol = self.xc, self.max_cycle, self.conv_tol

@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from incerta.active.state import RunState  # noqa: E402
-from incerta.evaluate.report import Report  # noqa: E402
+from incerta.active.state import RunState
+from incerta.evaluate.report import Report
 
 
 def learning_rows(state: RunState) -> list[dict]:
@@ -44,7 +44,7 @@ def add_al_sections(report: Report, state: RunState) -> None:
         ax.set(xlabel="labels", ylabel="force RMSE (meV/Å)", yscale="log")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        report.figure(fig, "learning_curve", "Force error against the number of labels.")
+        report.figure(fig, "al_error_vs_labels", "Force error against the number of labels.")
     if selected:
         report.heading("Uncertainty over iterations")
         fig, ax = plt.subplots(figsize=(5, 4))
@@ -54,7 +54,7 @@ def add_al_sections(report: Report, state: RunState) -> None:
         ax.set(xlabel="iteration", ylabel="structure uncertainty (eV/Å)", yscale="log")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        report.figure(fig, "uncertainty_over_iterations", "Calibrated uncertainty of the candidates at each iteration.")
+        report.figure(fig, "al_uncertainty_over_iterations", "Calibrated uncertainty of the candidates at each iteration.")
     if failed:
         report.heading("Failed labels")
         report.table(["iteration", "key", "attempts", "error"], [[e["iteration"], e["key"], e["attempts"], e["error"][:200]] for e in failed])

@@ -17,7 +17,13 @@ from incerta.data.validation import DataError, frame_problems
 from incerta.evaluate.predict import check_species, model_dtype
 from incerta.models.potential import Potential
 from incerta.train.checkpoint import load_potential
-from incerta.uq.model import ENERGY_UNCERTAINTY, FORCES_UNCERTAINTY, STRUCTURE_UNCERTAINTY, Aggregate, UncertainPotential
+from incerta.uq.model import (
+    ENERGY_UNCERTAINTY,
+    FORCES_UNCERTAINTY,
+    STRUCTURE_UNCERTAINTY,
+    Aggregate,
+    UncertainPotential,
+)
 from incerta.uq.store import has_uncertainty, load_uncertain_potential
 
 UNCERTAINTY_KEYS = (FORCES_UNCERTAINTY, ENERGY_UNCERTAINTY, STRUCTURE_UNCERTAINTY)
@@ -41,8 +47,9 @@ class IncertaCalculator(Calculator):
     ``min_distance`` Å), raise a clear error instead of returning a meaningless number.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", "charges", "dipole",
-                              *UNCERTAINTY_KEYS]
+    implemented_properties = [  # noqa: RUF012 (the ASE calculator convention)
+        "energy", "free_energy", "forces", "energies", "stress", "charges", "dipole", *UNCERTAINTY_KEYS,
+    ]
 
     def __init__(
         self,

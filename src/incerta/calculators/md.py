@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from ase import Atoms, units
+from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from tqdm.auto import tqdm
@@ -51,10 +52,11 @@ def run_watched_md(
     rng = np.random.default_rng(seed)
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
+    atoms.set_constraint(FixCom())  # Langevin's own fixcm is deprecated (ASE 3.28)
     if not atoms.pbc.any():
         ZeroRotation(atoms)
     dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
-                        friction=friction_per_fs / units.fs, rng=rng)
+                        friction=friction_per_fs / units.fs, rng=rng, fixcm=False)
     result = WatchedMD()
     safe = (atoms.positions.copy(), atoms.get_momenta().copy())
     bar = tqdm(total=steps, desc=f"MD {temperature_K:.0f} K", unit="step", disable=not progress, mininterval=1.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -33,13 +32,13 @@ def fail(error: Exception) -> None:
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML run configuration (see configs/example.yaml)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Output folder (default runs/<config name>)."),
-    overrides: List[str] = typer.Option([], "--set", "-s", help="Override a config value, e.g. --set training.lr=0.01"),
+    run_dir: Path | None = typer.Option(None, "--run-dir", "-o", help="Output folder (default runs/<config name>)."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value, e.g. --set training.lr=0.01"),
     resume: bool = typer.Option(True, help="Resume the run found in --run-dir, if any."),
     ensemble: int = typer.Option(1, "--ensemble", min=1, help="Train a deep ensemble of this many members."),
-    workers: Optional[int] = typer.Option(None, help="Ensemble members trained at once (default: one per core)."),
+    workers: int | None = typer.Option(None, help="Ensemble members trained at once (default: one per core)."),
     nprocs: int = typer.Option(1, "--nprocs", min=1, help="Data-parallel processes on this machine (gloo/NCCL)."),
-    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address for ensemble members."),
+    scheduler: str | None = typer.Option(None, help="Dask scheduler address for ensemble members."),
 ) -> None:
     """Train a potential (or a deep ensemble); the model lands in RUN_DIR/model."""
     from incerta.config import load_config
@@ -101,8 +100,8 @@ def print_uncertainty_metrics(results: dict[str, dict[str, float]]) -> None:
 @app.command()
 def evaluate(
     model: Path = typer.Argument(..., help="Model folder, run folder or .safetensors file."),
-    data: List[Path] = typer.Argument(..., help="Labelled structure files (extxyz, npz, n2p2, ...)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON here."),
+    data: list[Path] = typer.Argument(..., help="Labelled structure files (extxyz, npz, n2p2, ...)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the metrics as JSON here."),
     batch_size: int = typer.Option(16, help="Structures per forward pass."),
 ) -> None:
     """Energy and force errors of MODEL on each DATA file."""
@@ -136,7 +135,7 @@ def evaluate(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the demo's setting)."),
+    epochs: int | None = typer.Option(None, help="Training epochs (default: the demo's setting)."),
 ) -> None:
     """Train on the embedded GFN2-xTB ethanol data and write OUT/report.html and OUT/model."""
     from incerta.demo import run_demo
@@ -157,12 +156,12 @@ app.add_typer(uq_app, name="uq")
 def uq_fit(
     model: Path = typer.Argument(..., help="Model folder (e.g. RUN_DIR/model) to attach the method to."),
     method: str = typer.Option(..., "--method", "-m", help="gmm, llpr, svgp, lnk, ledl or shallow."),
-    train: List[Path] = typer.Option([], "--train", help="Training data (default: the model's run split)."),
-    val: List[Path] = typer.Option([], "--val", help="Validation data for calibration (default: the run split)."),
+    train: list[Path] = typer.Option([], "--train", help="Training data (default: the model's run split)."),
+    val: list[Path] = typer.Option([], "--val", help="Validation data for calibration (default: the run split)."),
     epochs: int = typer.Option(30, help="Epochs for methods that train (ledl, shallow, svgp, lnk)."),
     lr: float = typer.Option(0.002, help="Learning rate for methods that train."),
-    calibration: Optional[str] = typer.Option(None, help="scale, power or isotonic (default: by score type)."),
-    options: List[str] = typer.Option([], "--option", "-O", help="Method option, e.g. -O heads=4"),
+    calibration: str | None = typer.Option(None, help="scale, power or isotonic (default: by score type)."),
+    options: list[str] = typer.Option([], "--option", "-O", help="Method option, e.g. -O heads=4"),
     seed: int = typer.Option(0),
 ) -> None:
     """Fit METHOD on the training data, calibrate it on validation data, save it with MODEL."""
@@ -201,8 +200,8 @@ def uq_fit(
 @uq_app.command("shift")
 def uq_shift(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/uq_shift_acac.yaml)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/<config name>)."),
-    overrides: List[str] = typer.Option([], "--set", "-s", help="Override a config value."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default runs/<config name>)."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value."),
 ) -> None:
     """Uncertainty under distribution shift: train, attach methods, compare test groups."""
     from incerta.config import ShiftConfig, load_experiment
@@ -222,8 +221,8 @@ def uq_shift(
 @uq_app.command("ood")
 def uq_ood(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/uq_ood_rmd17.yaml)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/<config name>)."),
-    overrides: List[str] = typer.Option([], "--set", "-s", help="Override a config value."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default runs/<config name>)."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value."),
 ) -> None:
     """Out-of-distribution detection: one model per dataset, tested on every dataset."""
     from incerta.config import OODConfig, load_experiment
@@ -248,10 +247,10 @@ app.add_typer(al_app, name="al")
 
 @al_app.command("run")
 def al_run(
-    config: Optional[Path] = typer.Argument(None, help="Active-learning YAML (see configs/al_acac_xtb.yaml)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<config name>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
-    overrides: List[str] = typer.Option([], "--set", "-s", help="Override a config value."),
+    config: Path | None = typer.Argument(None, help="Active-learning YAML (see configs/al_acac_xtb.yaml)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/<config name>)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value."),
 ) -> None:
     """Select uncertain structures, label them with the oracle, retrain, repeat."""
     from incerta.active.loop import ActiveLearning
@@ -287,7 +286,7 @@ def md(
     temperature: float = typer.Option(300.0, "--temperature", "-T", help="Langevin temperature (K)."),
     steps: int = typer.Option(1000, help="MD steps."),
     timestep: float = typer.Option(0.5, help="Time step (fs)."),
-    max_uncertainty: Optional[float] = typer.Option(None, help="Flag frames above this force uncertainty (eV/Å)."),
+    max_uncertainty: float | None = typer.Option(None, help="Flag frames above this force uncertainty (eV/Å)."),
     stop: bool = typer.Option(False, help="Stop at the first flagged frame (default: keep going)."),
     check_every: int = typer.Option(10, help="Steps between uncertainty checks."),
     out: Path = typer.Option(Path("md-output"), "--out", "-o", help="Folder for log.csv, trajectory and flagged frames."),
@@ -363,7 +362,7 @@ def data_generate(
 
 @data_app.command("convert")
 def data_convert(
-    inputs: List[Path] = typer.Argument(..., help="Labelled files in any supported format."),
+    inputs: list[Path] = typer.Argument(..., help="Labelled files in any supported format."),
     out: Path = typer.Option(..., "--out", "-o", help="The on-disk store to write (.h5)."),
     cutoff: float = typer.Option(5.0, help="Neighbour-list cutoff (Å); must equal the model's cutoff."),
 ) -> None:

@@ -40,11 +40,11 @@ class Frame:
     def periodic(self) -> bool:
         return bool(np.any(self.pbc))
 
-    def with_(self, **changes) -> "Frame":
+    def with_(self, **changes) -> Frame:
         return replace(self, **changes)
 
     @classmethod
-    def from_atoms(cls, atoms: Atoms, source: str = "<atoms>") -> "Frame":
+    def from_atoms(cls, atoms: Atoms, source: str = "<atoms>") -> Frame:
         """Unlabelled frame from ASE atoms (charge/spin from ``atoms.info`` if present)."""
         info = atoms.info
         return cls(

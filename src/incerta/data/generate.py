@@ -15,7 +15,7 @@ generating command in ``info['generator']``. Example:
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
@@ -46,7 +46,7 @@ def nacl_cluster(extra_sodium: bool = False) -> Atoms:
     atoms = Atoms(crystal.numbers, positions=crystal.positions)
     if extra_sodium:
         centre = atoms.positions[atoms.numbers == 17].mean(axis=0)
-        atoms += Atoms("Na", positions=[centre + [0.0, 0.0, 6.5]])
+        atoms += Atoms("Na", positions=[[*centre, 0.0, 0.0, 6.5]])
     return atoms
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class AtomicGraph:
         """(B,) atoms per structure."""
         return torch.bincount(self.batch, minlength=self.num_graphs)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomicGraph":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AtomicGraph:
         """Move to a device; floating-point fields are cast to ``dtype`` when given."""
         changes = {}
         for f in fields(self):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import ase.io
 import numpy as np
@@ -148,11 +148,10 @@ def read_npz(path: str | Path, energy_unit: float = KCAL_PER_MOL, length_unit: f
     except Exception as err:
         raise DataError(f"{path}: not a readable NumPy .npz file ({err})") from err
     with data:
-        for r_key, e_key, f_key, z_key in names:
-            if r_key in data.files and z_key in data.files:
-                break
-        else:
+        layout = next((n for n in names if n[0] in data.files and n[3] in data.files), None)
+        if layout is None:
             raise DataError(f"{path}: expected arrays coords/nuclear_charges (rMD17) or R/z (sGDML), found {data.files}")
+        r_key, e_key, f_key, z_key = layout
         coords = np.asarray(data[r_key], dtype=float) * length_unit
         numbers = np.asarray(data[z_key], dtype=np.int64)
         energies = np.asarray(data[e_key], dtype=float).reshape(-1) * energy_unit if e_key in data.files else None

@@ -5,12 +5,13 @@ Used to make the embedded demo data and, later, training sets for new systems.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from tqdm.auto import tqdm
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 def labelled_copy(atoms: Atoms, **info) -> Atoms:
     """Snapshot of ``atoms`` with its current energy and forces frozen in a SinglePointCalculator."""
     energy = atoms.get_potential_energy()
-    forces = atoms.get_forces()
+    forces = atoms.get_forces(apply_constraint=False)
     copy = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     copy.info.update(atoms.info)
     copy.info.update(info)
@@ -49,10 +50,11 @@ def sample_md(
     rng = np.random.default_rng(seed)
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
+    atoms.set_constraint(FixCom())  # Langevin's own fixcm is deprecated (ASE 3.28)
     ZeroRotation(atoms)
     dynamics = Langevin(
         atoms, timestep_fs * units.fs, temperature_K=temperature_K,
-        friction=friction_per_fs / units.fs, rng=rng,
+        friction=friction_per_fs / units.fs, rng=rng, fixcm=False,
     )
     dynamics.run(equilibration)
     frames = []

@@ -12,8 +12,8 @@ Layout: datasets ``numbers`` (A,), ``positions`` (A, 3), ``forces`` (A, 3),
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import h5py
 import numpy as np

@@ -11,8 +11,8 @@ import csv
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

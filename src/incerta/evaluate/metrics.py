@@ -67,7 +67,7 @@ class ErrorAccumulator:
             self.stress_abs += float(np.abs(stress_error).sum())
             self.stress_sq += float(np.square(stress_error).sum())
 
-    def reduced(self) -> "ErrorAccumulator":
+    def reduced(self) -> ErrorAccumulator:
         """The sums over all ranks of a distributed run (itself when not distributed)."""
         return ErrorAccumulator(*[type(v)(t) for v, t in zip(astuple(self), all_reduce_sum([float(v) for v in astuple(self)]))])
 

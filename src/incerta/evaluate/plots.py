@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 
 def parity(predictions: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
@@ -104,6 +105,7 @@ def uncertainty_histograms(data: Mapping[str, Mapping[str, np.ndarray]]) -> Figu
             ax.hist(sigma[np.isfinite(sigma)], bins=bins, histtype="step", density=True,
                     label=f"{group} (mean {1e3 * np.mean(sigma[np.isfinite(sigma)]):.0f} meV/Å)")
         ax.set(xscale="log", title=method, xlabel="σ (eV/Å)")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short log range
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(methods):]:
         ax.axis("off")

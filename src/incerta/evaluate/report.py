@@ -39,7 +39,11 @@ class Report:
         self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
 
     def figure(self, fig: Figure, name: str, caption: str = "") -> Path:
-        """Embed ``fig`` and save it as figures/<name>.png; returns the PNG path."""
+        """Embed ``fig`` and save it as figures/<name>.png; returns the PNG path.
+
+        Names are unique within a report, so no figure file overwrites another."""
+        if f"alt='{html.escape(name)}'" in "".join(self.parts):
+            raise ValueError(f"figure name {name!r} is already used in this report")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)

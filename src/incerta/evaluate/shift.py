@@ -12,6 +12,7 @@ area, NLL and cost. Output folder::
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,12 @@ from incerta.config import RunConfig, ShiftConfig
 from incerta.data.sources import load_source, prepare_splits
 from incerta.evaluate import plots, uq_metrics
 from incerta.evaluate.experiments import (
-    attach_method, force_error_norms, inference_overhead, predictions, write_json, write_table,
+    attach_method,
+    force_error_norms,
+    inference_overhead,
+    predictions,
+    write_json,
+    write_table,
 )
 from incerta.evaluate.report import Report
 from incerta.train.ensemble import train_ensemble
@@ -54,7 +60,7 @@ def _method_metrics(arrays: dict[str, dict[str, np.ndarray]], groups: list[str])
         "ence": uq_metrics.ence(components, sigmas),
         "mean_uncertainty_meV_per_A": {g: 1e3 * m for g, m in zip(groups, means)},
         "mean_force_error_meV_per_A": {g: 1e3 * float(np.mean(force_error_norms(arrays[g]))) for g in groups},
-        "means_ordered": bool(all(a < b for a, b in zip(means, means[1:]))),
+        "means_ordered": bool(all(a < b for a, b in itertools.pairwise(means))),
     }
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from incerta.data.graph import AtomicGraph
 from incerta.evaluate import plots

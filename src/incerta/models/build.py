@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -11,8 +11,8 @@ import torch
 from incerta.config import ModelConfig
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph
-from incerta.data.store import GraphStore
 from incerta.data.statistics import force_rms, reference_energies, species_of
+from incerta.data.store import GraphStore
 from incerta.models.potential import Potential, PotentialSpec
 
 
@@ -31,7 +31,7 @@ class DataStatistics:
 
     @classmethod
     def from_frames(cls, frames: Sequence[Frame], graphs: Sequence[AtomicGraph], e0s=None,
-                    species: Sequence[int] = ()) -> "DataStatistics":
+                    species: Sequence[int] = ()) -> DataStatistics:
         """``e0s``: isolated-atom energies (mapping or one-atom frames) or None to fit them."""
         all_species = sorted(set(species) | set(species_of(frames)))
         shift = reference_energies(frames, all_species, e0s)

@@ -14,12 +14,11 @@ Run folder layout::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
-
 import yaml
 
 from incerta.config import ConfigError, DataSource, RunConfig
@@ -47,9 +46,9 @@ def _differences(old: dict, new: dict, prefix: tuple = ()) -> list[tuple]:
     for key in sorted(keys):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, prefix + (key,))
+            found += _differences(a, b, (*prefix, key))
         elif a != b:
-            found.append(prefix + (key,))
+            found.append((*prefix, key))
     return found
 
 

@@ -10,8 +10,9 @@ calculators and active learning only see :class:`~incerta.uq.model.UncertainPote
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -74,7 +75,7 @@ class UncertaintyMethod(nn.Module, ABC):
         return {}
 
     @classmethod
-    def rebuild(cls, potential: Potential, options: dict[str, Any]) -> "UncertaintyMethod":
+    def rebuild(cls, potential: Potential, options: dict[str, Any]) -> UncertaintyMethod:
         return cls(potential, **options)
 
 

@@ -114,7 +114,7 @@ class Calibration:
         energy_errors: np.ndarray,
         score_kind: ScoreKind = "std",
         kind: CalibrationKind | None = None,
-    ) -> "Calibration":
+    ) -> Calibration:
         """Fit on validation scores and errors: force errors (N, 3) eV/Å, energy errors (B,) eV."""
         kind = kind or ("scale" if score_kind == "std" else "power")
         force_sq = np.sum(np.square(np.asarray(force_errors, dtype=float).reshape(-1, 3)), axis=1)
@@ -128,6 +128,6 @@ class Calibration:
         return json.dumps({"forces": asdict(self.forces), "energy": asdict(self.energy)})
 
     @classmethod
-    def from_json(cls, text: str) -> "Calibration":
+    def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
         return cls(forces=ScoreMap(**data["forces"]), energy=ScoreMap(**data["energy"]))

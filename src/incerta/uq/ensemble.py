@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ class DeepEnsemble(UncertaintyMethod):
         self.others = nn.ModuleList([frozen(Potential(PotentialSpec(**spec)).to(dtype)) for spec in member_specs])
 
     @classmethod
-    def from_members(cls, members: Sequence[Potential]) -> "DeepEnsemble":
+    def from_members(cls, members: Sequence[Potential]) -> DeepEnsemble:
         ensemble = cls(members[0], [json.loads(json.dumps(m.spec.to_dict())) for m in members[1:]])
         for target, source in zip(ensemble.others, members[1:]):
             target.load_state_dict(source.state_dict())

@@ -16,7 +16,7 @@ sqrt(3 beta / (v (alpha - 1))) (eV/Å), and the energy score sqrt(sum_i beta/(v(
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

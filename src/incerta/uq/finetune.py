@@ -7,7 +7,7 @@ progress bar; the data order of each epoch is a function of (seed, epoch).
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm

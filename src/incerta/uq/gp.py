@@ -31,7 +31,7 @@ cannot grow until all atoms look alike.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import gpytorch
 import numpy as np
@@ -169,8 +169,9 @@ class SVGPUncertainty(UncertaintyMethod):
                 optimizer.step()
         self.gp.eval()
         kernel = self.gp.covar_module
-        return {"lengthscale": float(kernel.base_kernel.lengthscale.mean()), "outputscale": float(kernel.outputscale),
-                "noise": float(likelihood.noise), "final_pll": -float(loss.detach())}
+        return {"lengthscale": float(kernel.base_kernel.lengthscale.detach().mean()),
+                "outputscale": float(kernel.outputscale.detach()),
+                "noise": float(likelihood.noise.detach()), "final_pll": -float(loss.detach())}
 
     def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
         torch.manual_seed(settings.seed)

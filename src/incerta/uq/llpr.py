@@ -15,8 +15,7 @@ data (best rank correlation with force errors); calibration fixes the overall sc
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -79,7 +78,7 @@ class LLPRUncertainty(UncertaintyMethod):
         mean_diagonal = float(torch.diagonal(curvature).mean())
         features = []
         for batch in batches(validation, 16):
-            out, _, jacobian, grads = self._features(batch)
+            _, _, jacobian, grads = self._features(batch)
             features.append((jacobian, torch.linalg.norm(grads[K.FORCES].detach() - batch.forces, dim=1)))
         errors = np.concatenate([e.numpy() for _, e in features])
         choices = {}

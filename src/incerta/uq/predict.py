@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from incerta.data.graph import AtomicGraph, batches
 from incerta.uq.base import UncertaintyMethod
-from incerta.uq.model import FORCES_UNCERTAINTY, ENERGY_UNCERTAINTY, STRUCTURE_UNCERTAINTY, UncertainPotential
+from incerta.uq.model import ENERGY_UNCERTAINTY, FORCES_UNCERTAINTY, STRUCTURE_UNCERTAINTY, UncertainPotential
 
 
 def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[AtomicGraph], batch_size: int = 16) -> dict[str, np.ndarray]:

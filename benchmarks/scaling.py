@@ -1,0 +1,115 @@
+"""Scale-out on this machine: data-parallel training steps/s (1 vs N gloo processes) and the
+on-disk store's read throughput and training speed against in-memory graphs.
+
+    .venv/bin/python benchmarks/scaling.py [--frames 200] [--epochs 3] [--nprocs 2]
+
+The training runs use the acac 300 K set; an epoch's wall time comes from history.csv
+(``elapsed_s``), the first epoch is dropped as warm-up and the median of the rest is quoted.
+Writes benchmarks/results/scaling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import shutil
+import statistics
+import time
+
+from common import WORK, print_table, shared_data, write_results
+
+from incerta.config import RunConfig
+from incerta.data.graph import frame_to_graph
+from incerta.data.io import read_frames
+from incerta.data.store import GraphStore, write_store
+from incerta.train.run import train_run, train_run_parallel
+
+MODEL = {"l_max": 2, "num_channels": 32, "num_layers": 3, "cutoff": 5.0}
+
+
+def config(train: dict, epochs: int, batch_size: int) -> RunConfig:
+    return RunConfig.model_validate({
+        "seed": 0,
+        "data": {"train": train, "n_val": 20},
+        "model": MODEL,
+        "training": {"epochs": epochs, "batch_size": batch_size, "lr": 0.005, "progress": False},
+    })
+
+
+def epoch_seconds(run_dir) -> float:
+    """Median wall time of the epochs after the first (s)."""
+    with open(run_dir / "history.csv") as handle:
+        elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(handle)]
+    per_epoch = [b - a for a, b in itertools.pairwise(elapsed)]
+    return statistics.median(per_epoch)
+
+
+def timed_reads(read, count: int, repeats: int = 3) -> float:
+    """Median structures/s of ``read(i)`` for i in range(count)."""
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for i in range(count):
+            read(i)
+        rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=200, help="training frames (acac 300 K)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8, help="global batch (split over the processes)")
+    parser.add_argument("--nprocs", type=int, default=2)
+    args = parser.parse_args()
+
+    work = WORK / "scaling"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    xyz = shared_data() / "acac" / "train_300K.xyz"
+    frames = read_frames(xyz)[: args.frames]
+    store = work / "acac.h5"
+    write_started = time.perf_counter()
+    write_store(store, frames, cutoff=MODEL["cutoff"])
+    write_seconds = time.perf_counter() - write_started
+
+    graphs = [frame_to_graph(f, MODEL["cutoff"]) for f in frames]
+    opened = GraphStore(store)
+    reads = {
+        "in-memory graphs": timed_reads(lambda i: graphs[i], len(graphs)),
+        "store, sequential": timed_reads(lambda i: opened[i], len(opened)),
+        "store, shuffled": timed_reads(lambda i: opened[(i * 7919) % len(opened)], len(opened)),
+        "xyz frame -> graph (neighbour list)": timed_reads(lambda i: frame_to_graph(frames[i], MODEL["cutoff"]),
+                                                           len(frames)),
+    }
+
+    source = {"path": str(xyz), "select": f":{args.frames}"}
+    runs = {}
+    runs["1 process, in memory"] = train_run(config(source, args.epochs, args.batch_size), work / "one")
+    runs[f"{args.nprocs} gloo processes, in memory"] = train_run_parallel(
+        config(source, args.epochs, args.batch_size), work / "parallel", nprocs=args.nprocs)
+    runs["1 process, HDF5 store"] = train_run(config({"path": str(store)}, args.epochs, args.batch_size),
+                                              work / "store")
+    steps = -(-(args.frames - 20) // args.batch_size)
+    training = {}
+    for (name, _), directory in zip(runs.items(), ("one", "parallel", "store")):
+        seconds = epoch_seconds(work / directory)
+        training[name] = {"epoch_s": seconds, "steps_per_s": steps / seconds}
+    base = training["1 process, in memory"]["steps_per_s"]
+    rows = [[name, v["epoch_s"], v["steps_per_s"], v["steps_per_s"] / base] for name, v in training.items()]
+    print_table(f"training, acac {args.frames} frames, global batch {args.batch_size}, model {MODEL}",
+                ["run", "epoch s (median)", "steps/s", "vs 1 process"], rows)
+    print_table("reading structures", ["source", "structures/s"], [[k, v] for k, v in reads.items()])
+    print(f"\nstore written in {write_seconds:.2f} s ({store.stat().st_size / 1e6:.1f} MB)")
+    write_results("scaling", {
+        "settings": vars(args) | {"model": MODEL},
+        "training": training,
+        "reads_per_s": reads,
+        "store_write_s": write_seconds,
+        "store_bytes": store.stat().st_size,
+    })
+
+
+if __name__ == "__main__":
+    main()
