@@ -67,7 +67,7 @@ def main() -> None:
     work = WORK / "scaling"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    xyz = shared_data() / "acac" / "train_300K.xyz"
+    xyz = shared_data() / "botnet" / "dataset_acac" / "train_300K.xyz"
     frames = read_frames(xyz)[: args.frames]
     store = work / "acac.h5"
     write_started = time.perf_counter()
