@@ -118,7 +118,18 @@ class ModelConfig(Schema):
     electronic_embedding: bool = Field(False, description="total charge and spin (info['charge'], info['spin']) as inputs")
     global_attention: bool = Field(False, description="learned non-local block: every atom sees the whole structure")
     electrostatics: Literal["none", "qeq"] = Field("none", description="qeq: charge equilibration + Coulomb/Ewald energy")
+    dispersion: str | None = Field(None, description="add the D3(BJ) dispersion of this functional (e.g. pbe), "
+                                   "as in the reference data; molecules only (tad-dftd3)")
     dtype: Literal["float32", "float64"] = "float32"
+
+    @field_validator("dispersion")
+    @classmethod
+    def _known_functional(cls, value: str | None) -> str | None:
+        if value is not None:
+            from incerta.nn.dispersion import damping_parameters  # torch only when asked for
+
+            damping_parameters(value)
+        return value
 
 
 class TrainingConfig(Schema):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from incerta.config import RunConfig
+from incerta.data.generate import generate
 from incerta.data.io import read_frames
 from incerta.evaluate.predict import error_metrics, graphs_for
 from incerta.train.checkpoint import load_potential
@@ -46,3 +48,20 @@ def test_charge_aware_model_separates_ag3_cation_and_anion(ag3, tmp_path):
         errors[electronic] = error_metrics(model, graphs_for(model, held_out))["energy_per_atom_rmse_meV"]
     assert errors[False] > 1000, f"a local model cannot tell Ag3+ from Ag3- ({errors[False]:.0f} meV/atom)"
     assert errors[True] < 0.1 * errors[False], errors
+
+
+@pytest.mark.parametrize("system, charges, atoms", [("ag3", [1.0, -1.0], [3]), ("c10h2", [0.0, 1.0], [12, 13]),
+                                                    ("nacl", [0.0, 1.0], [16, 17])])
+def test_generator_labels_each_charge_state(system, charges, atoms):
+    """`incerta data generate`: GFN2-xTB MD frames, each labelled in every listed charge state."""
+    frames = generate(system, frames=2, temperature_K=300.0, interval=2, equilibration=10)
+    assert sorted({f.charge for f in frames}) == sorted(charges)
+    assert sorted({len(f.numbers) for f in frames}) == atoms
+    assert all(np.isfinite(f.energy) and np.isfinite(f.forces).all() for f in frames)
+    if system == "ag3":  # the same geometry in both states, with different energies
+        cation, anion = frames[0], frames[1]
+        np.testing.assert_allclose(cation.positions, anion.positions)
+        assert abs(cation.energy - anion.energy) > 1.0
+    if system == "nacl":
+        sodium = next(f for f in frames if len(f.numbers) == 17)
+        assert sodium.charge == 1.0 and int(np.sum(sodium.numbers == 11)) == 9

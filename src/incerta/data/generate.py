@@ -46,7 +46,7 @@ def nacl_cluster(extra_sodium: bool = False) -> Atoms:
     atoms = Atoms(crystal.numbers, positions=crystal.positions)
     if extra_sodium:
         centre = atoms.positions[atoms.numbers == 17].mean(axis=0)
-        atoms += Atoms("Na", positions=[[*centre, 0.0, 0.0, 6.5]])
+        atoms += Atoms("Na", positions=[centre + np.array([0.0, 0.0, 6.5])])
     return atoms
 
 
@@ -59,8 +59,9 @@ SYSTEMS: dict[str, list[tuple[Callable[[], Atoms], float, float, tuple[float, ..
 
 
 def generate(system: str, frames: int, temperature_K: float, oracle: str = "tblite", seed: int = 0,
-             interval: int = 20, command: str = "") -> list[Frame]:
-    """``frames`` geometries per structure of ``system``, labelled in each listed charge state."""
+             interval: int = 20, equilibration: int = 1000, command: str = "") -> list[Frame]:
+    """``frames`` geometries per structure of ``system`` (MD snapshots every ``interval`` steps after
+    ``equilibration`` steps), labelled in each listed charge state."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     labeller = TBLiteOracle() if oracle == "tblite" else PySCFOracle()
     labelled: list[Frame] = []
@@ -73,7 +74,7 @@ def generate(system: str, frames: int, temperature_K: float, oracle: str = "tbli
 
             return TBLite(method="GFN2-xTB", charge=charge, multiplicity=int(spin) + 1, verbosity=0)
 
-        snapshots = sample_md(start, calculator, temperature_K, frames, interval=interval, equilibration=1000,
+        snapshots = sample_md(start, calculator, temperature_K, frames, interval=interval, equilibration=equilibration,
                               seed=seed + index, label=f"{system}-{index}")
         for k, atoms in enumerate(snapshots):
             for state in states:

@@ -55,6 +55,7 @@ def build_potential(config: ModelConfig, statistics: DataStatistics, seed: int =
         electronic_embedding=config.electronic_embedding,
         global_attention=config.global_attention,
         electrostatics=config.electrostatics,
+        dispersion=config.dispersion,
         avg_num_neighbors=statistics.avg_num_neighbors,
         energy_shift=list(statistics.shift),
         energy_scale=statistics.scale,

@@ -13,6 +13,7 @@ from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
 from incerta.models.derivatives import derivatives, differentiable_inputs
 from incerta.nn.electronic import ElectronicEmbedding, segment_sum
+from incerta.nn.dispersion import D3Dispersion
 from incerta.nn.electrostatics import ChargeEquilibration
 from incerta.nn.embedding import SpeciesEmbedding
 from incerta.nn.global_attention import GlobalAttention
@@ -33,7 +34,8 @@ class PotentialSpec:
     num_radial_basis, cutoff_p (polynomial envelope order), radial_hidden (radial MLP
     widths), readout_hidden; electronic_embedding (total charge and spin as inputs),
     global_attention (learned non-local block), electrostatics ("none" or "qeq": charge
-    equilibration + Coulomb/Ewald energy). Data statistics: species (atomic numbers), avg_num_neighbors,
+    equilibration + Coulomb/Ewald energy), dispersion (None or a functional name such as
+    "pbe": fixed D3(BJ) energy added, molecules only). Data statistics: species (atomic numbers), avg_num_neighbors,
     energy_shift (eV per species, same order as species), energy_scale (eV).
     """
 
@@ -49,6 +51,7 @@ class PotentialSpec:
     electronic_embedding: bool = False
     global_attention: bool = False
     electrostatics: str = "none"
+    dispersion: str | None = None
     avg_num_neighbors: float = 10.0
     energy_shift: list[float] = field(default_factory=list)
     energy_scale: float = 1.0
@@ -95,6 +98,7 @@ class Potential(nn.Module):
         if spec.electrostatics not in ("none", "qeq"):
             raise ValueError(f"electrostatics must be 'none' or 'qeq', got {spec.electrostatics!r}")
         self.charge_model = ChargeEquilibration(spec.num_channels, spec.species) if spec.electrostatics == "qeq" else None
+        self.dispersion = D3Dispersion(spec.dispersion) if spec.dispersion else None
         readout_inputs = spec.num_channels + (1 if self.charge_model is not None else 0)
         self.readout = EnergyReadout(readout_inputs, spec.readout_hidden)
         shift = torch.tensor(spec.energy_shift or [0.0] * num_species)
@@ -165,6 +169,8 @@ class Potential(nn.Module):
         atomic_energies = self.scale_shift(raw, species)
         if self.charge_model is not None:
             atomic_energies = atomic_energies + electrostatic
+        if self.dispersion is not None:
+            atomic_energies = atomic_energies + self.dispersion(graph)
         out.update({
             K.ENERGY: segment_sum(atomic_energies, graph.batch, graph.num_graphs),
             K.ATOMIC_ENERGIES: atomic_energies,
