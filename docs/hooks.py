@@ -2,11 +2,13 @@
 
 reference/config.md from the configuration schemas, reference/cli.md from the command
 line itself, reference/data-keys.md from incerta.data.keys. Generated pages are not
-committed (see .gitignore); they can never drift from the code.
+committed (see .gitignore); they can never drift from the code. The table of
+choosing-uncertainty.md comes from the committed benchmarks/results/uq_methods.json.
 """
 
 from __future__ import annotations
 
+import json
 import typing
 from pathlib import Path
 
@@ -102,5 +104,31 @@ def write_reference() -> None:
             path.write_text(text)
 
 
+UQ_TABLE = "<!-- uq-methods-table -->"
+UQ_RESULTS = DOCS.parent / "benchmarks" / "results" / "uq_methods.json"
+
+
+def uq_methods_table() -> str:
+    """The committed results of benchmarks/uq_methods.py as a Markdown table."""
+    if not UQ_RESULTS.is_file():
+        return "*(no results yet: run `benchmarks/uq_methods.py`)*"
+    payload = json.loads(UQ_RESULTS.read_text())
+    machine = payload["machine"]
+    lines = ["| method | Spearman (atoms) | AUROC 600 K vs 300 K | miscalibration area | NLL | mean σ 300 K (meV/Å) "
+             "| mean σ 600 K (meV/Å) | fit (s) | inference cost (x bare model) |", "|" + " --- |" * 9]
+    for method, m in payload["results"]["methods"].items():
+        sigma = list(m["mean_uncertainty_meV_per_A"].values())
+        lines.append(f"| `{method}` | {m['spearman_atoms']:.2f} | {m['auroc_vs_300K']['600K']:.2f} | "
+                     f"{m['miscalibration_area']:.3f} | {m['nll']:.2f} | {sigma[0]:.0f} | {sigma[1]:.0f} | "
+                     f"{m['fit_time_s']:.0f} | {m['inference_overhead']:.2f} |")
+    lines += ["", f"*Measured on {machine['date']}, {machine['cores']} cores ({machine['cpu']}), torch "
+              f"{machine.get('torch', '?')}; raw numbers in `benchmarks/results/uq_methods.json`.*"]
+    return "\n".join(lines)
+
+
 def on_pre_build(config, **kwargs) -> None:  # MkDocs hook
     write_reference()
+
+
+def on_page_markdown(markdown: str, **kwargs) -> str:  # MkDocs hook
+    return markdown.replace(UQ_TABLE, uq_methods_table()) if UQ_TABLE in markdown else markdown

@@ -23,6 +23,9 @@ def test_docs_build_strict(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "reference" / "config" / "index.html").is_file()
     assert "lr_decay_fraction" in (DOCS / "reference" / "config.md").read_text(), "generated from the schema"
+    if (REPO / "benchmarks" / "results" / "uq_methods.json").is_file():
+        page = (tmp_path / "site" / "choosing-uncertainty" / "index.html").read_text()
+        assert "<code>llpr</code>" in page, "the methods table comes from the benchmark results"
 
 
 def test_every_page_is_in_the_navigation():
