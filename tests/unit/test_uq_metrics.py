@@ -101,3 +101,22 @@ def test_calibration_json_roundtrip_and_torch_path(rng):
         np.testing.assert_allclose(again.forces(score), calibration.forces(score))
         as_torch = again.forces(torch.as_tensor(score)).numpy()
         np.testing.assert_allclose(as_torch, calibration.forces(score), rtol=1e-10)
+
+
+def test_per_element_force_maps_undo_an_inverted_species_order(rng):
+    """Hydrogen gets the larger raw score but the smaller errors: one map ranks atoms wrongly,
+    per-element maps recover each element's factor; rare elements fall back to the global map."""
+    numbers = np.repeat([1, 6, 8], [3000, 3000, 20])
+    score = rng.uniform(0.5, 1.0, numbers.size) * np.where(numbers == 1, 2.0, 1.0)
+    factor = np.select([numbers == 1, numbers == 6], [0.01, 0.2], 0.1)
+    forces = synthetic_forces(rng, factor * score)
+    error = np.linalg.norm(forces, axis=1)
+    calibration = Calibration.fit(score, forces, score[:100], rng.normal(size=100), "std", numbers=numbers)
+    assert sorted(calibration.forces_by_species) == [1, 6], "too few oxygen atoms for a map of their own"
+    assert np.exp(calibration.forces_by_species[1].c0) == pytest.approx(0.01, rel=0.05)
+    assert np.exp(calibration.forces_by_species[6].c0) == pytest.approx(0.2, rel=0.05)
+    sigma = calibration.atom_sigma(torch.as_tensor(score), torch.as_tensor(numbers)).numpy()
+    np.testing.assert_allclose(sigma[numbers == 8], calibration.forces(score[numbers == 8]))
+    assert m.spearman(score, error) < 0 < m.spearman(sigma, error)
+    again = Calibration.from_json(calibration.to_json())
+    np.testing.assert_allclose(again.atom_sigma(torch.as_tensor(score), torch.as_tensor(numbers)).numpy(), sigma)

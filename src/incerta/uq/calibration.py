@@ -17,6 +17,13 @@ Maps (``kind``):
   exponentially, far from the data.
 * ``isotonic``: sigma^2 = monotone fit of the squared error against u (scikit-learn);
   flexible but flat beyond the range of validation scores.
+
+Force maps are fitted per element when the validation data hold at least
+``MIN_ATOMS_PER_SPECIES`` atoms of it (one global map otherwise, and for elements the
+calibration never saw): force errors differ by element (hydrogen's are smaller), and a
+raw score need not order elements the way their errors do. Measured on acac with the
+localised neural kernel, whose energy-variance score is largest on hydrogen: per-atom
+Spearman of uncertainty vs force error -0.08 with one map, positive per element.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from sklearn.isotonic import IsotonicRegression
 
 ScoreKind = Literal["std", "log-density"]
 CalibrationKind = Literal["scale", "power", "isotonic"]
+MIN_ATOMS_PER_SPECIES = 50
 
 
 @dataclass
@@ -100,10 +108,15 @@ def _fit(score: np.ndarray, squared: np.ndarray, dof: int, kind: CalibrationKind
 
 @dataclass
 class Calibration:
-    """Maps for per-atom force uncertainty (eV/Å) and per-structure energy uncertainty (eV)."""
+    """Maps for per-atom force uncertainty (eV/Å) and per-structure energy uncertainty (eV).
+
+    ``forces`` is the global force map; ``forces_by_species`` holds per-element maps
+    (atomic number -> map) that take precedence where present.
+    """
 
     forces: ScoreMap
     energy: ScoreMap
+    forces_by_species: dict[int, ScoreMap] = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -114,20 +127,42 @@ class Calibration:
         energy_errors: np.ndarray,
         score_kind: ScoreKind = "std",
         kind: CalibrationKind | None = None,
+        numbers: np.ndarray | None = None,
     ) -> Calibration:
-        """Fit on validation scores and errors: force errors (N, 3) eV/Å, energy errors (B,) eV."""
+        """Fit on validation scores and errors: force errors (N, 3) eV/Å, energy errors (B,) eV;
+        ``numbers`` (N,) atomic numbers enable per-element force maps."""
         kind = kind or ("scale" if score_kind == "std" else "power")
+        atom_scores = np.asarray(atom_scores, dtype=float)
         force_sq = np.sum(np.square(np.asarray(force_errors, dtype=float).reshape(-1, 3)), axis=1)
         energy_sq = np.square(np.asarray(energy_errors, dtype=float))
+        by_species = {}
+        if numbers is not None:
+            numbers = np.asarray(numbers)
+            for z in np.unique(numbers):
+                mask = numbers == z
+                if mask.sum() >= MIN_ATOMS_PER_SPECIES:
+                    by_species[int(z)] = _fit(atom_scores[mask], force_sq[mask], 3, kind, score_kind)
         return cls(
-            forces=_fit(np.asarray(atom_scores, dtype=float), force_sq, 3, kind, score_kind),
+            forces=_fit(atom_scores, force_sq, 3, kind, score_kind),
             energy=_fit(np.asarray(energy_scores, dtype=float), energy_sq, 1, kind, score_kind),
+            forces_by_species=by_species,
         )
 
+    def atom_sigma(self, scores: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """Per-atom force uncertainty (N,) eV/Å from raw scores (N,) of atoms with ``numbers`` (N,)."""
+        sigma = self.forces(scores)
+        for z, score_map in self.forces_by_species.items():
+            mask = numbers == z
+            if bool(mask.any()):
+                sigma = torch.where(mask, score_map(scores), sigma)
+        return sigma
+
     def to_json(self) -> str:
-        return json.dumps({"forces": asdict(self.forces), "energy": asdict(self.energy)})
+        return json.dumps({"forces": asdict(self.forces), "energy": asdict(self.energy),
+                           "forces_by_species": {str(z): asdict(m) for z, m in self.forces_by_species.items()}})
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
-        return cls(forces=ScoreMap(**data["forces"]), energy=ScoreMap(**data["energy"]))
+        by_species = {int(z): ScoreMap(**m) for z, m in data.get("forces_by_species", {}).items()}
+        return cls(forces=ScoreMap(**data["forces"]), energy=ScoreMap(**data["energy"]), forces_by_species=by_species)

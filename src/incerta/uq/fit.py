@@ -29,7 +29,7 @@ def calibrate(method: UncertaintyMethod, graphs: Sequence[AtomicGraph], kind: Ca
     return Calibration.fit(
         arrays["atom_score"], arrays["forces_pred"] - arrays["forces_ref"],
         arrays["energy_score"], arrays["energy_pred"] - arrays["energy_ref"],
-        method.score_kind, kind,
+        method.score_kind, kind, numbers=arrays["numbers"],
     )
 
 

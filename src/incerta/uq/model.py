@@ -54,7 +54,7 @@ class UncertainPotential(nn.Module):
             placeholder = torch.full_like(graph.numbers, self.potential.species[0])
             graph = replace(graph, numbers=torch.where(known, graph.numbers, placeholder))
         raw = self.method(graph, compute_stress=compute_stress)
-        sigma_atoms = self.calibration.forces(raw.atom_score)
+        sigma_atoms = self.calibration.atom_sigma(raw.atom_score, graph.numbers)
         out = {
             K.ENERGY: raw.energy,
             K.FORCES: raw.forces,

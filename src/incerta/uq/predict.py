@@ -14,8 +14,8 @@ from incerta.uq.model import ENERGY_UNCERTAINTY, FORCES_UNCERTAINTY, STRUCTURE_U
 def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[AtomicGraph], batch_size: int = 16) -> dict[str, np.ndarray]:
     """Predictions, raw scores (and calibrated uncertainties) as flat numpy arrays.
 
-    Per atom (N): atom_score, forces_pred/forces_ref (N, 3), structure (index of the
-    structure); per structure (B): energy_score, energy_pred, energy_ref, n_atoms; with a
+    Per atom (N): atom_score, forces_pred/forces_ref (N, 3), numbers, structure (index of
+    the structure); per structure (B): energy_score, energy_pred, energy_ref, n_atoms; with a
     calibrated :class:`UncertainPotential` also forces_uncertainty (N,), energy_uncertainty
     and structure_uncertainty (B,).
     """
@@ -34,6 +34,7 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
                    "energy_score": raw.energy_score}
         row = {k: as_np(v) for k, v in row.items()}
         row["n_atoms"] = as_np(batch.num_atoms)
+        row["numbers"] = batch.numbers.cpu().numpy()
         row["structure"] = as_np(batch.batch) + offset
         offset += batch.num_graphs
         if batch.energy is not None:
