@@ -10,6 +10,7 @@ import sys
 import time
 
 import ase.io
+import cloudpickle
 import numpy as np
 import pytest
 import yaml
@@ -150,6 +151,25 @@ def test_dask_cluster_survives_a_killed_worker():
         client.close()
     assert sorted(r.key for r in results) == sorted(k for k, _ in items)
     assert all(r.frame is not None for r in results), [r.error for r in results if r.frame is None]
+
+
+class WorkerKiller:
+    """An oracle whose every call kills the Dask worker running it."""
+
+    name = "killer"
+
+    def label(self, frame):
+        os._exit(1)
+
+
+def test_a_label_that_keeps_killing_workers_is_recorded_under_its_key():
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    client = connect(ClusterSpec(workers=1))
+    try:
+        [result] = label_on_cluster(client, WorkerKiller(), [("doomed", Frame.from_atoms(molecule("H2O")))], ClusterSpec())
+    finally:
+        client.close()
+    assert result.key == "doomed" and result.frame is None and result.error.startswith("lost: KilledWorker")
 
 
 def test_md_watcher_stops_at_the_threshold(acac_slices, tmp_path):

@@ -69,14 +69,14 @@ class ClusterSpec:
 
 
 def connect(spec: ClusterSpec):
-    """A Dask client for ``spec`` (import here: Dask is only needed for labelling)."""
-    from dask.distributed import Client, LocalCluster
+    """A Dask client for ``spec`` (import here: Dask is only needed for labelling). Without a
+    scheduler address the client starts its own LocalCluster and shuts it down on ``close()``."""
+    from dask.distributed import Client
 
     if spec.scheduler:
         return Client(spec.scheduler)
-    cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker, processes=True,
-                           dashboard_address=None)
-    return Client(cluster)
+    return Client(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker, processes=True,
+                  dashboard_address=None)
 
 
 def label_on_cluster(
@@ -86,16 +86,16 @@ def label_on_cluster(
     """Submit every (key, frame) and yield results as they complete."""
     from dask.distributed import as_completed
 
-    futures = [
+    keys = {
         client.submit(label_one, oracle, key, frame, spec.retries, spec.time_limit_s, key=f"label-{key}-{time.time_ns()}",
-                      pure=False)
+                      pure=False): key
         for key, frame in items
-    ]
-    for future in as_completed(futures):
+    }
+    for future in as_completed(list(keys)):
         try:
             result = future.result()
         except Exception as err:  # e.g. the task's workers kept dying
-            result = LabelResult(str(future.key), None, f"lost: {type(err).__name__}: {err}", 0, 0.0)
+            result = LabelResult(keys[future], None, f"lost: {type(err).__name__}: {err}", 0, 0.0)
         if on_result is not None:
             on_result(result)
         yield result
