@@ -8,32 +8,59 @@
 2. Pool-based on rMD17 aspirin (train split as pool, test split for the curve).
 3. On-the-fly (configs/al_ethanol_md_xtb.yaml): MD at 600 K + GFN2-xTB labels, wall time.
 
-    .venv/bin/python benchmarks/active_learning.py            # long: ~2-3 h on 2 cores
+Every (study, strategy, seed) loop runs in its own process with one thread, ``--jobs`` at
+a time; its learning curve is kept in benchmarks/work/active_learning/<run>/curve.json,
+so a rerun skips finished loops.
+
+    .venv/bin/python benchmarks/active_learning.py --jobs 2       # long: ~4 h on 2 cores
     .venv/bin/python benchmarks/active_learning.py --seeds 1 --skip-rmd17
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from common import ROOT, WORK, print_table, shared_data, write_results
 
-from incerta.active.loop import ActiveLearning
-from incerta.active.report import learning_rows
-from incerta.config import ALConfig, load_experiment
-
 STRATEGIES = {"llpr": ["active.uncertainty.method=llpr"], "gmm": ["active.uncertainty.method=gmm"],
               "random": ["active.selection.strategy=random"]}
+UNCERTAINTY = [s for s in STRATEGIES if s != "random"]
 
 
-def run(config_path, overrides, folder) -> list[dict]:
+def run_loop(config_path: str, overrides: list[str], folder: Path) -> list[dict]:
+    """One active-learning run from scratch; returns its learning curve (also kept in curve.json)."""
+    from incerta.active.loop import ActiveLearning
+    from incerta.active.report import learning_rows
+    from incerta.config import ALConfig, load_experiment
+
     shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
     loop = ActiveLearning(load_experiment(config_path, ALConfig, overrides), folder, progress=False)
     loop.run()
-    return learning_rows(loop.state)
+    rows = learning_rows(loop.state)
+    (folder / "curve.json").write_text(json.dumps({"rows": rows, "wall_time_s": time.perf_counter() - started}))
+    return rows
+
+
+def run_in_process(config_path: Path, overrides: list[str], folder: Path) -> dict:
+    """run_loop in a fresh one-thread process (skipped when its curve.json exists)."""
+    curve = folder / "curve.json"
+    if not curve.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.parent / f"{folder.name}.log", "w") as log:
+            subprocess.run([sys.executable, __file__, "--one", json.dumps([str(config_path), overrides, str(folder)])],
+                           check=True, stdout=log, stderr=subprocess.STDOUT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    return json.loads(curve.read_text())
 
 
 def labels_to_reach(rows: list[dict], key: str, target: float) -> int | None:
@@ -43,58 +70,82 @@ def labels_to_reach(rows: list[dict], key: str, target: float) -> int | None:
     return None
 
 
-def pool_study(name: str, config_path, extra: list[str], seeds: int) -> dict:
-    curves = {}
-    for strategy, overrides in STRATEGIES.items():
-        for seed in range(seeds):
-            rows = run(config_path, [*extra, *overrides, f"seed={seed}", "training.progress=false"],
-                       WORK / "active_learning" / name / f"{strategy}_{seed}")
-            curves.setdefault(strategy, []).append(rows)
+def pool_runs(name: str, config_path: Path, extra: list[str], seeds: int) -> list[tuple]:
+    return [(name, strategy, seed, config_path, [*extra, *overrides, f"seed={seed}", "training.progress=false"])
+            for strategy, overrides in STRATEGIES.items() for seed in range(seeds)]
+
+
+def summarise(curves: dict[str, list[list[dict]]]) -> dict:
+    """Per test set: random's median final error and the labels each method needs to reach it."""
     keys = [k for k in curves["random"][0][0] if k.endswith("(meV/Å)") and not k.startswith("validation")]
     summary = {}
     for key in keys:
         random_final = float(np.median([c[-1][key] for c in curves["random"]]))
         budget = curves["random"][0][-1]["n_labels"]
         summary[key] = {"random_final": random_final, "random_labels": budget}
-        for strategy in ("llpr", "gmm"):
+        for strategy in UNCERTAINTY:
             needed = [labels_to_reach(c, key, random_final) for c in curves[strategy]]
             summary[key][strategy] = {"labels_to_reach_random_final": needed,
                                       "final": float(np.median([c[-1][key] for c in curves[strategy]]))}
-    return {"curves": curves, "summary": summary}
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2, help="loops run at once (one thread each)")
     parser.add_argument("--skip-rmd17", action="store_true")
     parser.add_argument("--skip-md", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results = {}
+    if args.one:
+        config_path, overrides, folder = json.loads(args.one)
+        run_loop(config_path, overrides, Path(folder))
+        return
+
+    started = time.perf_counter()
     acac_config = ROOT / "configs" / "al_acac_pool.yaml"
-    results["acac"] = pool_study("acac", acac_config, [], args.seeds)
+    runs = pool_runs("acac", acac_config, [], args.seeds)
     if not args.skip_rmd17:
         rmd17 = shared_data() / "rmd17"
         extra = [f"data.train={{path: {rmd17 / 'rmd17_aspirin_train_01.npz'}, select: '::50'}}", "data.e0s=null",
                  f"active.candidates.pool=[{rmd17 / 'rmd17_aspirin_train_01.npz'}]",
                  f"active.test=[{{path: {rmd17 / 'rmd17_aspirin_test_01.npz'}, select: '::4'}}]"]
-        results["rmd17_aspirin"] = pool_study("rmd17_aspirin", acac_config, extra, args.seeds)
+        runs += pool_runs("rmd17_aspirin", acac_config, extra, args.seeds)
     if not args.skip_md:
-        started = time.perf_counter()
-        rows = run(ROOT / "configs" / "al_ethanol_md_xtb.yaml", ["training.progress=false"], WORK / "active_learning" / "md_xtb")
-        results["md_xtb"] = {"rows": rows, "wall_time_s": time.perf_counter() - started}
+        runs.append(("md_xtb", "llpr", 0, ROOT / "configs" / "al_ethanol_md_xtb.yaml", ["training.progress=false"]))
+
+    def execute(run: tuple) -> tuple:
+        name, strategy, seed, config_path, overrides = run
+        return run, run_in_process(config_path, overrides, WORK / "active_learning" / name / f"{strategy}_{seed}")
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        outcomes = list(pool.map(execute, runs))
+
+    results: dict = {"settings": {"seeds": args.seeds, "jobs": args.jobs, "threads_per_job": 1}}
+    for (name, strategy, _, _, _), curve in outcomes:
+        if name == "md_xtb":
+            results["md_xtb"] = curve
+            continue
+        results.setdefault(name, {"curves": {}, "wall_time_s": {}})
+        results[name]["curves"].setdefault(strategy, []).append(curve["rows"])
+        results[name]["wall_time_s"].setdefault(strategy, []).append(curve["wall_time_s"])
     for name in ("acac", "rmd17_aspirin"):
         if name not in results:
             continue
+        results[name]["summary"] = summarise(results[name]["curves"])
         table = []
         for key, s in results[name]["summary"].items():
-            for strategy in ("llpr", "gmm"):
+            for strategy in UNCERTAINTY:
                 table.append([name, key, s["random_labels"], s["random_final"], strategy,
                               str(s[strategy]["labels_to_reach_random_final"]), s[strategy]["final"]])
-        print_table(f"{name}: labels needed to reach random's final error",
-                    ["study", "test set", "random labels", "random final", "method", "labels needed (per seed)", "final"], table)
+        print_table(f"{name}: labels needed to reach random's final error (median over seeds)",
+                    ["study", "test set", "random labels", "random final", "method", "labels needed (per seed)",
+                     "final"], table)
     if "md_xtb" in results:
         md = results["md_xtb"]
         print(f"\non-the-fly MD + GFN2-xTB: {md['rows'][-1]['n_labels']} labels, wall time {md['wall_time_s'] / 60:.1f} min")
+    results["wall_time_s"] = time.perf_counter() - started
     write_results("active_learning", results)
 
 

@@ -141,18 +141,19 @@ class ActiveLearning:
         if not candidates:
             self.state.log("selected", iteration=iteration, keys=[], scores=[], above=0)
             return []
+        if rule.strategy == "random":  # the baseline: no scores needed (they are the costly part)
+            rng = np.random.default_rng(self.config.seed + 31 * iteration)
+            keys = [candidates[i][0] for i in rng.permutation(len(candidates))[: rule.batch_size]]
+            self.state.log("selected", iteration=iteration, keys=keys, candidates=len(candidates))
+            return keys
         uncertain = load_uncertain_potential(model)
         cutoff, dtype = uncertain.potential.spec.cutoff, next(uncertain.potential.parameters()).dtype
         graphs = [frame_to_graph(f, cutoff).to(dtype=dtype) for _, f in candidates]  # unknown elements: flagged
         scores = collect(uncertain, graphs)[STRUCTURE_UNCERTAINTY]
         thresholds = np.array([rule.thresholds_by_formula.get(f.to_atoms().get_chemical_formula(), rule.threshold)
                                for _, f in candidates])
-        if rule.strategy == "random":
-            rng = np.random.default_rng(self.config.seed + 31 * iteration)
-            picked = rng.permutation(len(candidates))[: rule.batch_size].tolist()
-        else:
-            features = _structure_features(uncertain, graphs, np.isfinite(scores))
-            picked = select(scores, features, rule.batch_size, thresholds, rule.diversity)
+        features = _structure_features(uncertain, graphs, np.isfinite(scores))
+        picked = select(scores, features, rule.batch_size, thresholds, rule.diversity)
         keys = [candidates[i][0] for i in picked]
         finite = scores[np.isfinite(scores)]
         self.state.log("selected", iteration=iteration, keys=keys, scores=[float(scores[i]) for i in picked],

@@ -45,10 +45,10 @@ def add_al_sections(report: Report, state: RunState) -> None:
         ax.legend(fontsize=8)
         fig.tight_layout()
         report.figure(fig, "al_error_vs_labels", "Force error against the number of labels.")
-    if selected:
+    points = [e for e in selected if e.get("mean_uncertainty") is not None]  # none for random selection
+    if points:
         report.heading("Uncertainty over iterations")
         fig, ax = plt.subplots(figsize=(5, 4))
-        points = [e for e in selected if e.get("mean_uncertainty") is not None]
         ax.plot([e["iteration"] for e in points], [e["mean_uncertainty"] for e in points], "o-", label="mean of candidates")
         ax.plot([e["iteration"] for e in points], [e["max_uncertainty"] for e in points], "s-", label="max of candidates")
         ax.set(xlabel="iteration", ylabel="structure uncertainty (eV/Å)", yscale="log")

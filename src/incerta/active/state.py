@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import ase.io
@@ -42,7 +43,9 @@ class RunState:
 
     # journal -------------------------------------------------------------------------
     def log(self, event: str, **fields) -> None:
-        _append(self.journal_path, (json.dumps({"event": event, **fields}, default=float) + "\n").encode())
+        """Append one event, stamped with the UTC time it was written."""
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        _append(self.journal_path, (json.dumps({"event": event, "at": stamp, **fields}, default=float) + "\n").encode())
 
     def events(self, event: str | None = None) -> list[dict]:
         if not self.journal_path.exists():
