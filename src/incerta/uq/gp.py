@@ -192,7 +192,16 @@ class SVGPUncertainty(UncertaintyMethod):
 
 
 class LNKUncertainty(SVGPUncertainty):
-    """Localised neural kernel: GP readout trained jointly with the backbone."""
+    """Localised neural kernel: GP readout trained jointly with the backbone.
+
+    Fewer inducing points by default than ``svgp``: every joint training step factorises
+    the (M, M) inducing covariance and differentiates through it twice (forces in the
+    loss). Measured on acac, batches of 5, one thread: 1.03 s per step with M = 1000,
+    0.10 s with M = 256.
+    """
 
     name = "lnk"
     modifies_potential = True
+
+    def __init__(self, potential: Potential, num_inducing: int = 256, **options) -> None:
+        super().__init__(potential, num_inducing=num_inducing, **options)
