@@ -70,13 +70,15 @@ class ClusterSpec:
 
 def connect(spec: ClusterSpec):
     """A Dask client for ``spec`` (import here: Dask is only needed for labelling). Without a
-    scheduler address the client starts its own LocalCluster and shuts it down on ``close()``."""
+    scheduler address the client starts its own LocalCluster and shuts it down on ``close()``;
+    its scheduler's HTTP server takes a free port (it starts one even without a dashboard,
+    on 8787 by default, which clashes when several clusters run at once)."""
     from dask.distributed import Client
 
     if spec.scheduler:
         return Client(spec.scheduler)
     return Client(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker, processes=True,
-                  dashboard_address=None)
+                  dashboard_address=":0")
 
 
 def label_on_cluster(
