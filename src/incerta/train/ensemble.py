@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -51,5 +52,7 @@ def train_ensemble(config: RunConfig, run_dir: str | Path, members: int, workers
     finally:
         client.close()
     potentials = [load_potential(member_dir(run_dir, k)) for k in range(members)]
+    training_time = sum(json.loads((member_dir(run_dir, k) / "metrics.json").read_text())["train_time_s"]
+                        for k in range(members))
     splits = prepare_splits(config.data, config.seed)
-    return attach_ensemble(run_dir / "model", potentials, splits.validation)
+    return attach_ensemble(run_dir / "model", potentials, splits.validation, training_time_s=training_time)

@@ -19,7 +19,7 @@ from torch import nn
 
 from incerta.data.graph import AtomicGraph
 from incerta.models.potential import Potential
-from incerta.uq.calibration import ScoreKind
+from incerta.uq.calibration import CalibrationKind, ScoreKind
 
 
 @dataclass
@@ -55,6 +55,8 @@ class UncertaintyMethod(nn.Module, ABC):
 
     name: ClassVar[str]
     score_kind: ClassVar[ScoreKind] = "std"
+    #: calibration map used unless the user picks one (None: chosen by ``score_kind``)
+    default_calibration: ClassVar[CalibrationKind | None] = None
     #: False when the base potential is used frozen (its weights are not stored again).
     modifies_potential: ClassVar[bool] = False
 

@@ -29,7 +29,7 @@ def calibrate(method: UncertaintyMethod, graphs: Sequence[AtomicGraph], kind: Ca
     return Calibration.fit(
         arrays["atom_score"], arrays["forces_pred"] - arrays["forces_ref"],
         arrays["energy_score"], arrays["energy_pred"] - arrays["energy_ref"],
-        method.score_kind, kind, numbers=arrays["numbers"],
+        method.score_kind, kind or method.default_calibration, numbers=arrays["numbers"],
     )
 
 
@@ -62,18 +62,21 @@ def fit_uncertainty(
 
 
 def attach_ensemble(model: str | Path, members: Sequence[Potential], validation: Sequence[Frame],
-                    calibration: CalibrationKind | None = None) -> dict:
-    """Save ``members`` as a calibrated deep ensemble in the model folder ``model``."""
+                    calibration: CalibrationKind | None = None, training_time_s: float = 0.0) -> dict:
+    """Save ``members`` as a calibrated deep ensemble in the model folder ``model``; its fit time
+    is ``training_time_s``, the members' total training time."""
     save_potential(members[0], model)
     ensemble = DeepEnsemble.from_members(members)
-    return _fit_and_save(model, ensemble, [], graphs_for(members[0], validation), FitSettings(), calibration)
+    return _fit_and_save(model, ensemble, [], graphs_for(members[0], validation), FitSettings(), calibration,
+                         training_time_s)
 
 
-def _fit_and_save(model, instance: UncertaintyMethod, train, validation, settings, calibration) -> dict:
+def _fit_and_save(model, instance: UncertaintyMethod, train, validation, settings, calibration,
+                  training_time_s: float = 0.0) -> dict:
     started = time.perf_counter()
     info = instance.fit(train, validation, settings)
     instance.eval()
-    fit_time = time.perf_counter() - started
+    fit_time = training_time_s + time.perf_counter() - started
     fitted = calibrate(instance, validation, calibration)
     report = {"method": instance.name, "fit_time_s": fit_time, "n_train": len(train), "n_validation": len(validation),
               "calibration": fitted.forces.kind, "fit": info}

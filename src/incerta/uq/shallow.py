@@ -24,8 +24,14 @@ from incerta.uq.finetune import train_module
 
 
 class ShallowEnsemble(UncertaintyMethod):
+    """See the module docstring. The heads' force spread, trained through energies only, is
+    under-dispersed where errors are small, so it is calibrated by a power law rather than a
+    scale factor: on acac (benchmarks/uq_methods.py) miscalibration area 0.106 -> 0.047 and
+    per-atom Spearman 0.45 -> 0.52."""
+
     name = "shallow"
     modifies_potential = True
+    default_calibration = "power"
 
     def __init__(self, potential: Potential, heads: int = 8, init_noise: float = 0.1, forces_weight: float = 1.0) -> None:
         super().__init__(potential)
