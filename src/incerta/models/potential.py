@@ -12,8 +12,8 @@ from torch import nn
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
 from incerta.models.derivatives import derivatives, differentiable_inputs
-from incerta.nn.electronic import ElectronicEmbedding, segment_sum
 from incerta.nn.dispersion import D3Dispersion
+from incerta.nn.electronic import ElectronicEmbedding, segment_sum
 from incerta.nn.electrostatics import ChargeEquilibration
 from incerta.nn.embedding import SpeciesEmbedding
 from incerta.nn.global_attention import GlobalAttention

@@ -9,8 +9,9 @@ of the training loss with respect to the last-layer weights w is
 and the weights' posterior covariance is (C + s I)^-1. Propagated to predictions:
 force variance of atom i = sum_a J_ia^T (C + s I)^-1 J_ia (the per-atom score, as RMS of
 the force vector), energy variance = g_b^T (C + s I)^-1 g_b. The Jacobians take one
-vector-Jacobian product per last-layer feature (see :func:`_sum_jacobian`). The regulariser s is chosen on validation
-data (best rank correlation with force errors); calibration fixes the overall scale.
+vector-Jacobian product per last-layer feature (see :func:`_sum_jacobian`). The regulariser
+s is chosen on validation data (best rank correlation with force errors); calibration
+fixes the overall scale.
 """
 
 from __future__ import annotations
