@@ -72,7 +72,7 @@ def labels_to_reach(rows: list[dict], key: str, target: float) -> int | None:
 
 def pool_runs(name: str, config_path: Path, extra: list[str], seeds: int) -> list[tuple]:
     return [(name, strategy, seed, config_path, [*extra, *overrides, f"seed={seed}", "training.progress=false"])
-            for strategy, overrides in STRATEGIES.items() for seed in range(seeds)]
+            for seed in range(seeds) for strategy, overrides in STRATEGIES.items()]  # seed by seed
 
 
 def summarise(curves: dict[str, list[list[dict]]]) -> dict:
@@ -93,6 +93,7 @@ def summarise(curves: dict[str, list[list[dict]]]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rmd17-seeds", type=int, help="seeds of the aspirin study (default: --seeds)")
     parser.add_argument("--jobs", type=int, default=2, help="loops run at once (one thread each)")
     parser.add_argument("--skip-rmd17", action="store_true")
     parser.add_argument("--skip-md", action="store_true")
@@ -111,7 +112,7 @@ def main() -> None:
         extra = [f"data.train={{path: {rmd17 / 'rmd17_aspirin_train_01.npz'}, select: '::50'}}", "data.e0s=null",
                  f"active.candidates.pool=[{rmd17 / 'rmd17_aspirin_train_01.npz'}]",
                  f"active.test=[{{path: {rmd17 / 'rmd17_aspirin_test_01.npz'}, select: '::4'}}]"]
-        runs += pool_runs("rmd17_aspirin", acac_config, extra, args.seeds)
+        runs += pool_runs("rmd17_aspirin", acac_config, extra, args.rmd17_seeds or args.seeds)
     if not args.skip_md:
         runs.append(("md_xtb", "llpr", 0, ROOT / "configs" / "al_ethanol_md_xtb.yaml", ["training.progress=false"]))
 
@@ -122,7 +123,8 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         outcomes = list(pool.map(execute, runs))
 
-    results: dict = {"settings": {"seeds": args.seeds, "jobs": args.jobs, "threads_per_job": 1}}
+    results: dict = {"settings": {"seeds": args.seeds, "rmd17_seeds": args.rmd17_seeds or args.seeds,
+                                  "jobs": args.jobs, "threads_per_job": 1}}
     for (name, strategy, _, _, _), curve in outcomes:
         if name == "md_xtb":
             results["md_xtb"] = curve

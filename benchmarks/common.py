@@ -29,6 +29,8 @@ def machine() -> dict:
         import torch
 
         torch_info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+        if torch.cuda.is_available():
+            torch_info["gpu"] = torch.cuda.get_device_name()
     except ImportError:
         torch_info = {}
     cpu = platform.processor()

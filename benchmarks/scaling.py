@@ -1,11 +1,12 @@
 """Scale-out on this machine: data-parallel training steps/s (1 vs N gloo processes) and the
-on-disk store's read throughput and training speed against in-memory graphs.
+on-disk store's read throughput and training speed against in-memory graphs; on a machine
+with a GPU, one GPU at the same global batch and at a larger one as well.
 
     .venv/bin/python benchmarks/scaling.py [--frames 200] [--epochs 3] [--nprocs 2]
 
 The training runs use the acac 300 K set; an epoch's wall time comes from history.csv
 (``elapsed_s``), the first epoch is dropped as warm-up and the median of the rest is quoted.
-Writes benchmarks/results/scaling.json.
+Writes benchmarks/results/scaling.json (scaling_gpu.json on a machine with a GPU).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import statistics
 import time
 
+import torch
 from common import WORK, print_table, shared_data, write_results
 
 from incerta.config import RunConfig
@@ -28,12 +30,12 @@ from incerta.train.run import train_run, train_run_parallel
 MODEL = {"l_max": 2, "num_channels": 32, "num_layers": 3, "cutoff": 5.0}
 
 
-def config(train: dict, epochs: int, batch_size: int) -> RunConfig:
+def config(train: dict, epochs: int, batch_size: int, device: str = "cpu") -> RunConfig:
     return RunConfig.model_validate({
         "seed": 0,
         "data": {"train": train, "n_val": 20},
         "model": MODEL,
-        "training": {"epochs": epochs, "batch_size": batch_size, "lr": 0.005, "progress": False},
+        "training": {"epochs": epochs, "batch_size": batch_size, "lr": 0.005, "progress": False, "device": device},
     })
 
 
@@ -85,24 +87,29 @@ def main() -> None:
     }
 
     source = {"path": str(xyz), "select": f":{args.frames}"}
-    runs = {}
-    runs["1 process, in memory"] = train_run(config(source, args.epochs, args.batch_size), work / "one")
-    runs[f"{args.nprocs} gloo processes, in memory"] = train_run_parallel(
-        config(source, args.epochs, args.batch_size), work / "parallel", nprocs=args.nprocs)
-    runs["1 process, HDF5 store"] = train_run(config({"path": str(store)}, args.epochs, args.batch_size),
-                                              work / "store")
-    steps = -(-(args.frames - 20) // args.batch_size)
+    cpu_runs = {"1 process, in memory": ("one", lambda d: train_run(config(source, args.epochs, args.batch_size), d)),
+                f"{args.nprocs} gloo processes, in memory": ("parallel", lambda d: train_run_parallel(
+                    config(source, args.epochs, args.batch_size), d, nprocs=args.nprocs)),
+                "1 process, HDF5 store": ("store", lambda d: train_run(
+                    config({"path": str(store)}, args.epochs, args.batch_size), d))}
+    gpu_runs = {f"1 GPU, batch {size}": (f"gpu_{size}", lambda d, size=size: train_run(
+        config(source, args.epochs, size, "cuda"), d)) for size in (args.batch_size, 4 * args.batch_size)}
+    runs = cpu_runs | (gpu_runs if torch.cuda.is_available() else {})
     training = {}
-    for (name, _), directory in zip(runs.items(), ("one", "parallel", "store")):
+    for name, (directory, train) in runs.items():
+        train(work / directory)
+        batch = int(name.split()[-1]) if name.startswith("1 GPU") else args.batch_size
         seconds = epoch_seconds(work / directory)
-        training[name] = {"epoch_s": seconds, "steps_per_s": steps / seconds}
-    base = training["1 process, in memory"]["steps_per_s"]
-    rows = [[name, v["epoch_s"], v["steps_per_s"], v["steps_per_s"] / base] for name, v in training.items()]
-    print_table(f"training, acac {args.frames} frames, global batch {args.batch_size}, model {MODEL}",
-                ["run", "epoch s (median)", "steps/s", "vs 1 process"], rows)
+        training[name] = {"batch": batch, "epoch_s": seconds, "steps_per_s": -(-(args.frames - 20) // batch) / seconds,
+                          "structures_per_s": (args.frames - 20) / seconds}
+    base = training["1 process, in memory"]["structures_per_s"]
+    rows = [[name, v["batch"], v["epoch_s"], v["steps_per_s"], v["structures_per_s"], v["structures_per_s"] / base]
+            for name, v in training.items()]
+    print_table(f"training, acac {args.frames} frames, model {MODEL}",
+                ["run", "global batch", "epoch s (median)", "steps/s", "structures/s", "vs 1 process"], rows)
     print_table("reading structures", ["source", "structures/s"], [[k, v] for k, v in reads.items()])
     print(f"\nstore written in {write_seconds:.2f} s ({store.stat().st_size / 1e6:.1f} MB)")
-    write_results("scaling", {
+    write_results("scaling_gpu" if torch.cuda.is_available() else "scaling", {
         "settings": vars(args) | {"model": MODEL},
         "training": training,
         "reads_per_s": reads,

@@ -7,6 +7,7 @@ with a "did you mean ..." hint; values are checked for type and range.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,6 +158,15 @@ class TrainingConfig(Schema):
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without improvement")
     max_time_minutes: float | None = Field(None, gt=0, description="stop when this wall time is spent (resumes add up)")
     progress: bool = True
+    device: str = Field("auto", description="where training runs: cpu, cuda, cuda:N, or auto (the GPU when there is one); "
+                        "data-parallel ranks on GPUs take cuda:LOCAL_RANK")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+            raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N")
+        return value
 
 
 class RunConfig(Schema):

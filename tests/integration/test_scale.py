@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -9,6 +10,7 @@ from incerta.config import RunConfig
 from incerta.data.graph import frame_to_graph
 from incerta.data.io import read_frames
 from incerta.data.store import GraphStore, write_store
+from incerta.train.distributed import training_device
 from incerta.train.ensemble import train_ensemble
 from incerta.train.run import train_run, train_run_parallel
 from incerta.uq.store import load_uncertain_potential
@@ -47,6 +49,23 @@ def test_two_gloo_processes_match_one_process(acac, tmp_path):
     column = one[0].split(",").index("val_forces_rmse_meV_per_A")
     value = lambda lines: float(lines[-1].split(",")[column])
     assert abs(value(one) - value(two)) < 1e-3 * value(one), "validation errors are reduced over ranks"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_training_on_the_gpu_reaches_the_cpu_weights(acac, tmp_path):
+    source = {"path": str(acac / "train_300K.xyz"), "select": ":24"}
+    for device in ("cpu", "cuda"):
+        run = config(source, device=device).model_dump()
+        run["model"]["dtype"] = "float64"  # float32 sums in another order on the GPU drift further apart
+        train_run(RunConfig.model_validate(run), tmp_path / device)
+    assert_close(weights(tmp_path / "cpu"), weights(tmp_path / "cuda"), tol=1e-7)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_asking_for_a_gpu_where_there_is_none_says_so():
+    assert training_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match=r"training\.device is 'cuda' but PyTorch sees no GPU"):
+        training_device("cuda")
 
 
 def test_store_reads_back_equal_to_the_source(acac, tmp_path):

@@ -139,3 +139,22 @@ def test_deep_ensemble(ensemble_model, tests, base_run):
     atoms.calc = calculator
     assert atoms.get_potential_energy() == pytest.approx(
         np.mean([IncertaCalculator(m).get_potential_energy(atoms) for m in members]), abs=2e-3)  # float32 at 9 keV
+
+
+def test_gp_prediction_cache_matches_gpytorch(base_run, tests, tmp_path):
+    uncertain = load_uncertain_potential(fitted(base_run, "svgp", tmp_path))
+    method = uncertain.method
+    graph = graphs_for(uncertain.potential, tests["600K"][:3])[0]
+    features = uncertain.potential(graph, compute_forces=False)["node_features"].detach().double()
+    z = ((features - method.center) / method.spread).requires_grad_(True)
+    mean, covariance = method._fixed_posterior(z)
+    reference = method.gp(z)
+    torch.testing.assert_close(mean, reference.mean, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(covariance, reference.lazy_covariance_matrix.to_dense(), rtol=1e-6, atol=1e-9)
+    gradient = torch.autograd.grad(mean.sum(), z)[0]  # LNK's forces are derivatives of this mean
+    torch.testing.assert_close(gradient, torch.autograd.grad(reference.mean.sum(), z)[0], rtol=1e-6, atol=1e-9)
+    with torch.no_grad():
+        method.gp.covar_module.raw_outputscale.add_(0.5)  # a changed GP is not served from the cache
+    method.gp.train().eval()  # GPyTorch's own caches are dropped on a mode change, ours are not
+    torch.testing.assert_close(method._fixed_posterior(z)[1], method.gp(z).lazy_covariance_matrix.to_dense(),
+                               rtol=1e-6, atol=1e-9)

@@ -41,6 +41,8 @@ def test_wrong_type_and_range(tmp_path):
         load_config(write(tmp_path, "data: {train: t.xyz}\ntraining: {epochs: ten}\n"))
     with pytest.raises(ConfigError, match=r"data.train.0.energy_unit: Value error, expected one of"):
         load_config(write(tmp_path, "data: {train: {path: t.xyz, energy_unit: kcal}}\n"))
+    with pytest.raises(ConfigError, match=r"training.device: Value error, 'gpu' is not a device: use auto, cpu, cuda"):
+        load_config(write(tmp_path, "data: {train: t.xyz}\ntraining: {device: gpu}\n"))
 
 
 def test_missing_section_and_bad_yaml(tmp_path):

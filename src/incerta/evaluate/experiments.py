@@ -52,22 +52,25 @@ def predictions(model: Path, frames: Sequence[Frame], cache: Path, aggregate: Ag
     return arrays
 
 
-def inference_overhead(model: Path, frames: Sequence[Frame], calls: int = 20) -> float:
-    """Median time of one structure's prediction with uncertainty / without (bare potential)."""
+def inference_overhead(model: Path, frames: Sequence[Frame], calls: int = 40) -> float:
+    """Median over structures of the time of one prediction with uncertainty / without
+    (bare potential); the two run alternately on each structure, so a load that comes
+    and goes on the machine weighs on both alike."""
     uncertain = load_uncertain_potential(model)
     bare = load_potential(model)
-    graphs = graphs_for(bare, frames[: calls + 3])
+    graphs = graphs_for(bare, frames[:calls])
 
-    def median_time(predict) -> float:
-        times = []
-        for k, graph in enumerate(graphs):
-            started = time.perf_counter()
-            predict(graph)
-            if k >= 3:
-                times.append(time.perf_counter() - started)
-        return float(np.median(times))
+    def seconds(predict, graph) -> float:
+        started = time.perf_counter()
+        predict(graph)
+        return time.perf_counter() - started
 
-    return median_time(uncertain) / median_time(lambda g: bare(g, compute_forces=True, create_graph=False))
+    for graph in graphs[:3]:  # warm-up
+        uncertain(graph)
+        bare(graph, compute_forces=True, create_graph=False)
+    ratios = [seconds(uncertain, g) / seconds(lambda g: bare(g, compute_forces=True, create_graph=False), g)
+              for g in graphs]
+    return float(np.median(ratios))
 
 
 def force_error_norms(arrays: dict[str, np.ndarray]) -> np.ndarray:

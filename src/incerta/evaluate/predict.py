@@ -41,11 +41,13 @@ def graphs_for(model: Potential, frames: Sequence[Frame]) -> list[AtomicGraph]:
 def predict_batches(
     model: Potential, graphs: Sequence[AtomicGraph], batch_size: int = 16
 ) -> Iterator[tuple[AtomicGraph, dict[str, torch.Tensor]]]:
-    """Yield (batch, outputs) with forces, and stress for periodic batches."""
+    """Yield (batch, outputs) with forces, and stress for periodic batches; the model runs
+    on its own device, the outputs come back on the CPU."""
+    device = next(model.parameters()).device
     for batch in batches(graphs, batch_size):
         periodic = bool(batch.pbc.any())
-        outputs = model(batch, compute_forces=True, compute_stress=periodic, create_graph=False)
-        yield batch, {k: v.detach() for k, v in outputs.items()}
+        outputs = model(batch.to(device), compute_forces=True, compute_stress=periodic, create_graph=False)
+        yield batch, {k: v.detach().cpu() for k, v in outputs.items()}
 
 
 def error_metrics(model: Potential, graphs: Sequence[AtomicGraph], batch_size: int = 16, reduce: bool = False) -> dict[str, float]:

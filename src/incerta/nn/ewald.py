@@ -56,6 +56,7 @@ def periodic_coulomb_matrix(positions: torch.Tensor, cell: torch.Tensor, width: 
     gamma = torch.sqrt(width[index[:, 0]] ** 2 + width[index[:, 1]] ** 2)
     correction = -COULOMB * torch.erfc(distance / (math.sqrt(2.0) * gamma)) / distance
     n = positions.shape[0]
-    short_range = torch.zeros(n * n, dtype=positions.dtype).index_add(0, index[:, 0] * n + index[:, 1], correction)
+    short_range = torch.zeros(n * n, dtype=positions.dtype, device=positions.device).index_add(
+        0, index[:, 0] * n + index[:, 1], correction)
     self_energy = COULOMB / (width * math.sqrt(math.pi))
     return matrix + short_range.view(n, n) + torch.diag(self_energy)

@@ -58,7 +58,7 @@ def save_potential(model: Potential, path: str | Path, extra: dict[str, str] | N
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         **(extra or {}),
     }
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return target
 

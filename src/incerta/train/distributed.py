@@ -55,11 +55,27 @@ def init_from_environment() -> bool:
     return True
 
 
+def training_device(requested: str = "auto") -> torch.device:
+    """The device this process trains on: ``auto`` takes a GPU when there is one; a
+    data-parallel rank on GPUs takes the one numbered by its LOCAL_RANK."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"training.device is '{requested}' but PyTorch sees no GPU here; use cpu or auto")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a list of floats over ranks (identity when not distributed)."""
     if not is_distributed():
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
 
@@ -72,7 +88,8 @@ def shard(items: list, part: int | None = None, parts: int | None = None) -> lis
 
 
 def _entry(rank_: int, world: int, port: int, function, arguments: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank_), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank_), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank_))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", rank=rank_, world_size=world)
     try:

@@ -37,7 +37,7 @@ from incerta.utils.files import atomic_write_text
 
 #: Options a resumed run may change (a longer budget); anything else must match.
 RESUMABLE_CHANGES = {("training", "epochs"), ("training", "max_time_minutes"),
-                     ("training", "early_stopping_patience"), ("training", "progress")}
+                     ("training", "early_stopping_patience"), ("training", "progress"), ("training", "device")}
 
 
 def _differences(old: dict, new: dict, prefix: tuple = ()) -> list[tuple]:

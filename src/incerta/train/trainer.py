@@ -74,7 +74,8 @@ class Trainer:
         seed: int = 0,
         run_config_json: str = "{}",
     ) -> None:
-        self.model = model
+        self.device = distributed.training_device(config.device)
+        self.model = model.to(self.device)
         self.config = config
         self.train_graphs = train  # may be read lazily from an on-disk store
         self.validation_graphs = validation
@@ -95,7 +96,10 @@ class Trainer:
         )
         self.state = TrainingState()
         self.compute_stress = config.stress_weight > 0
-        self.network = DistributedDataParallel(model) if distributed.is_distributed() else model
+        self.network = model
+        if distributed.is_distributed():
+            self.network = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.atom_counts = (train.atom_counts() if isinstance(train, StoreView)
                             else [g.positions.shape[0] for g in train])
 
@@ -161,7 +165,7 @@ class Trainer:
             weight = float(world)  # the gradients are averaged over ranks: this makes it the sum
             if not mine:  # fewer structures than ranks: take part with a zero-weight loss
                 mine, weight = members[:1], 0.0
-            batch = collate([self.train_graphs[i] for i in mine])
+            batch = collate([self.train_graphs[i] for i in mine]).to(self.device)
             global_counts = (len(members), sum(self.atom_counts[i] for i in members))
             outputs = self.network(batch, compute_forces=True, compute_stress=self.compute_stress)
             loss, parts = energy_forces_loss(outputs, batch, self.weights, global_counts)

@@ -88,12 +88,50 @@ class SVGPUncertainty(UncertaintyMethod):
 
     def _posterior(self, features: torch.Tensor, graph: AtomicGraph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Atomic-energy mean (N,) and std (N,) in eV, and std of their sum per structure (B,)."""
-        posterior = self.gp((features.double() - self.center) / self.spread)
-        covariance = posterior.lazy_covariance_matrix.to_dense() * self.energy_scale**2
+        z = (features.double() - self.center) / self.spread
+        if self.gp.training:
+            posterior = self.gp(z)
+            mean, covariance = posterior.mean, posterior.lazy_covariance_matrix.to_dense()
+        else:
+            mean, covariance = self._fixed_posterior(z)
+        covariance = covariance * self.energy_scale**2
         summation = torch.nn.functional.one_hot(graph.batch, graph.num_graphs).double().T  # (B, N)
         structure_var = ((summation @ covariance) * summation).sum(1)
         std = torch.diagonal(covariance).clamp_min(1e-20).sqrt()
-        return posterior.mean * self.energy_scale, std, structure_var.clamp_min(1e-20).sqrt()
+        return mean * self.energy_scale, std, structure_var.clamp_min(1e-20).sqrt()
+
+    def _rbf(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(N, D), (M, D) -> (N, M) scaled RBF kernel of the GP."""
+        kernel = self.gp.covar_module
+        lengthscale = kernel.base_kernel.lengthscale.reshape(-1)
+        a, b = a / lengthscale, b / lengthscale
+        squared = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp_min(0)  # no sqrt: finite gradients
+        return kernel.outputscale * torch.exp(-0.5 * squared)
+
+    def _fixed_posterior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GPyTorch's whitened SVGP prediction, mean (N,) and covariance (N, N), for a GP that
+        is not being trained: mean = c + K_zu a, cov = K_zz + K_zu B K_uz with a = L^-T m and
+        B = L^-T (S - I) L^-1 (K_uu = L L^T) kept between calls. Measured on acac (15 atoms):
+        a prediction with the GP costs 1.5-1.7x the bare model through GPyTorch's lazy
+        operators, which rebuild the (M + N)^2 joint covariance on every call."""
+        state = [t._version for t in (*self.gp.parameters(), *self.gp.buffers())]
+        if getattr(self, "_cache_state", None) != state:
+            with torch.no_grad():
+                strategy = self.gp.variational_strategy
+                inducing = strategy.inducing_points
+                eye = torch.eye(len(inducing), dtype=inducing.dtype)
+                cholesky = torch.linalg.cholesky(self._rbf(inducing, inducing) + strategy.jitter_val * eye)
+                inverse = torch.linalg.solve_triangular(cholesky, eye, upper=False)
+                root = strategy._variational_distribution.chol_variational_covar.tril()
+                self._cache = (inducing.clone(), inverse.T @ strategy._variational_distribution.variational_mean,
+                               inverse.T @ (root @ root.T - eye) @ inverse)
+            self._cache_state = state
+        inducing, weights, correction = self._cache
+        cross = self._rbf(z, inducing)
+        with torch.no_grad():  # predictions detach the uncertainty: no graph for it
+            jitter = self.gp.variational_strategy.jitter_val * torch.eye(len(z), dtype=z.dtype)
+            covariance = self._rbf(z, z) + jitter + cross @ correction @ cross.T
+        return self.gp.mean_module.constant + cross @ weights, covariance
 
     def _predict(self, graph: AtomicGraph, forces: bool, compute_stress: bool, create_graph: bool):
         """(energy (B,), atomic energies (N,), atom std (N,), structure std (B,), derivatives)."""
