@@ -81,20 +81,28 @@ def test_killed_shift_run_resumes(tmp_path, acac):
     assert first.stat().st_mtime_ns == gmm_written, "the finished method was reused"
 
 
-def test_ood_matrix_two_molecules(tmp_path, shared_data):
+def test_ood_matrix_of_molecules_with_and_without_oxygen(tmp_path, shared_data):
     rmd17 = shared_data / "rmd17"
     config = {
         "seed": 0, "model": SMALL_MODEL, "training": {**TRAINING, "epochs": 10},
         "ood": {"datasets": {m: {"train": str(rmd17 / f"rmd17_{m}_train_01.npz"), "test": str(rmd17 / f"rmd17_{m}_test_01.npz")}
-                             for m in ("ethanol", "aspirin")},
+                             for m in ("ethanol", "aspirin", "benzene")},
                 "methods": ["gmm"], "n_train": 100, "n_val": 20, "max_test": 200},
     }
     path = tmp_path / "ood.yaml"
     path.write_text(yaml.safe_dump(config))
     results = run_ood(load_experiment(path, OODConfig), tmp_path / "out", progress=False)
+    names = results["datasets"]
+    assert names == ["aspirin", "benzene", "ethanol"]  # YAML keys, sorted
     matrix = np.array(results["methods"]["gmm"]["auroc"])
-    assert matrix[0, 1] > 0.95 and matrix[1, 0] > 0.95, matrix
+    assert matrix[0, 2] > 0.95 and matrix[2, 0] > 0.95, matrix
     assert np.all(np.abs(np.diag(matrix) - 0.5) < 0.15), matrix
+    # the benzene model knows no oxygen: aspirin and ethanol are flagged, not predicted
+    assert results["element_flagged"] == [["benzene", "aspirin", ["O"]], ["benzene", "ethanol", ["O"]]]
+    assert matrix[1, 0] == matrix[1, 2] == 1.0
+    assert not (tmp_path / "out" / "models" / "benzene" / "methods" / "gmm" / "predictions_ethanol.npz").exists()
+    same_elements = [matrix[i, j] for i in range(3) for j in range(3) if i != j and i != 1]
+    assert results["methods"]["gmm"]["mean_off_diagonal_same_elements"] == pytest.approx(np.mean(same_elements))
     assert (tmp_path / "out" / "figures" / "auroc_gmm.png").read_bytes().startswith(PNG)
     csv = (tmp_path / "out" / "auroc_gmm.csv").read_text().splitlines()
-    assert float(csv[1].split(",")[2]) == pytest.approx(matrix[0, 1])
+    assert float(csv[1].split(",")[3]) == pytest.approx(matrix[0, 2])

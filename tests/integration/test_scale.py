@@ -52,13 +52,16 @@ def test_two_gloo_processes_match_one_process(acac, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_training_on_the_gpu_reaches_the_cpu_weights(acac, tmp_path):
+def test_training_on_the_gpu_reaches_the_cpu_weights_with_one_or_two_ranks(acac, tmp_path):
     source = {"path": str(acac / "train_300K.xyz"), "select": ":24"}
     for device in ("cpu", "cuda"):
         run = config(source, device=device).model_dump()
         run["model"]["dtype"] = "float64"  # float32 sums in another order on the GPU drift further apart
         train_run(RunConfig.model_validate(run), tmp_path / device)
     assert_close(weights(tmp_path / "cpu"), weights(tmp_path / "cuda"), tol=1e-7)
+    run["training"]["device"] = "cuda"
+    train_run_parallel(RunConfig.model_validate(run), tmp_path / "two_ranks", nprocs=2)  # gloo on CUDA tensors
+    assert_close(weights(tmp_path / "cuda"), weights(tmp_path / "two_ranks"), tol=1e-7)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")

@@ -56,7 +56,7 @@ def train(
             return
         if nprocs > 1:
             metrics = train_run_parallel(cfg, target, nprocs, resume)
-        elif init_from_environment():  # started by torchrun / srun
+        elif init_from_environment(cfg.training.device):  # started by torchrun / srun
             metrics = train_run(cfg, target, resume=resume)
             if not is_main():
                 return
@@ -238,6 +238,8 @@ def uq_ood(
     for method, result in results["methods"].items():
         print_rows(f"AUROC {method} (rows: trained on; columns: tested on)", ["trained on", *names],
                    [[n, *row] for n, row in zip(names, result["auroc"])])
+    for train_name, test_name, unseen in results["element_flagged"]:
+        console.print(f"{train_name} model on {test_name}: {', '.join(unseen)} never seen in training; flagged, not predicted")
     console.print(f"report: {target / 'report.html'}   results: {target / 'results.json'}")
 
 

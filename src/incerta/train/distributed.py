@@ -40,8 +40,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init_from_environment() -> bool:
-    """Join the process group described by torchrun/SLURM variables; False when there is none."""
+def init_from_environment(device: str = "auto") -> bool:
+    """Join the process group described by torchrun/SLURM variables; False when there is none.
+
+    The backend is NCCL when the ranks train on GPUs of their own (``device`` resolves to
+    CUDA and this node has a GPU per local rank), gloo otherwise."""
     if is_distributed():
         return True
     env = os.environ
@@ -51,7 +54,9 @@ def init_from_environment() -> bool:
         env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
     if int(env.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in env:
         return False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local_ranks = int((env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE", "1")).split("(")[0])  # "4(x2)"
+    on_gpus = training_device(device).type == "cuda" and torch.cuda.device_count() >= local_ranks
+    dist.init_process_group("nccl" if on_gpus else "gloo")
     return True
 
 
