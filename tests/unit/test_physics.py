@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import molecule
 
 from conftest import make_model
+from incerta.data import keys as K
+from incerta.data.frame import Frame
+from incerta.data.graph import frame_to_graph
+from incerta.models.derivatives import differentiable_inputs, position_jacobian
 from incerta.testing import (
     assert_e3_equivariant,
     assert_forces_are_gradients,
@@ -102,3 +107,16 @@ def test_isolated_atom_has_reference_energy_and_no_force(model):
 def test_per_atom_energies_sum_to_total(model, ethanol):
     result = predict(model, ethanol)
     assert result["energies"].sum() == pytest.approx(result["energy"], abs=1e-10)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_position_jacobian_rows_are_atomic_energy_gradients(model, ethanol, batched):
+    graph = frame_to_graph(Frame.from_atoms(ethanol), model.spec.cutoff).to(dtype=torch.float64)
+    inputs = differentiable_inputs(graph, forces=True, stress=False)
+    atomic = model(inputs.graph, compute_forces=False)[K.ATOMIC_ENERGIES]
+    jacobian = position_jacobian(atomic, inputs.positions, batched=batched)  # (N, N, 3)
+    assert jacobian.shape == (len(ethanol), len(ethanol), 3)
+    forces = predict(model, ethanol)["forces"]
+    np.testing.assert_allclose(-jacobian.sum(0).detach().numpy(), forces, atol=1e-10)
+    row = torch.autograd.grad(atomic[3], inputs.positions, retain_graph=True)[0]
+    np.testing.assert_allclose(jacobian[3].detach().numpy(), row.numpy(), atol=1e-12)

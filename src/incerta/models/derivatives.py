@@ -59,3 +59,19 @@ def derivatives(
     if inputs.strain is not None:
         out[K.STRESS] = grads[-1] / inputs.volume.view(-1, 1, 1)
     return out
+
+
+def position_jacobian(values: torch.Tensor, positions: torch.Tensor, batched: bool) -> torch.Tensor:
+    """d values_h / d positions, (H, N, 3), for a vector ``values`` (H,): one vector-Jacobian
+    product per entry; the graph is kept for more derivatives.
+
+    ``batched`` runs them as one batched backward (``is_grads_batched``), else one by one.
+    Measured per structure on acac (H = 32, one thread): batched 47 ms for one structure but
+    88 ms in batches of 16 (its cost grows with the batch); one by one 130 ms alone and
+    45 ms in batches of 4 to 32. So: batched for a single structure (MD, the calculator),
+    one by one for batches (fitting, scoring candidates).
+    """
+    if batched:
+        eye = torch.eye(values.numel(), dtype=values.dtype, device=values.device)
+        return torch.autograd.grad(values, positions, grad_outputs=eye, is_grads_batched=True, retain_graph=True)[0]
+    return torch.stack([torch.autograd.grad(value, positions, retain_graph=True)[0] for value in values])

@@ -9,7 +9,7 @@ of the training loss with respect to the last-layer weights w is
 and the weights' posterior covariance is (C + s I)^-1. Propagated to predictions:
 force variance of atom i = sum_a J_ia^T (C + s I)^-1 J_ia (the per-atom score, as RMS of
 the force vector), energy variance = g_b^T (C + s I)^-1 g_b. The Jacobians take one
-vector-Jacobian product per last-layer feature (see :func:`_sum_jacobian`). The regulariser
+vector-Jacobian product per last-layer feature (see :func:`~incerta.models.derivatives.position_jacobian`). The regulariser
 s is chosen on validation data (best rank correlation with force errors); calibration
 fixes the overall scale.
 """
@@ -24,24 +24,9 @@ import torch
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
 from incerta.evaluate.uq_metrics import spearman
-from incerta.models.derivatives import derivatives, differentiable_inputs
+from incerta.models.derivatives import derivatives, differentiable_inputs, position_jacobian
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
-
-
-def _sum_jacobian(total: torch.Tensor, positions: torch.Tensor, batched: bool) -> torch.Tensor:
-    """d total_h / d positions, (H, N, 3): one vector-Jacobian product per feature h.
-
-    ``batched`` runs them as one batched backward (``is_grads_batched``), else one by one.
-    Measured per structure on acac (H = 32, one thread): batched 47 ms for one structure but
-    88 ms in batches of 16 (its cost grows with the batch); one by one 130 ms alone and
-    45 ms in batches of 4 to 32. So: batched for a single structure (MD, the calculator),
-    one by one for batches (fitting, scoring candidates).
-    """
-    if batched:
-        eye = torch.eye(total.numel(), dtype=total.dtype, device=total.device)
-        return torch.autograd.grad(total, positions, grad_outputs=eye, is_grads_batched=True, retain_graph=True)[0]
-    return torch.stack([torch.autograd.grad(value, positions, retain_graph=True)[0] for value in total])
 
 
 class LLPRUncertainty(UncertaintyMethod):
@@ -63,7 +48,7 @@ class LLPRUncertainty(UncertaintyMethod):
         inputs = differentiable_inputs(graph, forces=True, stress=compute_stress)
         out = self.potential.evaluate(inputs.graph)
         phi = out[K.LAST_LAYER_FEATURES]
-        jacobian = _sum_jacobian(phi.sum(0), inputs.positions, batched=graph.num_graphs == 1)
+        jacobian = position_jacobian(phi.sum(0), inputs.positions, batched=graph.num_graphs == 1)
         augmented = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
         g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype).index_add(0, graph.batch, augmented)
         grads = derivatives(out[K.ENERGY], inputs, create_graph=False)

@@ -17,7 +17,7 @@ from torch import nn
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
-from incerta.models.derivatives import derivatives, differentiable_inputs
+from incerta.models.derivatives import derivatives, differentiable_inputs, position_jacobian
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod
 from incerta.uq.finetune import train_module
@@ -71,12 +71,16 @@ class ShallowEnsemble(UncertaintyMethod):
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
         inputs = differentiable_inputs(graph, forces=True, stress=compute_stress)
         energies = self.head_energies(inputs.graph)
-        per_head = [
-            derivatives(energies[:, k], inputs, create_graph=False, retain_graph=k < self.num_heads - 1)
-            for k in range(self.num_heads)
-        ]
-        forces = torch.stack([d[K.FORCES] for d in per_head])  # (M, N, 3)
+        stress = None
+        if compute_stress:
+            per_head = [
+                derivatives(energies[:, k], inputs, create_graph=False, retain_graph=k < self.num_heads - 1)
+                for k in range(self.num_heads)
+            ]
+            forces = torch.stack([d[K.FORCES] for d in per_head])  # (M, N, 3)
+            stress = torch.stack([d[K.STRESS] for d in per_head]).mean(0)
+        else:  # one structure (MD): 71 ms instead of 127 ms on acac with 8 heads
+            forces = -position_jacobian(energies.sum(0), inputs.positions, batched=graph.num_graphs == 1)
         mean_forces = forces.mean(0)
         atom = (forces - mean_forces).pow(2).sum(-1).mean(0).sqrt()
-        stress = torch.stack([d[K.STRESS] for d in per_head]).mean(0) if compute_stress else None
         return UncertainOutput(energies.mean(1).detach(), mean_forces, atom, energies.std(1, unbiased=False).detach(), stress)
