@@ -7,8 +7,11 @@ prints, per method: per-atom Spearman of the calibrated force uncertainty vs |dF
 Gaussian NLL of force components on the 300 K test set (held out from calibration),
 mean uncertainty per temperature, fit time and inference time relative to the bare model.
 
-    .venv/bin/python benchmarks/uq_methods.py                           # ~45 min
-    .venv/bin/python benchmarks/uq_methods.py --set shift.max_frames=50 --set training.max_time_minutes=2
+    .venv/bin/python benchmarks/uq_methods.py                           # ~1.8 h on 2 cores
+    .venv/bin/python benchmarks/uq_methods.py --set shift.max_frames=50 --set training.epochs=5
+
+Measured on 2 cores shared with other benchmarks (2026-11-22/23): base model 6 min, the
+six methods 18 min, the deep ensemble's four members 81 min. A rerun reuses what is done.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ elements too: a model meeting an element it never saw flags it without predictin
 diagonal within 0.5 +/- 0.1.
 
     .venv/bin/python benchmarks/uq_report.py
+
+Wall time on 2 cores shared with other benchmarks (2026-11-23): the shift experiment
+1.8 h when run first (as uq_methods.py; reused here), the OOD matrix 61 min (six models,
+three methods each, every model on every molecule's 400 test frames).
 """
 
 from __future__ import annotations
