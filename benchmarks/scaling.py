@@ -87,19 +87,20 @@ def main() -> None:
     }
 
     source = {"path": str(xyz), "select": f":{args.frames}"}
-    cpu_runs = {"1 process, in memory": ("one", lambda d: train_run(config(source, args.epochs, args.batch_size), d)),
-                f"{args.nprocs} gloo processes, in memory": ("parallel", lambda d: train_run_parallel(
-                    config(source, args.epochs, args.batch_size), d, nprocs=args.nprocs)),
-                "1 process, HDF5 store": ("store", lambda d: train_run(
-                    config({"path": str(store)}, args.epochs, args.batch_size), d))}
-    gpu_runs = {f"1 GPU, batch {size}": (f"gpu_{size}", lambda d, size=size: train_run(
-        config(source, args.epochs, size, "cuda"), d)) for size in (args.batch_size, 4 * args.batch_size)}
-    runs = cpu_runs | (gpu_runs if torch.cuda.is_available() else {})
+    runs = [("1 process, in memory", "one", config(source, args.epochs, args.batch_size), 1),
+            (f"{args.nprocs} gloo processes, in memory", "parallel", config(source, args.epochs, args.batch_size),
+             args.nprocs),
+            ("1 process, HDF5 store", "store", config({"path": str(store)}, args.epochs, args.batch_size), 1)]
+    if torch.cuda.is_available():
+        runs += [(f"1 GPU, batch {size}", f"gpu_{size}", config(source, args.epochs, size, "cuda"), 1)
+                 for size in (args.batch_size, 4 * args.batch_size)]
     training = {}
-    for name, (directory, train) in runs.items():
-        train(work / directory)
-        batch = int(name.split()[-1]) if name.startswith("1 GPU") else args.batch_size
-        seconds = epoch_seconds(work / directory)
+    for name, directory, run_config, nprocs in runs:
+        if nprocs > 1:
+            train_run_parallel(run_config, work / directory, nprocs=nprocs)
+        else:
+            train_run(run_config, work / directory)
+        batch, seconds = run_config.training.batch_size, epoch_seconds(work / directory)
         training[name] = {"batch": batch, "epoch_s": seconds, "steps_per_s": -(-(args.frames - 20) // batch) / seconds,
                           "structures_per_s": (args.frames - 20) / seconds}
     base = training["1 process, in memory"]["structures_per_s"]

@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,9 @@ def inference_overhead(model: Path, frames: Sequence[Frame], calls: int = 40) ->
     (bare potential); the two run alternately on each structure, so a load that comes
     and goes on the machine weighs on both alike."""
     uncertain = load_uncertain_potential(model)
-    bare = load_potential(model)
-    graphs = graphs_for(bare, frames[:calls])
+    potential = load_potential(model)
+    bare = partial(potential, compute_forces=True, create_graph=False)
+    graphs = graphs_for(potential, frames[:calls])
 
     def seconds(predict, graph) -> float:
         started = time.perf_counter()
@@ -67,10 +69,8 @@ def inference_overhead(model: Path, frames: Sequence[Frame], calls: int = 40) ->
 
     for graph in graphs[:3]:  # warm-up
         uncertain(graph)
-        bare(graph, compute_forces=True, create_graph=False)
-    ratios = [seconds(uncertain, g) / seconds(lambda g: bare(g, compute_forces=True, create_graph=False), g)
-              for g in graphs]
-    return float(np.median(ratios))
+        bare(graph)
+    return float(np.median([seconds(uncertain, g) / seconds(bare, g) for g in graphs]))
 
 
 def force_error_norms(arrays: dict[str, np.ndarray]) -> np.ndarray:

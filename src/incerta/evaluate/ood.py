@@ -132,7 +132,7 @@ def _write_report(out: Path, results: dict, scores: dict, atom_sigma: dict, name
                     curves[f"{train_name}→{test_name}"] = (fpr, tpr, uq_metrics.auroc(reference, scores[method][train_name][test_name]))
         report.figure(plots.roc_curves(curves, f"ROC, {method}"), f"roc_{method}")
         first = names[0]
-        second = next(n for n in names[1:] if n in atom_sigma[method][first]) if len(atom_sigma[method][first]) > 1 else first
+        second = next((n for n in names[1:] if n in atom_sigma[method][first]), first)  # a set it predicted
         report.figure(plots.ood_atom_scatter(atom_sigma[method][first][first], atom_sigma[method][first][second],
                                              f"{first} (trained)", second, f"{method}: model trained on {first}"),
                       f"atoms_{method}")
