@@ -146,13 +146,9 @@ class ActiveLearning:
             keys = [candidates[i][0] for i in rng.permutation(len(candidates))[: rule.batch_size]]
             self.state.log("selected", iteration=iteration, keys=keys, candidates=len(candidates))
             return keys
-        uncertain = load_uncertain_potential(model)
-        cutoff, dtype = uncertain.potential.spec.cutoff, next(uncertain.potential.parameters()).dtype
-        graphs = [frame_to_graph(f, cutoff).to(dtype=dtype) for _, f in candidates]  # unknown elements: flagged
-        scores = collect(uncertain, graphs)[STRUCTURE_UNCERTAINTY]
+        scores, features = self.score(model, candidates)
         thresholds = np.array([rule.thresholds_by_formula.get(f.to_atoms().get_chemical_formula(), rule.threshold)
                                for _, f in candidates])
-        features = _structure_features(uncertain, graphs, np.isfinite(scores))
         picked = select(scores, features, rule.batch_size, thresholds, rule.diversity)
         keys = [candidates[i][0] for i in picked]
         finite = scores[np.isfinite(scores)]
@@ -162,6 +158,15 @@ class ActiveLearning:
                        mean_uncertainty=float(np.mean(finite)) if finite.size else None,
                        max_uncertainty=float(np.max(finite)) if finite.size else None)
         return keys
+
+    def score(self, model: Path, candidates: list[tuple[str, Frame]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per candidate: calibrated structure uncertainty (eV/Å; inf where flagged) and mean
+        latent features (B, channels), the space batch diversity works in."""
+        uncertain = load_uncertain_potential(model)
+        cutoff, dtype = uncertain.potential.spec.cutoff, next(uncertain.potential.parameters()).dtype
+        graphs = [frame_to_graph(f, cutoff).to(dtype=dtype) for _, f in candidates]  # unknown elements: flagged
+        scores = collect(uncertain, graphs)[STRUCTURE_UNCERTAINTY]
+        return scores, _structure_features(uncertain, graphs, np.isfinite(scores))
 
     def label(self, iteration: int, keys: list[str], frames: dict[str, Frame], client) -> None:
         """Label the chosen keys not yet labelled or failed; store each label as it arrives."""
