@@ -58,6 +58,9 @@ def test_generator_labels_each_charge_state(system, charges, atoms):
     assert sorted({f.charge for f in frames}) == sorted(charges)
     assert sorted({len(f.numbers) for f in frames}) == atoms
     assert all(np.isfinite(f.energy) and np.isfinite(f.forces).all() for f in frames)
+    for frame in frames:  # xTB's atomic charges come with every label, summing to the state's charge
+        assert frame.atomic_charges.shape == (len(frame.numbers),)
+        assert abs(frame.atomic_charges.sum() - frame.charge) < 1e-6, frame.source
     if system == "ag3":  # the same geometry in both states, with different energies
         cation, anion = frames[0], frames[1]
         np.testing.assert_allclose(cation.positions, anion.positions)

@@ -1,8 +1,10 @@
 """Reference calculators that label structures ("oracles") for active learning.
 
 An oracle is a small picklable description (so it can travel to Dask workers) whose
-``label(frame)`` returns the frame with energy (eV) and forces (eV/Å), passing the
-frame's total charge and spin (number of unpaired electrons) through, or raises
+``label(frame)`` returns the frame with energy (eV) and forces (eV/Å) -- and atomic
+charges (e) and dipole (e·Å) where the calculator gives them, as tblite does, so that
+charge-aware models can be trained against them -- passing the frame's total charge and
+spin (number of unpaired electrons) through, or raises
 :class:`OracleFailure` (SCF not converged, calculator error). Ready oracles:
 
 * ``tblite``: GFN2-xTB / GFN1-xTB through tblite's ASE calculator (one thread);
@@ -45,11 +47,19 @@ def _finite(frame: Frame, energy: float, forces: np.ndarray, who: str) -> Frame:
 def _with_ase(frame: Frame, calculator, who: str) -> Frame:
     atoms = frame.to_atoms()
     atoms.calc = calculator
+    offered = getattr(calculator, "implemented_properties", ())
     try:
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        charges = atoms.get_charges() if "charges" in offered else None
+        dipole = atoms.get_dipole_moment() if "dipole" in offered else None
     except Exception as err:  # calculators raise many types
         raise OracleFailure(f"{who}: {type(err).__name__}: {err}") from err
-    return _finite(frame, energy, forces, who)
+    labelled = _finite(frame, energy, forces, who)
+    if charges is not None and np.all(np.isfinite(charges)):
+        labelled = labelled.with_(atomic_charges=np.asarray(charges, dtype=float))
+    if dipole is not None and np.all(np.isfinite(dipole)):
+        labelled = labelled.with_(dipole=np.asarray(dipole, dtype=float))
+    return labelled
 
 
 @dataclass(frozen=True)
