@@ -44,19 +44,12 @@ def true_error_loop():
     current model, read off the pool's known labels: the ranking every uncertainty estimate
     aims at, so its curve shows what uncertainty selection could save on this pool at best."""
     from incerta.active.loop import ActiveLearning
-    from incerta.data.graph import frame_to_graph
-    from incerta.uq.predict import collect
-    from incerta.uq.store import load_uncertain_potential
 
     class TrueErrorSelection(ActiveLearning):
-        def score(self, model, candidates):
-            _, features = super().score(model, candidates)
-            uncertain = load_uncertain_potential(model)
-            cutoff, dtype = uncertain.potential.spec.cutoff, next(uncertain.potential.parameters()).dtype
-            got = collect(uncertain, [frame_to_graph(f, cutoff).to(dtype=dtype) for _, f in candidates])
-            structure = got["structure"].astype(int)
-            squared = np.bincount(structure, ((got["forces_pred"] - got["forces_ref"]) ** 2).sum(axis=1))
-            return np.sqrt(squared / (3 * np.bincount(structure))), features
+        def structure_scores(self, predictions):
+            structure = predictions["structure"].astype(int)
+            squared = ((predictions["forces_pred"] - predictions["forces_ref"]) ** 2).sum(axis=1)
+            return np.sqrt(np.bincount(structure, squared) / (3 * np.bincount(structure)))
 
     return TrueErrorSelection
 

@@ -160,13 +160,18 @@ class ActiveLearning:
         return keys
 
     def score(self, model: Path, candidates: list[tuple[str, Frame]]) -> tuple[np.ndarray, np.ndarray]:
-        """Per candidate: calibrated structure uncertainty (eV/Å; inf where flagged) and mean
-        latent features (B, channels), the space batch diversity works in."""
+        """Per candidate: its score (:meth:`structure_scores`) and mean latent features
+        (B, channels), the space batch diversity works in."""
         uncertain = load_uncertain_potential(model)
         cutoff, dtype = uncertain.potential.spec.cutoff, next(uncertain.potential.parameters()).dtype
         graphs = [frame_to_graph(f, cutoff).to(dtype=dtype) for _, f in candidates]  # unknown elements: flagged
-        scores = collect(uncertain, graphs)[STRUCTURE_UNCERTAINTY]
+        scores = self.structure_scores(collect(uncertain, graphs))
         return scores, _structure_features(uncertain, graphs, np.isfinite(scores))
+
+    def structure_scores(self, predictions: dict[str, np.ndarray]) -> np.ndarray:
+        """(B,) selection score from :func:`collect`'s predictions: the calibrated structure
+        uncertainty, eV/Å (inf where flagged)."""
+        return predictions[STRUCTURE_UNCERTAINTY]
 
     def label(self, iteration: int, keys: list[str], frames: dict[str, Frame], client) -> None:
         """Label the chosen keys not yet labelled or failed; store each label as it arrives."""

@@ -38,10 +38,14 @@ class Oracle(Protocol):
     def label(self, frame: Frame) -> Frame: ...
 
 
-def _finite(frame: Frame, energy: float, forces: np.ndarray, who: str) -> Frame:
-    if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
-        raise OracleFailure(f"{who}: non-finite energy or forces for {frame.source}")
-    return frame.with_(energy=float(energy), forces=np.asarray(forces, dtype=float))
+def _finite(frame: Frame, who: str, energy: float, forces: np.ndarray, **extra: np.ndarray | None) -> Frame:
+    """``frame`` with the labels (and any ``extra`` ones given: atomic_charges, dipole), all finite."""
+    labels = {"energy": float(energy), "forces": np.asarray(forces, dtype=float)}
+    labels |= {name: np.asarray(value, dtype=float) for name, value in extra.items() if value is not None}
+    bad = [name for name, value in labels.items() if not np.all(np.isfinite(value))]
+    if bad:
+        raise OracleFailure(f"{who}: non-finite {', '.join(bad)} for {frame.source}")
+    return frame.with_(**labels)
 
 
 def _with_ase(frame: Frame, calculator, who: str) -> Frame:
@@ -54,12 +58,7 @@ def _with_ase(frame: Frame, calculator, who: str) -> Frame:
         dipole = atoms.get_dipole_moment() if "dipole" in offered else None
     except Exception as err:  # calculators raise many types
         raise OracleFailure(f"{who}: {type(err).__name__}: {err}") from err
-    labelled = _finite(frame, energy, forces, who)
-    if charges is not None and np.all(np.isfinite(charges)):
-        labelled = labelled.with_(atomic_charges=np.asarray(charges, dtype=float))
-    if dipole is not None and np.all(np.isfinite(dipole)):
-        labelled = labelled.with_(dipole=np.asarray(dipole, dtype=float))
-    return labelled
+    return _finite(frame, who, energy, forces, atomic_charges=charges, dipole=dipole)
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ class PySCFOracle:
             raise OracleFailure(f"PySCF {self.xc}/{self.basis}: SCF not converged for {frame.source} "
                                 "(also with the second-order solver)")
         gradient = solver.nuc_grad_method().kernel()
-        return _finite(frame, energy * units.Hartree, -np.asarray(gradient) * units.Hartree / units.Bohr, "PySCF")
+        return _finite(frame, "PySCF", energy * units.Hartree, -np.asarray(gradient) * units.Hartree / units.Bohr)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,39 @@
+"""What an oracle keeps from a calculator, and what it refuses."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
+
+from incerta.active.oracles import ASEOracle, OracleFailure
+from incerta.data.frame import Frame
+
+
+class ChargedCalculator(Calculator):
+    """Energy, forces and atomic charges; ``broken`` makes the last charge NaN."""
+
+    implemented_properties = ("energy", "forces", "charges")
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__()
+        self.broken = broken
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        charges = np.linspace(-0.4, 0.4, len(self.atoms))
+        if self.broken:
+            charges[-1] = np.nan
+        self.results = {"energy": -1.5, "forces": np.zeros((len(self.atoms), 3)), "charges": charges}
+
+
+def test_atomic_charges_kept_when_offered():
+    frame = Frame.from_atoms(molecule("H2O"), source="water.xyz frame 0")
+    labelled = ASEOracle(f"{__name__}.ChargedCalculator").label(frame)
+    np.testing.assert_allclose(labelled.atomic_charges, [-0.4, 0.0, 0.4])
+    assert labelled.energy == -1.5 and labelled.dipole is None  # not offered, not invented
+
+
+def test_non_finite_charges_fail_the_label_naming_field_and_frame():
+    frame = Frame.from_atoms(molecule("H2O"), source="water.xyz frame 0")
+    with pytest.raises(OracleFailure, match=r"non-finite atomic_charges for water.xyz frame 0"):
+        ASEOracle(f"{__name__}.ChargedCalculator", {"broken": True}).label(frame)
