@@ -26,8 +26,8 @@ from common import INCERTA, WORK, print_table, run_timed, shared_data, write_res
 
 from incerta.config import apply_overrides
 from incerta.data.io import read_frames
-from incerta.evaluate.metrics import ErrorAccumulator
-from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.models.errors import ErrorAccumulator
+from incerta.models.predict import error_metrics, graphs_for
 from incerta.train.checkpoint import load_potential
 
 INCERTA_SETTINGS = {

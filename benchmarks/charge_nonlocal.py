@@ -37,7 +37,7 @@ from common import WORK, print_table, shared_data, write_results
 from incerta.config import RunConfig
 from incerta.data.generate import generate
 from incerta.data.io import read_frames
-from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.models.predict import error_metrics, graphs_for
 from incerta.train.checkpoint import load_potential
 from incerta.train.run import train_run
 
@@ -49,7 +49,7 @@ MODELS = {
 
 
 def charge_rmse(model, frames) -> float | None:
-    if any(f.atomic_charges is None for f in frames) or model.charge_model is None:
+    if any(f.atomic_charges is None for f in frames) or model.spec.electrostatics == "none":
         return None
     errors = []
     for graph, frame in zip(graphs_for(model, frames), frames):

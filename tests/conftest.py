@@ -11,7 +11,8 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from incerta.models.potential import Potential, PotentialSpec
+from incerta.models.potential import Potential
+from incerta.models.spec import PotentialSpec
 
 REPO = Path(__file__).resolve().parents[1]
 

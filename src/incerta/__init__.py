@@ -1,6 +1,6 @@
 """incerta: equivariant interatomic potentials that know when they do not know."""
 
-__version__ = "0.1.0"
+from incerta.utils.version import __version__
 
 __all__ = ["IncertaCalculator", "__version__"]
 

@@ -13,8 +13,8 @@ from scipy.spatial.transform import Rotation
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import frame_to_graph
-from incerta.evaluate.predict import model_dtype
 from incerta.models.potential import Potential
+from incerta.models.predict import model_dtype
 
 
 def predict(model: Potential, atoms: Atoms) -> dict[str, np.ndarray]:

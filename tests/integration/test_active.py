@@ -16,20 +16,22 @@ import pytest
 import yaml
 from ase.build import molecule
 
-from incerta.active.labelling import ClusterSpec, connect, label_on_cluster
+from incerta.active.labelling import label_on_cluster
 from incerta.active.loop import ActiveLearning
-from incerta.active.oracles import PySCFOracle, TBLiteOracle
 from incerta.active.samplers import attack_structure
 from incerta.active.state import RunState
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.md import run_watched_md
-from incerta.config import ALConfig, AttackSection, load_experiment
+from incerta.config import ALConfig, load_experiment
+from incerta.config.active import AttackSection
 from incerta.data.frame import Frame
 from incerta.data.io import read_frames
-from incerta.evaluate.predict import graphs_for
+from incerta.data.oracles import PySCFOracle, TBLiteOracle
+from incerta.models.predict import graphs_for
 from incerta.uq.base import FitSettings
 from incerta.uq.gmm import GMMUncertainty
 from incerta.uq.store import load_uncertain_potential
+from incerta.utils.cluster import ClusterSpec, connect
 
 SMALL_MODEL = {"l_max": 1, "num_channels": 16, "num_layers": 2, "radial_hidden": [32], "readout_hidden": 16}
 

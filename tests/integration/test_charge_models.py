@@ -8,7 +8,7 @@ import pytest
 from incerta.config import RunConfig
 from incerta.data.generate import generate
 from incerta.data.io import read_frames
-from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.models.predict import error_metrics, graphs_for
 from incerta.train.checkpoint import load_potential
 from incerta.train.run import train_run
 

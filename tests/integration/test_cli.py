@@ -14,7 +14,7 @@ from incerta import IncertaCalculator
 from incerta.cli.main import app
 from incerta.data import default
 from incerta.data.io import read_frames
-from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.models.predict import error_metrics, graphs_for
 from incerta.train.checkpoint import load_potential
 
 runner = CliRunner()

@@ -10,10 +10,10 @@ from incerta.config import RunConfig
 from incerta.data.graph import frame_to_graph
 from incerta.data.io import read_frames
 from incerta.data.store import GraphStore, write_store
-from incerta.train.distributed import training_device
-from incerta.train.ensemble import train_ensemble
 from incerta.train.run import train_run, train_run_parallel
+from incerta.uq.ensemble_training import train_ensemble
 from incerta.uq.store import load_uncertain_potential
+from incerta.utils.distributed import training_device
 
 MODEL = {"l_max": 1, "num_channels": 8, "num_layers": 2, "radial_hidden": [16], "readout_hidden": 8}
 

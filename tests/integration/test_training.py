@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from incerta.config import load_config
+from incerta.config.sources import prepare_splits
 from incerta.data.graph import frame_to_graph
 from incerta.data.io import read_frames
-from incerta.data.sources import prepare_splits
-from incerta.evaluate.predict import error_metrics, graphs_for
 from incerta.models.build import DataStatistics, build_potential
+from incerta.models.predict import error_metrics, graphs_for
 from incerta.train.checkpoint import load_potential, load_training_state
 from incerta.train.losses import LossWeights
 from incerta.train.run import train_run
@@ -48,7 +48,7 @@ def test_training_lowers_validation_error(tmp_path, acac):
     e0s = read_frames(acac / "isolated_atoms.xyz")
     untrained = build_potential(config.model, DataStatistics.from_frames(splits.train, train_graphs, e0s), config.seed)
     before = error_metrics(untrained, graphs_for(untrained, splits.validation))
-    after = train_run(config, tmp_path / "run")["validation"]
+    after = train_run(config, tmp_path / "run").metrics["validation"]
     weights = LossWeights(config.training.energy_weight, config.training.forces_weight)
     assert after["forces_rmse_meV_per_A"] < 0.5 * before["forces_rmse_meV_per_A"]
     assert validation_loss(after, weights) < 0.3 * validation_loss(before, weights)
@@ -71,17 +71,17 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def test_resume_reaches_the_same_weights(tmp_path, acac):
-    straight = train_run(load_config(small_config(tmp_path, acac, epochs=4)), tmp_path / "straight")
+    straight = train_run(load_config(small_config(tmp_path, acac, epochs=4)), tmp_path / "straight").metrics
     train_run(load_config(small_config(tmp_path, acac, epochs=2)), tmp_path / "split")
     assert load_training_state(tmp_path / "split/checkpoints/last.pt")["epoch"] == 2
-    resumed = train_run(load_config(small_config(tmp_path, acac, epochs=4)), tmp_path / "split")
+    resumed = train_run(load_config(small_config(tmp_path, acac, epochs=4)), tmp_path / "split").metrics
     assert resumed["epochs_run"] == straight["epochs_run"] == 4
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "split"))
 
 
 def test_seed_reproducibility(tmp_path, acac):
-    one = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "one")
-    two = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "two")
+    one = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "one").metrics
+    two = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "two").metrics
     assert one["validation"] == two["validation"]
 
 
@@ -107,6 +107,9 @@ def test_kill_during_training_then_resume(tmp_path, acac):
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    assert victim.returncode == -signal.SIGKILL, f"the process ended by itself (exit code {victim.returncode})"
+    killed_after = load_training_state(last)["epoch"] if last.exists() else 0
+    assert 2 <= killed_after < 6, f"killed after epoch {killed_after}: the resume must start mid-run, past epoch 2"
     assert not (tmp_path / "killed/model").exists(), "the process should have died before finishing"
     subprocess.run([*cli, "--run-dir", str(tmp_path / "killed")], check=True, env=env, capture_output=True)
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "killed"))

@@ -10,14 +10,14 @@ from scipy.spatial.transform import Rotation
 
 from incerta import IncertaCalculator
 from incerta.config import RunConfig
+from incerta.config.sources import prepare_splits
 from incerta.data.frame import Frame
 from incerta.data.io import read_frames
-from incerta.data.sources import prepare_splits
-from incerta.evaluate import uq_metrics
-from incerta.evaluate.predict import graphs_for
-from incerta.train.ensemble import train_ensemble
+from incerta.models.predict import graphs_for
 from incerta.train.run import train_run
+from incerta.uq import metrics as uq_metrics
 from incerta.uq.base import FitSettings
+from incerta.uq.ensemble_training import train_ensemble
 from incerta.uq.fit import fit_uncertainty
 from incerta.uq.methods import POST_TRAINING
 from incerta.uq.predict import collect

@@ -5,8 +5,8 @@ import pytest
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 
-from incerta.active.oracles import ASEOracle, OracleFailure
 from incerta.data.frame import Frame
+from incerta.data.oracles import ASEOracle, OracleFailure
 
 
 class ChargedCalculator(Calculator):

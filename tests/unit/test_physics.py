@@ -32,8 +32,8 @@ def test_equivariance_periodic(model_any_lmax, silicon):
 def test_equivariance_checker_catches_a_broken_model(ethanol, monkeypatch):
     """A model that sees absolute x coordinates must fail the check (the checker can fail)."""
     model = make_model()
-    original = model.spherical_harmonics.forward
-    monkeypatch.setattr(model.spherical_harmonics, "forward", lambda v: original(v + v.new_tensor([0.3, 0.0, 0.0])))
+    original = model.spherical_harmonics.harmonics.forward
+    monkeypatch.setattr(model.spherical_harmonics.harmonics, "forward", lambda v: original(v + v.new_tensor([0.3, 0.0, 0.0])))
     with pytest.raises(AssertionError, match="rotation"):
         assert_e3_equivariant(model, ethanol)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from incerta.evaluate import uq_metrics as m
+from incerta.uq import metrics as m
 from incerta.uq.calibration import Calibration
 
 

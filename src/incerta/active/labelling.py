@@ -15,8 +15,9 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from incerta.active.oracles import Oracle, OracleFailure
 from incerta.data.frame import Frame
+from incerta.data.oracles import Oracle, OracleFailure
+from incerta.utils.cluster import ClusterSpec
 
 
 @dataclass
@@ -55,30 +56,6 @@ def label_one(oracle: Oracle, key: str, frame: Frame, retries: int = 1, time_lim
         except Exception as err:  # anything the calculator throws counts as a failed label
             error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
     return LabelResult(key, None, error, retries + 1, time.perf_counter() - started)
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    """Where labelling runs: ``scheduler`` address (None: a LocalCluster of ``workers``)."""
-
-    scheduler: str | None = None
-    workers: int = 2
-    threads_per_worker: int = 1
-    retries: int = 1
-    time_limit_s: float | None = None
-
-
-def connect(spec: ClusterSpec):
-    """A Dask client for ``spec`` (import here: Dask is only needed for labelling). Without a
-    scheduler address the client starts its own LocalCluster and shuts it down on ``close()``;
-    its scheduler's HTTP server takes a free port (it starts one even without a dashboard,
-    on 8787 by default, which clashes when several clusters run at once)."""
-    from dask.distributed import Client
-
-    if spec.scheduler:
-        return Client(spec.scheduler)
-    return Client(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker, processes=True,
-                  dashboard_address=":0")
 
 
 def label_on_cluster(

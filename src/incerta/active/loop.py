@@ -23,25 +23,28 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from incerta.active.labelling import ClusterSpec, connect, label_on_cluster
-from incerta.active.oracles import build_oracle
+from incerta.active.labelling import label_on_cluster
 from incerta.active.report import write_al_report
 from incerta.active.samplers import attack_candidates, md_candidates, pool_candidates
 from incerta.active.selection import select
 from incerta.active.state import RunState
-from incerta.config import ALConfig, DataSource, RunConfig
+from incerta.config.active import ALConfig
+from incerta.config.data import DataSource
+from incerta.config.sources import load_sources, prepare_splits
+from incerta.config.training import RunConfig
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import collate, frame_to_graph
 from incerta.data.io import read_frames
-from incerta.data.sources import load_sources, prepare_splits
-from incerta.evaluate.predict import error_metrics, graphs_for
+from incerta.data.oracles import build_oracle
+from incerta.evaluate.training_report import write_training_report
+from incerta.models.predict import error_metrics, graphs_for
 from incerta.train.run import train_run
 from incerta.uq.base import FitSettings
 from incerta.uq.fit import fit_uncertainty
-from incerta.uq.model import STRUCTURE_UNCERTAINTY
 from incerta.uq.predict import collect
 from incerta.uq.store import has_uncertainty, load_uncertain_potential
+from incerta.utils.cluster import ClusterSpec, connect
 from incerta.utils.files import atomic_write, atomic_write_text
 
 
@@ -98,12 +101,11 @@ class ActiveLearning:
             if iteration > 0 and self.section.retrain == "warm":
                 warm = self.iteration_dir(iteration - 1) / "run" / "model"
             config = self.run_config(iteration)
-            train_run(config, run, resume=True, initial_model=warm)
+            write_training_report(train_run(config, run, resume=True, initial_model=warm))
             splits = prepare_splits(config.data, config.seed)
-            fit = self.section.uncertainty.fit
-            fit_uncertainty(model, self.section.uncertainty.method, splits.train, splits.validation,
-                            self.section.uncertainty.options,
-                            FitSettings(fit.epochs, fit.lr, fit.batch_size, self.config.seed, self.progress), fit.calibration)
+            uncertainty = self.section.uncertainty
+            fit_uncertainty(model, uncertainty.method, splits.train, splits.validation, uncertainty.options,
+                            FitSettings(**uncertainty.fit.model_dump(), seed=self.config.seed, progress=self.progress))
         if not any(e["iteration"] == iteration for e in self.state.events("trained")):
             potential = load_uncertain_potential(model).potential
             metrics = {"validation": error_metrics(potential, graphs_for(potential, self.validation))}
@@ -171,7 +173,7 @@ class ActiveLearning:
     def structure_scores(self, predictions: dict[str, np.ndarray]) -> np.ndarray:
         """(B,) selection score from :func:`collect`'s predictions: the calibrated structure
         uncertainty, eV/Å (inf where flagged)."""
-        return predictions[STRUCTURE_UNCERTAINTY]
+        return predictions[K.STRUCTURE_UNCERTAINTY]
 
     def label(self, iteration: int, keys: list[str], frames: dict[str, Frame], client) -> None:
         """Label the chosen keys not yet labelled or failed; store each label as it arrives."""

@@ -11,12 +11,12 @@ from ase import units
 
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.md import run_watched_md
-from incerta.config import AttackSection, CandidateSection
+from incerta.config.active import AttackSection, CandidateSection
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph, frame_to_graph
 from incerta.data.neighbors import neighbor_list
-from incerta.evaluate.predict import graphs_for, model_dtype
+from incerta.models.predict import graphs_for, model_dtype
 from incerta.uq.base import FitSettings
 from incerta.uq.gmm import GMMUncertainty
 from incerta.uq.model import UncertainPotential

@@ -14,19 +14,13 @@ from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import frame_to_graph
 from incerta.data.validation import DataError, frame_problems
-from incerta.evaluate.predict import check_species, model_dtype
 from incerta.models.potential import Potential
+from incerta.models.predict import check_species, model_dtype
 from incerta.train.checkpoint import load_potential
-from incerta.uq.model import (
-    ENERGY_UNCERTAINTY,
-    FORCES_UNCERTAINTY,
-    STRUCTURE_UNCERTAINTY,
-    Aggregate,
-    UncertainPotential,
-)
+from incerta.uq.model import Aggregate, UncertainPotential
 from incerta.uq.store import has_uncertainty, load_uncertain_potential
 
-UNCERTAINTY_KEYS = (FORCES_UNCERTAINTY, ENERGY_UNCERTAINTY, STRUCTURE_UNCERTAINTY)
+UNCERTAINTY_KEYS = (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY)
 
 
 class IncertaCalculator(Calculator):
@@ -119,10 +113,10 @@ class IncertaCalculator(Calculator):
             if not periodic:
                 self.results["dipole"] = as_np(outputs[K.DIPOLE][0])
         if self.has_uncertainty:
-            self.results[FORCES_UNCERTAINTY] = as_np(outputs[FORCES_UNCERTAINTY])
-            self.results[ENERGY_UNCERTAINTY] = float(outputs[ENERGY_UNCERTAINTY][0].detach())
-            self.results[STRUCTURE_UNCERTAINTY] = float(outputs[STRUCTURE_UNCERTAINTY][0].detach())
+            self.results[K.FORCES_UNCERTAINTY] = as_np(outputs[K.FORCES_UNCERTAINTY])
+            self.results[K.ENERGY_UNCERTAINTY] = float(outputs[K.ENERGY_UNCERTAINTY][0].detach())
+            self.results[K.STRUCTURE_UNCERTAINTY] = float(outputs[K.STRUCTURE_UNCERTAINTY][0].detach())
             if self.annotate and atoms is not None:
-                atoms.arrays[FORCES_UNCERTAINTY] = np.array(self.results[FORCES_UNCERTAINTY])
-                atoms.info[ENERGY_UNCERTAINTY] = self.results[ENERGY_UNCERTAINTY]
-                atoms.info[STRUCTURE_UNCERTAINTY] = self.results[STRUCTURE_UNCERTAINTY]
+                atoms.arrays[K.FORCES_UNCERTAINTY] = np.array(self.results[K.FORCES_UNCERTAINTY])
+                atoms.info[K.ENERGY_UNCERTAINTY] = self.results[K.ENERGY_UNCERTAINTY]
+                atoms.info[K.STRUCTURE_UNCERTAINTY] = self.results[K.STRUCTURE_UNCERTAINTY]

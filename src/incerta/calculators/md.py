@@ -6,15 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from ase import Atoms, units
-from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+from ase import Atoms
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from tqdm.auto import tqdm
 
 from incerta.calculators.ase import IncertaCalculator
-from incerta.data.md_sampling import labelled_copy
-from incerta.uq.model import FORCES_UNCERTAINTY, STRUCTURE_UNCERTAINTY
+from incerta.data import keys as K
+from incerta.data.md_sampling import labelled_copy, langevin
 
 
 @dataclass
@@ -50,13 +48,7 @@ def run_watched_md(
     atoms = atoms.copy()
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    atoms.set_constraint(FixCom())  # Langevin's own fixcm is deprecated (ASE 3.28)
-    if not atoms.pbc.any():
-        ZeroRotation(atoms)
-    dynamics = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
-                        friction=friction_per_fs / units.fs, rng=rng, fixcm=False)
+    dynamics = langevin(atoms, temperature_K, timestep_fs, friction_per_fs, rng)
     result = WatchedMD()
     safe = (atoms.positions.copy(), atoms.get_momenta().copy())
     bar = tqdm(total=steps, desc=f"MD {temperature_K:.0f} K", unit="step", disable=not progress, mininterval=1.0)
@@ -66,7 +58,7 @@ def run_watched_md(
         step += check_every
         bar.update(check_every)
         atoms.get_forces()
-        sigma = float(calculator.results[STRUCTURE_UNCERTAINTY]) if calculator.has_uncertainty else float("nan")
+        sigma = float(calculator.results[K.STRUCTURE_UNCERTAINTY]) if calculator.has_uncertainty else float("nan")
         row = {"step": step, "time_fs": step * timestep_fs, "energy_eV": float(atoms.get_potential_energy()),
                "temperature_K": float(atoms.get_temperature()), "max_uncertainty_eV_per_A": sigma}
         result.log.append(row)
@@ -76,8 +68,8 @@ def run_watched_md(
             safe = (atoms.positions.copy(), atoms.get_momenta().copy())
             continue
         frame = labelled_copy(atoms, step=step, md_temperature_K=temperature_K)
-        frame.arrays[FORCES_UNCERTAINTY] = np.array(calculator.results[FORCES_UNCERTAINTY])
-        frame.info[STRUCTURE_UNCERTAINTY] = sigma
+        frame.arrays[K.FORCES_UNCERTAINTY] = np.array(calculator.results[K.FORCES_UNCERTAINTY])
+        frame.info[K.STRUCTURE_UNCERTAINTY] = sigma
         result.flagged.append(frame)
         if on_threshold == "stop" or (max_flagged is not None and len(result.flagged) >= max_flagged):
             result.stopped_at = step

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from incerta.config import ConfigError
+from incerta.config.schema import ConfigError
+from incerta.config.uncertainty import CalibrationKind, FitSection
 from incerta.data.validation import DataError
 from incerta.models.potential import UnknownSpeciesError
-from incerta.train.checkpoint import CheckpointError
+from incerta.utils.tensor_files import CheckpointError
 
 app = typer.Typer(
     help="Equivariant interatomic potentials with calibrated uncertainty.",
@@ -41,10 +43,11 @@ def train(
     scheduler: str | None = typer.Option(None, help="Dask scheduler address for ensemble members."),
 ) -> None:
     """Train a potential (or a deep ensemble); the model lands in RUN_DIR/model."""
-    from incerta.config import load_config
-    from incerta.train.distributed import init_from_environment, is_main
-    from incerta.train.ensemble import train_ensemble
+    from incerta.config.loading import load_config
+    from incerta.evaluate.training_report import write_training_report
     from incerta.train.run import train_run, train_run_parallel
+    from incerta.uq.ensemble_training import train_ensemble
+    from incerta.utils.distributed import init_from_environment, is_main
 
     try:
         cfg = load_config(config, overrides)
@@ -55,15 +58,16 @@ def train(
                           f"validation structures: {target / 'model'}")
             return
         if nprocs > 1:
-            metrics = train_run_parallel(cfg, target, nprocs, resume)
-        elif init_from_environment(cfg.training.device):  # started by torchrun / srun
-            metrics = train_run(cfg, target, resume=resume)
-            if not is_main():
-                return
+            run = train_run_parallel(cfg, target, nprocs, resume)
         else:
-            metrics = train_run(cfg, target, resume=resume)
+            init_from_environment(cfg.training.device)  # joins the process group of torchrun / srun, if any
+            run = train_run(cfg, target, resume=resume)
+        if not is_main():
+            return
+        write_training_report(run)
     except USER_ERRORS as err:
         fail(err)
+    metrics = run.metrics
     print_metrics({"validation": metrics["validation"], **metrics["test"]})
     console.print(f"model written to {target / 'model'}")
 
@@ -106,7 +110,7 @@ def evaluate(
 ) -> None:
     """Energy and force errors of MODEL on each DATA file."""
     from incerta.data.io import read_frames
-    from incerta.evaluate.predict import error_metrics, graphs_for
+    from incerta.models.predict import error_metrics, graphs_for
     from incerta.train.checkpoint import load_potential
     from incerta.uq.evaluation import uncertain_error_metrics
     from incerta.uq.store import has_uncertainty, load_uncertain_potential
@@ -158,8 +162,8 @@ def uq_fit(
     method: str = typer.Option(..., "--method", "-m", help="gmm, llpr, svgp, lnk, ledl or shallow."),
     train: list[Path] = typer.Option([], "--train", help="Training data (default: the model's run split)."),
     val: list[Path] = typer.Option([], "--val", help="Validation data for calibration (default: the run split)."),
-    epochs: int = typer.Option(30, help="Epochs for methods that train (ledl, shallow, svgp, lnk)."),
-    lr: float = typer.Option(0.002, help="Learning rate for methods that train."),
+    epochs: int = typer.Option(FitSection().epochs, help="Epochs for methods that train (ledl, shallow, svgp, lnk)."),
+    lr: float = typer.Option(FitSection().lr, help="Learning rate for methods that train."),
     calibration: str | None = typer.Option(None, help="scale, power or isotonic (default: by score type)."),
     options: list[str] = typer.Option([], "--option", "-O", help="Method option, e.g. -O heads=4"),
     seed: int = typer.Option(0),
@@ -172,8 +176,8 @@ def uq_fit(
     from incerta.uq.fit import fit_uncertainty, run_splits
 
     try:
-        if calibration not in (None, "scale", "power", "isotonic"):
-            raise ConfigError(f"--calibration: expected scale, power or isotonic, got '{calibration}'")
+        if calibration is not None and calibration not in get_args(CalibrationKind):
+            raise ConfigError(f"--calibration: expected {', '.join(get_args(CalibrationKind))}, got '{calibration}'")
         parsed = {}
         for text in options:
             if "=" not in text:
@@ -188,7 +192,7 @@ def uq_fit(
             train_frames = [f for p in train for f in read_frames(p, require=("energy", "forces"))] or splits.train
             val_frames = [f for p in val for f in read_frames(p, require=("energy", "forces"))] or splits.validation
         report = fit_uncertainty(model, method, train_frames, val_frames, parsed,
-                                 FitSettings(epochs=epochs, lr=lr, seed=seed), calibration)
+                                 FitSettings(epochs=epochs, lr=lr, seed=seed, calibration=calibration))
     except USER_ERRORS as err:
         fail(err)
     except TypeError as err:
@@ -204,7 +208,8 @@ def uq_shift(
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value."),
 ) -> None:
     """Uncertainty under distribution shift: train, attach methods, compare test groups."""
-    from incerta.config import ShiftConfig, load_experiment
+    from incerta.config.experiments import ShiftConfig
+    from incerta.config.loading import load_experiment
     from incerta.evaluate.shift import run_shift, table_rows
 
     try:
@@ -225,7 +230,8 @@ def uq_ood(
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value."),
 ) -> None:
     """Out-of-distribution detection: one model per dataset, tested on every dataset."""
-    from incerta.config import OODConfig, load_experiment
+    from incerta.config.experiments import OODConfig
+    from incerta.config.loading import load_experiment
     from incerta.evaluate.ood import run_ood
 
     try:
@@ -257,7 +263,8 @@ def al_run(
     """Select uncertain structures, label them with the oracle, retrain, repeat."""
     from incerta.active.loop import ActiveLearning
     from incerta.active.report import learning_rows
-    from incerta.config import ALConfig, load_experiment
+    from incerta.config.active import ALConfig
+    from incerta.config.loading import load_experiment
 
     try:
         if resume is not None:

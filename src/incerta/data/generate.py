@@ -21,9 +21,9 @@ import numpy as np
 from ase import Atoms
 from ase.build import bulk
 
-from incerta.active.oracles import OracleFailure, PySCFOracle, TBLiteOracle
 from incerta.data.frame import Frame
 from incerta.data.md_sampling import sample_md
+from incerta.data.oracles import OracleFailure, PySCFOracle, TBLiteOracle
 
 
 def ag3() -> Atoms:

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class KeySpec:
+    """A key's name, shape, unit and meaning; ``internal`` keys pass between the model's blocks."""
+
     name: str
     shape: str
     unit: str
     description: str
+    internal: bool = False
 
 
 POSITIONS = "positions"
@@ -35,6 +38,24 @@ TOTAL_CHARGE = "charge"
 SPIN = "spin"
 ATOMIC_CHARGES = "charges"
 DIPOLE = "dipole"
+# intermediate quantities written by the potential's blocks (:mod:`incerta.nn`)
+SPECIES = "species"
+SPECIES_ONE_HOT = "species_one_hot"
+EDGE_VECTORS = "edge_vectors"
+EDGE_LENGTHS = "edge_lengths"
+EDGE_SH = "edge_sh"
+EDGE_RADIAL = "edge_radial"
+EDGE_ENVELOPE = "edge_envelope"
+ATOMIC_READOUT = "atomic_readout"
+LOCAL_ENERGIES = "local_energies"
+ELECTROSTATIC_ENERGIES = "electrostatic_energies"
+DISPERSION_ENERGIES = "dispersion_energies"
+# uncertainties (:mod:`incerta.uq`)
+FORCES_UNCERTAINTY = "forces_uncertainty"
+ENERGY_UNCERTAINTY = "energy_uncertainty"
+STRUCTURE_UNCERTAINTY = "structure_uncertainty"
+ATOM_SCORE = "atom_score"
+ENERGY_SCORE = "energy_score"
 
 KEYS: tuple[KeySpec, ...] = (
     KeySpec(POSITIONS, "(N, 3)", "Å", "Cartesian atomic positions."),
@@ -54,11 +75,30 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(SPIN, "(B,)", "-", "Number of unpaired electrons 2S (multiplicity 2S+1; default 0, singlet)."),
     KeySpec(ATOMIC_CHARGES, "(N,)", "e", "Per-atom partial charges (e.g. Hirshfeld)."),
     KeySpec(DIPOLE, "(B, 3)", "e·Å", "Dipole moment."),
+    KeySpec(SPECIES, "(N,)", "-", "Index of each atom's element in the model's species list.", internal=True),
+    KeySpec(SPECIES_ONE_HOT, "(N, S)", "-", "One-hot encoding of the species index (S elements in the model).", internal=True),
+    KeySpec(EDGE_VECTORS, "(E, 3)", "Å", "Edge vectors r_ij = r_j - r_i + S @ cell.", internal=True),
+    KeySpec(EDGE_LENGTHS, "(E,)", "Å", "Edge lengths |r_ij|.", internal=True),
+    KeySpec(EDGE_SH, "(E, (l_max+1)^2)", "-", "Spherical harmonics of the edge directions (component normalisation).", internal=True),
+    KeySpec(EDGE_RADIAL, "(E, K)", "-", "Bessel radial basis times the smooth cutoff envelope.", internal=True),
+    KeySpec(EDGE_ENVELOPE, "(E,)", "-", "Polynomial cutoff envelope, 1 at r = 0 and 0 at the cutoff.", internal=True),
+    KeySpec(ATOMIC_READOUT, "(N,)", "-", "Dimensionless per-atom output of the energy readout.", internal=True),
+    KeySpec(LOCAL_ENERGIES, "(N,)", "eV", "Learned short-range atomic energies (scaled readout + per-species shift).", internal=True),
+    KeySpec(ELECTROSTATIC_ENERGIES, "(N,)", "eV", "Per-atom electrostatic energies of the equilibrated charges.", internal=True),
+    KeySpec(DISPERSION_ENERGIES, "(N,)", "eV", "Per-atom D3(BJ) dispersion energies.", internal=True),
+    KeySpec(FORCES_UNCERTAINTY, "(N,)", "eV/Å", "Calibrated uncertainty: predicted RMS of each atom's force-error vector."),
+    KeySpec(ENERGY_UNCERTAINTY, "(B,)", "eV", "Calibrated uncertainty: predicted standard deviation of the energy error."),
+    KeySpec(STRUCTURE_UNCERTAINTY, "(B,)", "eV/Å", "Aggregate (max, mean or sum) of forces_uncertainty over a structure."),
+    KeySpec(ATOM_SCORE, "(N,)", "method", "Raw per-atom score of an uncertainty method, before calibration."),
+    KeySpec(ENERGY_SCORE, "(B,)", "method", "Raw per-structure score of an uncertainty method, before calibration."),
 )
 
+#: what :meth:`incerta.models.potential.Potential.evaluate` returns, where the model defines it
+MODEL_OUTPUTS = (NODE_FEATURES, ATOMIC_CHARGES, DIPOLE, ENERGY, ATOMIC_ENERGIES, LAST_LAYER_FEATURES)
 
-def markdown_table() -> str:
-    """The key table as Markdown, for the documentation."""
+
+def markdown_table(include_internal: bool = True) -> str:
+    """The key table as Markdown, for the documentation (the README leaves out internal keys)."""
     rows = ["| key | shape | unit | meaning |", "| --- | --- | --- | --- |"]
-    rows += [f"| `{k.name}` | {k.shape} | {k.unit} | {k.description} |" for k in KEYS]
+    rows += [f"| `{k.name}` | {k.shape} | {k.unit} | {k.description} |" for k in KEYS if include_internal or not k.internal]
     return "\n".join(rows)

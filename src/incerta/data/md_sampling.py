@@ -28,6 +28,20 @@ def labelled_copy(atoms: Atoms, **info) -> Atoms:
     return copy
 
 
+def langevin(atoms: Atoms, temperature_K: float, timestep_fs: float, friction_per_fs: float,
+             rng: np.random.Generator) -> Langevin:
+    """Langevin dynamics of ``atoms`` (its calculator attached) from Maxwell-Boltzmann velocities
+    at ``temperature_K``, without centre-of-mass motion (and, for a molecule, rotation); the
+    centre of mass stays fixed. Time step in fs, friction in 1/fs."""
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    atoms.set_constraint(FixCom())  # Langevin's own fixcm is deprecated (ASE 3.28)
+    if not atoms.pbc.any():
+        ZeroRotation(atoms)
+    return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
+                    friction=friction_per_fs / units.fs, rng=rng, fixcm=False)
+
+
 def sample_md(
     atoms: Atoms,
     make_calculator: Callable[[], Calculator],
@@ -47,15 +61,7 @@ def sample_md(
     """
     atoms = atoms.copy()
     atoms.calc = make_calculator()
-    rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    atoms.set_constraint(FixCom())  # Langevin's own fixcm is deprecated (ASE 3.28)
-    ZeroRotation(atoms)
-    dynamics = Langevin(
-        atoms, timestep_fs * units.fs, temperature_K=temperature_K,
-        friction=friction_per_fs / units.fs, rng=rng, fixcm=False,
-    )
+    dynamics = langevin(atoms, temperature_K, timestep_fs, friction_per_fs, np.random.default_rng(seed))
     dynamics.run(equilibration)
     frames = []
     for _ in tqdm(range(n_frames), desc=f"MD {label} {temperature_K:.0f} K", unit="frame", mininterval=1.0):

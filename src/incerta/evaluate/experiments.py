@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from incerta.config import FitSection
+from incerta.config.sources import Splits
+from incerta.config.uncertainty import FitSection
 from incerta.data.frame import Frame
-from incerta.data.sources import Splits
-from incerta.evaluate.predict import graphs_for
-from incerta.train.checkpoint import load_potential
+from incerta.models.predict import graphs_for
+from incerta.train.checkpoint import MODEL_FILE, load_potential
 from incerta.uq.base import FitSettings
 from incerta.uq.fit import fit_uncertainty
 from incerta.uq.model import Aggregate
@@ -37,9 +37,9 @@ def attach_method(base_model: Path, folder: Path, method: str, splits: Splits, f
         return json.loads(read_uncertainty_metadata(folder)["report"])
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    shutil.copy2(base_model / "potential.safetensors", folder / "potential.safetensors")
-    settings = FitSettings(epochs=fit.epochs, lr=fit.lr, batch_size=fit.batch_size, seed=seed, progress=progress)
-    return fit_uncertainty(folder, method, splits.train, splits.validation, settings=settings, calibration=fit.calibration)
+    shutil.copy2(base_model / MODEL_FILE, folder / MODEL_FILE)
+    settings = FitSettings(**fit.model_dump(), seed=seed, progress=progress)
+    return fit_uncertainty(folder, method, splits.train, splits.validation, settings=settings)
 
 
 def predictions(model: Path, frames: Sequence[Frame], cache: Path, aggregate: Aggregate) -> dict[str, np.ndarray]:

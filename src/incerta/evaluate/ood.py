@@ -22,13 +22,17 @@ import numpy as np
 from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
-from incerta.config import DataConfig, OODConfig, RunConfig
-from incerta.data.sources import load_source, prepare_splits
-from incerta.evaluate import plots, uq_metrics
+from incerta.config.data import DataConfig
+from incerta.config.experiments import OODConfig
+from incerta.config.sources import load_source, prepare_splits
+from incerta.config.training import RunConfig
+from incerta.evaluate import plots
 from incerta.evaluate.experiments import attach_method, predictions, write_json, write_table
 from incerta.evaluate.report import Report
-from incerta.train.checkpoint import load_potential
+from incerta.evaluate.training_report import write_training_report
+from incerta.train.checkpoint import is_model_folder, load_potential
 from incerta.train.run import train_run
+from incerta.uq import metrics as uq_metrics
 
 
 def dataset_run_config(config: OODConfig, name: str) -> RunConfig:
@@ -50,8 +54,8 @@ def run_ood(config: OODConfig, out: str | Path, progress: bool = True) -> dict:
     for train_name in tqdm(names, desc="models", disable=not progress, unit="model"):
         run_config = dataset_run_config(config, train_name)
         run = out / "models" / train_name
-        if not (run / "model" / "potential.safetensors").is_file():
-            train_run(run_config, run)
+        if not is_model_folder(run / "model"):
+            write_training_report(train_run(run_config, run))
         splits = prepare_splits(run_config.data, run_config.seed)
         known = set(load_potential(run / "model").species)
         unseen = {n: sorted(chemical_symbols[z] for z in elements[n] - known) for n in names}

@@ -12,6 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from incerta.uq.metrics import rmse_vs_rmv
+
 
 def parity(predictions: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     """Predicted vs reference per-atom energy (meV/atom, mean removed) and force components (eV/Å)."""
@@ -115,8 +117,6 @@ def uncertainty_histograms(data: Mapping[str, Mapping[str, np.ndarray]]) -> Figu
 
 def calibration_curves(data: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     """RMSE vs root mean variance in bins of predicted sigma (force components, eV/Å)."""
-    from incerta.evaluate.uq_metrics import rmse_vs_rmv
-
     fig, ax = plt.subplots(figsize=(5, 4.5))
     low, high = np.inf, 0.0
     for method, (errors, sigmas) in data.items():

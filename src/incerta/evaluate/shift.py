@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from incerta.config import RunConfig, ShiftConfig
-from incerta.data.sources import load_source, prepare_splits
-from incerta.evaluate import plots, uq_metrics
+from incerta.config.experiments import ShiftConfig
+from incerta.config.sources import load_source, prepare_splits
+from incerta.config.training import RunConfig
+from incerta.evaluate import plots
 from incerta.evaluate.experiments import (
     attach_method,
     force_error_norms,
@@ -32,8 +33,11 @@ from incerta.evaluate.experiments import (
     write_table,
 )
 from incerta.evaluate.report import Report
-from incerta.train.ensemble import train_ensemble
+from incerta.evaluate.training_report import write_training_report
+from incerta.train.checkpoint import is_model_folder
 from incerta.train.run import train_run
+from incerta.uq import metrics as uq_metrics
+from incerta.uq.ensemble_training import train_ensemble
 from incerta.uq.store import has_uncertainty, read_uncertainty_metadata
 
 COLUMNS = [
@@ -78,8 +82,8 @@ def run_shift(config: ShiftConfig, out: str | Path, progress: bool = True) -> Sh
     section = config.shift
     run_config = RunConfig.model_validate(config.model_dump(exclude={"shift"}))
     base_model = section.model or out / "base" / "model"
-    if section.model is None and not (base_model / "potential.safetensors").is_file():
-        train_run(run_config, out / "base")
+    if section.model is None and not is_model_folder(base_model):
+        write_training_report(train_run(run_config, out / "base"))
     splits = prepare_splits(run_config.data, run_config.seed)
     groups = {name: load_source(source, ("energy", "forces"))[: section.max_frames] for name, source in section.groups.items()}
     names = list(groups)

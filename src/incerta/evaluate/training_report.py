@@ -7,9 +7,10 @@ from pathlib import Path
 
 from incerta.data.graph import AtomicGraph
 from incerta.evaluate import plots
-from incerta.evaluate.predict import collect_predictions
 from incerta.evaluate.report import Report
 from incerta.models.potential import Potential
+from incerta.models.predict import collect_predictions
+from incerta.train.run import TrainedRun
 
 METRIC_COLUMNS = [
     ("structures", "n_structures"), ("E MAE (meV/atom)", "energy_per_atom_mae_meV"),
@@ -18,12 +19,11 @@ METRIC_COLUMNS = [
 ]
 
 
-def write_training_report(
-    folder: Path, model: Potential, metrics: dict, datasets: dict[str, Sequence[AtomicGraph]], history: list[dict]
-) -> Path:
-    """report.html in ``folder`` for the exported ``model`` evaluated on ``datasets`` (graphs)."""
-    report = Report("incerta training report", folder)
-    add_training_sections(report, model, metrics, datasets, history)
+def write_training_report(run: TrainedRun) -> Path:
+    """RUN_DIR/report.html (+ figures/): errors, parity plots, error histograms and learning
+    curve of the run's exported model."""
+    report = Report("incerta training report", run.run_dir)
+    add_training_sections(report, run.model, run.metrics, run.datasets, run.history)
     return report.write()
 
 

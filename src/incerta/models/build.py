@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from incerta.config import ModelConfig
+from incerta.config.model import ModelConfig
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph
 from incerta.data.statistics import force_rms, reference_energies, species_of
 from incerta.data.store import GraphStore
-from incerta.models.potential import Potential, PotentialSpec
+from incerta.models.potential import Potential
+from incerta.models.spec import PotentialSpec
 
 
 @dataclass
@@ -43,19 +44,8 @@ class DataStatistics:
 def build_potential(config: ModelConfig, statistics: DataStatistics, seed: int = 0) -> Potential:
     """A freshly initialised potential normalised by ``statistics``."""
     spec = PotentialSpec(
+        **config.model_dump(exclude={"dtype"}),
         species=list(statistics.species),
-        cutoff=config.cutoff,
-        l_max=config.l_max,
-        num_channels=config.num_channels,
-        num_layers=config.num_layers,
-        num_radial_basis=config.num_radial_basis,
-        cutoff_p=config.cutoff_p,
-        radial_hidden=list(config.radial_hidden),
-        readout_hidden=config.readout_hidden,
-        electronic_embedding=config.electronic_embedding,
-        global_attention=config.global_attention,
-        electrostatics=config.electrostatics,
-        dispersion=config.dispersion,
         avg_num_neighbors=statistics.avg_num_neighbors,
         energy_shift=list(statistics.shift),
         energy_scale=statistics.scale,

@@ -1,8 +1,17 @@
-"""The equivariant potential: embedding -> interactions -> readout, forces/stress by autograd."""
+"""The equivariant potential: an ordered list of blocks, forces and stress by autograd.
+
+The blocks (:mod:`incerta.nn`) are, in order: edge vectors -> spherical harmonics and
+radial basis -> species embedding [-> charge/spin embedding] -> interactions [-> global
+attention] [-> charge equilibration and electrostatics] -> energy readout -> per-species
+scale and shift [-> D3 dispersion]. Each block reads and writes named keys
+(:mod:`incerta.data.keys`); the list is checked when the potential is built, and the
+per-atom energy is the sum of the energy terms the blocks declare. A new physical term is a
+new block in :func:`potential_blocks`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 
 import torch
 from ase.data import chemical_symbols
@@ -12,7 +21,10 @@ from torch import nn
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
 from incerta.models.derivatives import derivatives, differentiable_inputs
+from incerta.models.spec import PotentialSpec
+from incerta.nn.block import Block, BlockError, Data, check_blocks
 from incerta.nn.dispersion import D3Dispersion
+from incerta.nn.edges import EdgeHarmonics, EdgeVectors
 from incerta.nn.electronic import ElectronicEmbedding, segment_sum
 from incerta.nn.electrostatics import ChargeEquilibration
 from incerta.nn.embedding import SpeciesEmbedding
@@ -21,88 +33,88 @@ from incerta.nn.interaction import Interaction, hidden_irreps
 from incerta.nn.radial import RadialEmbedding
 from incerta.nn.readout import EnergyReadout, SpeciesScaleShift
 
+#: keys the potential hands to its first block (from the graph and the species lookup)
+INPUT_KEYS = (K.POSITIONS, K.NUMBERS, K.CELL, K.PBC, K.BATCH, K.EDGE_INDEX, K.EDGE_SHIFTS, K.TOTAL_CHARGE, K.SPIN,
+              K.SPECIES, K.SPECIES_ONE_HOT)
+
 
 class UnknownSpeciesError(ValueError):
     """A structure contains an element the model was never trained on."""
 
 
-@dataclass
-class PotentialSpec:
-    """Everything needed to rebuild a potential before loading its weights.
-
-    Architecture: cutoff (Å), l_max (0 = invariant), num_channels, num_layers,
-    num_radial_basis, cutoff_p (polynomial envelope order), radial_hidden (radial MLP
-    widths), readout_hidden; electronic_embedding (total charge and spin as inputs),
-    global_attention (learned non-local block), electrostatics ("none" or "qeq": charge
-    equilibration + Coulomb/Ewald energy), dispersion (None or a functional name such as
-    "pbe": fixed D3(BJ) energy added, molecules only). Data statistics: species (atomic numbers), avg_num_neighbors,
-    energy_shift (eV per species, same order as species), energy_scale (eV).
-    """
-
-    species: list[int]
-    cutoff: float = 5.0
-    l_max: int = 2
-    num_channels: int = 32
-    num_layers: int = 3
-    num_radial_basis: int = 8
-    cutoff_p: int = 6
-    radial_hidden: list[int] = field(default_factory=lambda: [64, 64])
-    readout_hidden: int = 32
-    electronic_embedding: bool = False
-    global_attention: bool = False
-    electrostatics: str = "none"
-    dispersion: str | None = None
-    avg_num_neighbors: float = 10.0
-    energy_shift: list[float] = field(default_factory=list)
-    energy_scale: float = 1.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+def potential_blocks(spec: PotentialSpec) -> list[tuple[str, Block]]:
+    """The blocks of the potential described by ``spec``, in order, with their names (which are
+    also the prefixes of their weights in saved models; ``interactions.k`` is the k-th layer)."""
+    num_species = len(spec.species)
+    harmonics = EdgeHarmonics(spec.l_max)
+    scalars, hidden = o3.Irreps(f"{spec.num_channels}x0e"), hidden_irreps(spec.num_channels, spec.l_max)
+    blocks: list[tuple[str, Block]] = [
+        ("edge_vectors", EdgeVectors()),
+        ("spherical_harmonics", harmonics),
+        ("radial", RadialEmbedding(spec.cutoff, spec.num_radial_basis, spec.cutoff_p)),
+        ("embedding", SpeciesEmbedding(num_species, spec.num_channels)),
+    ]
+    if spec.electronic_embedding:
+        blocks.append(("electronic", ElectronicEmbedding(spec.num_channels)))
+    irreps_in = scalars
+    for index in range(spec.num_layers):
+        irreps_out = scalars if index == spec.num_layers - 1 else hidden
+        blocks.append((f"interactions.{index}", Interaction(
+            irreps_in, irreps_out, harmonics.irreps_sh, num_species, spec.num_radial_basis, spec.radial_hidden,
+            spec.avg_num_neighbors)))
+        irreps_in = irreps_out
+    if spec.global_attention:
+        blocks.append(("attention", GlobalAttention(spec.num_channels)))
+    extra_readout_inputs: tuple[str, ...] = ()
+    if spec.electrostatics == "qeq":
+        blocks.append(("charge_model", ChargeEquilibration(spec.num_channels, spec.species)))
+        extra_readout_inputs = (K.ATOMIC_CHARGES,)
+    shift = torch.tensor(spec.energy_shift or [0.0] * num_species)
+    blocks += [
+        ("readout", EnergyReadout(spec.num_channels, spec.readout_hidden, extra_readout_inputs)),
+        ("scale_shift", SpeciesScaleShift(shift, spec.energy_scale)),
+    ]
+    if spec.dispersion:
+        blocks.append(("dispersion", D3Dispersion(spec.dispersion)))
+    return blocks
 
 
 class Potential(nn.Module):
-    """E(3)-equivariant message-passing potential (NequIP-style).
+    """E(3)-equivariant message-passing potential (NequIP-style) made of blocks.
 
     forward(graph) returns a dict with ``energy`` (B,) eV, ``energies`` (N,) eV,
-    ``node_features`` (N, C), ``last_layer_features`` (N, H), and when asked
-    ``forces`` (N, 3) eV/Å and ``stress`` (B, 3, 3) eV/Å^3.
+    ``node_features`` (N, C), ``last_layer_features`` (N, H), ``charges`` (N,) e and
+    ``dipole`` (B, 3) e·Å with charge equilibration, and when asked ``forces`` (N, 3) eV/Å
+    and ``stress`` (B, 3, 3) eV/Å^3. ``blocks`` defaults to :func:`potential_blocks`.
     """
 
-    def __init__(self, spec: PotentialSpec) -> None:
+    def __init__(self, spec: PotentialSpec, blocks: Sequence[tuple[str, Block]] | None = None) -> None:
         super().__init__()
         self.spec = spec
-        num_species = len(spec.species)
         lookup = torch.full((len(chemical_symbols),), -1, dtype=torch.long)
-        lookup[torch.tensor(spec.species)] = torch.arange(num_species)
+        lookup[torch.tensor(spec.species)] = torch.arange(len(spec.species))
         self.register_buffer("species_lookup", lookup, persistent=False)
+        blocks = list(potential_blocks(spec) if blocks is None else blocks)
+        check_blocks(blocks, INPUT_KEYS)
+        self.energy_terms = [block.energy_key for _, block in blocks if block.energy_key is not None]
+        if not self.energy_terms:
+            raise BlockError("no block writes a per-atom energy term (energy_key): the potential would have no energy")
+        for name, block in blocks:
+            self._register(name, block)
+        self.blocks = blocks
 
-        irreps_sh = o3.Irreps.spherical_harmonics(spec.l_max)
-        self.spherical_harmonics = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
-        self.radial = RadialEmbedding(spec.cutoff, spec.num_radial_basis, spec.cutoff_p)
-        self.embedding = SpeciesEmbedding(num_species, spec.num_channels)
-
-        scalars = o3.Irreps(f"{spec.num_channels}x0e")
-        hidden = hidden_irreps(spec.num_channels, spec.l_max)
-        layers = []
-        irreps_in = scalars
-        for index in range(spec.num_layers):
-            irreps_out = scalars if index == spec.num_layers - 1 else hidden
-            layers.append(
-                Interaction(irreps_in, irreps_out, irreps_sh, num_species, spec.num_radial_basis,
-                            spec.radial_hidden, spec.avg_num_neighbors)
-            )
-            irreps_in = irreps_out
-        self.interactions = nn.ModuleList(layers)
-        self.electronic = ElectronicEmbedding(spec.num_channels) if spec.electronic_embedding else None
-        self.attention = GlobalAttention(spec.num_channels) if spec.global_attention else None
-        if spec.electrostatics not in ("none", "qeq"):
-            raise ValueError(f"electrostatics must be 'none' or 'qeq', got {spec.electrostatics!r}")
-        self.charge_model = ChargeEquilibration(spec.num_channels, spec.species) if spec.electrostatics == "qeq" else None
-        self.dispersion = D3Dispersion(spec.dispersion) if spec.dispersion else None
-        readout_inputs = spec.num_channels + (1 if self.charge_model is not None else 0)
-        self.readout = EnergyReadout(readout_inputs, spec.readout_hidden)
-        shift = torch.tensor(spec.energy_shift or [0.0] * num_species)
-        self.scale_shift = SpeciesScaleShift(shift, spec.energy_scale)
+    def _register(self, name: str, block: Block) -> None:
+        """``name`` becomes the block's attribute; ``group.k`` appends to the ModuleList ``group``."""
+        group, _, index = name.partition(".")
+        if not index:
+            self.add_module(name, block)
+            return
+        if group not in self._modules:
+            self.add_module(group, nn.ModuleList())
+        modules = self._modules[group]
+        if int(index) != len(modules):
+            raise BlockError(f"block '{name}': blocks of group '{group}' must be numbered 0, 1, ... in order")
+        modules.append(block)
 
     @property
     def species(self) -> list[int]:
@@ -136,44 +148,25 @@ class Potential(nn.Module):
         out.update(derivatives(out[K.ENERGY], inputs, create_graph))
         return out
 
-    def evaluate(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
-        """Energies and features at the graph's positions and cell (no derivatives)."""
+    def inputs(self, graph: AtomicGraph) -> Data:
+        """The keys :data:`INPUT_KEYS` of ``graph``; unknown elements raise."""
         species = self.species_index(graph.numbers)
-        positions = graph.positions
-        receivers, senders = graph.edge_index[0], graph.edge_index[1]
-        edge_cell = graph.cell[graph.batch[receivers]]
-        vectors = (
-            positions.index_select(0, senders) - positions.index_select(0, receivers)
-            + torch.einsum("ei,eij->ej", graph.edge_shifts, edge_cell)
-        )
-        lengths = torch.linalg.norm(vectors, dim=-1)
-        edge_sh = self.spherical_harmonics(vectors)
-        edge_radial, envelope = self.radial(lengths)
+        return {
+            K.POSITIONS: graph.positions, K.NUMBERS: graph.numbers, K.CELL: graph.cell, K.PBC: graph.pbc,
+            K.BATCH: graph.batch, K.EDGE_INDEX: graph.edge_index, K.EDGE_SHIFTS: graph.edge_shifts,
+            K.TOTAL_CHARGE: graph.charge, K.SPIN: graph.spin, K.SPECIES: species,
+            K.SPECIES_ONE_HOT: torch.nn.functional.one_hot(species, len(self.spec.species)).to(graph.positions.dtype),
+        }
 
-        one_hot = torch.nn.functional.one_hot(species, len(self.spec.species)).to(positions.dtype)
-        features = self.embedding(one_hot)
-        if self.electronic is not None:
-            features = self.electronic(features, graph.charge.to(features.dtype), graph.spin.to(features.dtype), graph.batch)
-        for layer in self.interactions:
-            features = layer(features, one_hot, edge_sh, edge_radial, envelope, graph.edge_index)
-        if self.attention is not None:
-            features = self.attention(features, graph.batch, graph.num_graphs)
-        out = {K.NODE_FEATURES: features}
-        readout_input = features
-        if self.charge_model is not None:
-            charges, electrostatic = self.charge_model(features, species, graph)
-            readout_input = torch.cat([features, charges.unsqueeze(-1)], dim=-1)
-            out[K.ATOMIC_CHARGES] = charges
-            out[K.DIPOLE] = segment_sum(charges.unsqueeze(-1) * positions, graph.batch, graph.num_graphs)
-        raw, last_layer = self.readout(readout_input)
-        atomic_energies = self.scale_shift(raw, species)
-        if self.charge_model is not None:
-            atomic_energies = atomic_energies + electrostatic
-        if self.dispersion is not None:
-            atomic_energies = atomic_energies + self.dispersion(graph)
-        out.update({
-            K.ENERGY: segment_sum(atomic_energies, graph.batch, graph.num_graphs),
-            K.ATOMIC_ENERGIES: atomic_energies,
-            K.LAST_LAYER_FEATURES: last_layer,
-        })
-        return out
+    def evaluate(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        """Energies and features (:data:`~incerta.data.keys.MODEL_OUTPUTS`) at the graph's
+        positions and cell (no derivatives)."""
+        data = self.inputs(graph)
+        for _, block in self.blocks:
+            data.update(block(data))
+        atomic_energies = data[self.energy_terms[0]]
+        for term in self.energy_terms[1:]:
+            atomic_energies = atomic_energies + data[term]
+        data[K.ATOMIC_ENERGIES] = atomic_energies
+        data[K.ENERGY] = segment_sum(atomic_energies, graph.batch, graph.num_graphs)
+        return {key: data[key] for key in K.MODEL_OUTPUTS if key in data}

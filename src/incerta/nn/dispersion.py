@@ -12,39 +12,39 @@ from __future__ import annotations
 import tad_dftd3
 import torch
 from ase.units import Bohr, Hartree
-from torch import nn
 
-from incerta.data.graph import AtomicGraph
-
-
-def damping_parameters(functional: str) -> dict[str, torch.Tensor]:
-    """Becke-Johnson damping parameters of ``functional`` (e.g. "pbe"), three-body term included."""
-    try:
-        return tad_dftd3.param.get_functional_params(functional, damping="bj", dtype=torch.float64)
-    except (KeyError, ValueError) as err:
-        raise ValueError(f"model.dispersion: no D3(BJ) parameters for functional {functional!r} ({err})") from err
+from incerta.data import keys as K
+from incerta.nn.block import Block, Data
 
 
-class D3Dispersion(nn.Module):
-    """Atom-resolved D3(BJ) energies (N,) in eV for the functional the data were computed with."""
+class D3Dispersion(Block):
+    """Atom-resolved D3(BJ) energies (N,) in eV for the functional the data were computed with
+    (Becke-Johnson damping, three-body term included; the functional name is checked by the
+    model configuration)."""
+
+    reads = (K.NUMBERS, K.POSITIONS, K.PBC, K.BATCH, K.CELL)
+    writes = (K.DISPERSION_ENERGIES,)
+    energy_key = K.DISPERSION_ENERGIES
 
     def __init__(self, functional: str) -> None:
         super().__init__()
         self.functional = functional
-        for name, value in damping_parameters(functional).items():
+        parameters = tad_dftd3.param.get_functional_params(functional, damping="bj", dtype=torch.float64)
+        for name, value in parameters.items():
             self.register_buffer(f"param_{name}", value, persistent=False)
 
-    def forward(self, graph: AtomicGraph) -> torch.Tensor:
-        if bool(graph.pbc.any()):
+    def forward(self, data: Data) -> Data:
+        batch, numbers_in, positions_in = data[K.BATCH], data[K.NUMBERS], data[K.POSITIONS]
+        num_graphs = data[K.CELL].shape[0]
+        if bool(data[K.PBC].any()):
             raise ValueError("model.dispersion: tad-dftd3 handles molecules only; this structure is periodic "
                              "(train without dispersion, or with data whose reference excludes it)")
-        counts = torch.bincount(graph.batch, minlength=graph.num_graphs)
+        counts = torch.bincount(batch, minlength=num_graphs)
         size = int(counts.max())
-        slot = torch.arange(graph.batch.numel(), device=graph.batch.device) - (torch.cumsum(counts, 0) - counts)[graph.batch]
-        numbers = graph.numbers.new_zeros(graph.num_graphs, size)  # 0 marks padding for tad-dftd3
-        numbers[graph.batch, slot] = graph.numbers
-        positions = graph.positions.new_zeros(graph.num_graphs, size, 3).index_put(
-            (graph.batch, slot), graph.positions / Bohr)
+        slot = torch.arange(batch.numel(), device=batch.device) - (torch.cumsum(counts, 0) - counts)[batch]
+        numbers = numbers_in.new_zeros(num_graphs, size)  # 0 marks padding for tad-dftd3
+        numbers[batch, slot] = numbers_in
+        positions = positions_in.new_zeros(num_graphs, size, 3).index_put((batch, slot), positions_in / Bohr)
         param = {name[len("param_"):]: value.to(positions.dtype) for name, value in self.named_buffers()}
         energies = tad_dftd3.dftd3(numbers, positions, param)  # (B, size) Hartree
-        return energies[graph.batch, slot] * Hartree
+        return {K.DISPERSION_ENERGIES: energies[batch, slot] * Hartree}

@@ -16,7 +16,11 @@ from __future__ import annotations
 import math
 
 import torch
+from e3nn import o3
 from torch import nn
+
+from incerta.data import keys as K
+from incerta.nn.block import Block, Data
 
 
 def segment_sum(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
@@ -44,13 +48,19 @@ class StateEmbedding(nn.Module):
         return (state[batch] * share).unsqueeze(-1) * self.values[sign]
 
 
-class ElectronicEmbedding(nn.Module):
-    """Adds charge and spin embeddings to the invariant atom features."""
+class ElectronicEmbedding(Block):
+    """Adds charge and spin embeddings to the invariant atom features (N, F)."""
+
+    reads = (K.NODE_FEATURES, K.TOTAL_CHARGE, K.SPIN, K.BATCH)
+    writes = (K.NODE_FEATURES,)
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
         self.charge = StateEmbedding(num_features)
         self.spin = StateEmbedding(num_features)
+        self.irreps_in = self.irreps_out = {K.NODE_FEATURES: o3.Irreps(f"{num_features}x0e")}
 
-    def forward(self, features: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        return features + self.charge(features, charge, batch) + self.spin(features, spin, batch)
+    def forward(self, data: Data) -> Data:
+        features, batch = data[K.NODE_FEATURES], data[K.BATCH]
+        charge, spin = data[K.TOTAL_CHARGE].to(features.dtype), data[K.SPIN].to(features.dtype)
+        return {K.NODE_FEATURES: features + self.charge(features, charge, batch) + self.spin(features, spin, batch)}

@@ -20,9 +20,12 @@ import math
 
 import torch
 from ase.data import covalent_radii
+from e3nn import o3
 from torch import nn
 
-from incerta.data.graph import AtomicGraph
+from incerta.data import keys as K
+from incerta.nn.block import Block, Data
+from incerta.nn.electronic import segment_sum
 from incerta.nn.ewald import periodic_coulomb_matrix
 
 COULOMB = 14.399645478425668  # eV Å / e^2 (Hartree * Bohr)
@@ -39,12 +42,17 @@ def gaussian_coulomb_matrix(positions: torch.Tensor, width: torch.Tensor) -> tor
     return COULOMB * (off_diagonal + torch.diag(1.0 / (width * math.sqrt(math.pi))))
 
 
-class ChargeEquilibration(nn.Module):
-    """Features (N, F) -> atomic charges (N,) in e summing to Q, and per-atom electrostatic
-    energies (N,) in eV (1/2 q_i (A q)_i, which sum to E_es)."""
+class ChargeEquilibration(Block):
+    """Features (N, F) -> atomic charges (N,) in e summing to Q, the dipole sum_i q_i r_i (B, 3)
+    in e·Å, and per-atom electrostatic energies (N,) in eV (1/2 q_i (A q)_i, which sum to E_es)."""
+
+    reads = (K.NODE_FEATURES, K.SPECIES, K.POSITIONS, K.CELL, K.PBC, K.BATCH, K.TOTAL_CHARGE)
+    writes = (K.ATOMIC_CHARGES, K.DIPOLE, K.ELECTROSTATIC_ENERGIES)
+    energy_key = K.ELECTROSTATIC_ENERGIES
 
     def __init__(self, num_features: int, species: list[int], hidden: int = 16) -> None:
         super().__init__()
+        self.irreps_in = {K.NODE_FEATURES: o3.Irreps(f"{num_features}x0e")}
         self.electronegativity = nn.Sequential(nn.Linear(num_features, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.raw_hardness = nn.Parameter(torch.full((len(species),), 2.0))
         self.raw_width = nn.Parameter(torch.log(torch.tensor([covalent_radii[z] for z in species])))
@@ -55,16 +63,17 @@ class ChargeEquilibration(nn.Module):
     def width(self) -> torch.Tensor:
         return torch.exp(self.raw_width)
 
-    def forward(self, features: torch.Tensor, species: torch.Tensor, graph: AtomicGraph) -> tuple[torch.Tensor, torch.Tensor]:
-        chi = self.electronegativity(features).squeeze(-1)
+    def forward(self, data: Data) -> Data:
+        chi = self.electronegativity(data[K.NODE_FEATURES]).squeeze(-1)
+        species, batch, cell, total_charge = data[K.SPECIES], data[K.BATCH], data[K.CELL], data[K.TOTAL_CHARGE]
         hardness, width = self.hardness()[species], self.width()[species]
         charges = torch.zeros_like(chi)
         energies = torch.zeros_like(chi)
-        for b in range(graph.num_graphs):
-            index = torch.nonzero(graph.batch == b).flatten()
-            positions = graph.positions[index]
-            if bool(graph.pbc[b].any()):
-                matrix = periodic_coulomb_matrix(positions, graph.cell[b], width[index])
+        for b in range(cell.shape[0]):
+            index = torch.nonzero(batch == b).flatten()
+            positions = data[K.POSITIONS][index]
+            if bool(data[K.PBC][b].any()):
+                matrix = periodic_coulomb_matrix(positions, cell[b], width[index])
             else:
                 matrix = gaussian_coulomb_matrix(positions, width[index])
             n = index.numel()
@@ -72,9 +81,10 @@ class ChargeEquilibration(nn.Module):
             system[:n, :n] = matrix + torch.diag(hardness[index])
             system[:n, n] = 1.0
             system[n, :n] = 1.0
-            rhs = torch.cat([-chi[index], graph.charge[b].to(chi.dtype).view(1)])
+            rhs = torch.cat([-chi[index], total_charge[b].to(chi.dtype).view(1)])
             solution = torch.linalg.solve(system, rhs)
             q = solution[:n]
             charges = charges.index_put((index,), q)
             energies = energies.index_put((index,), 0.5 * q * (matrix @ q))
-        return charges, energies
+        dipole = segment_sum(charges.unsqueeze(-1) * data[K.POSITIONS], batch, cell.shape[0])
+        return {K.ATOMIC_CHARGES: charges, K.DIPOLE: dipole, K.ELECTROSTATIC_ENERGIES: energies}

@@ -7,6 +7,9 @@ import math
 import torch
 from torch import nn
 
+from incerta.data import keys as K
+from incerta.nn.block import Block, Data
+
 
 class PolynomialCutoff(nn.Module):
     """Smooth envelope f(r) that goes to 0 at ``r_max`` with ``p`` continuous derivatives.
@@ -52,8 +55,11 @@ class BesselBasis(nn.Module):
         return self.prefactor * torch.sin(self.frequencies * r) / r
 
 
-class RadialEmbedding(nn.Module):
-    """Bessel basis multiplied by the polynomial cutoff: (E,) -> (E, num_basis)."""
+class RadialEmbedding(Block):
+    """Bessel basis multiplied by the polynomial cutoff: edge lengths (E,) -> (E, num_basis)."""
+
+    reads = (K.EDGE_LENGTHS,)
+    writes = (K.EDGE_RADIAL, K.EDGE_ENVELOPE)
 
     def __init__(self, r_max: float, num_basis: int = 8, cutoff_p: int = 6) -> None:
         super().__init__()
@@ -61,7 +67,8 @@ class RadialEmbedding(nn.Module):
         self.cutoff = PolynomialCutoff(r_max, cutoff_p)
         self.num_basis = num_basis
 
-    def forward(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (basis * envelope (E, num_basis), envelope (E,))."""
+    def forward(self, data: Data) -> Data:
+        """basis * envelope (E, num_basis) and the envelope (E,)."""
+        r = data[K.EDGE_LENGTHS]
         envelope = self.cutoff(r)
-        return self.basis(r) * envelope.unsqueeze(-1), envelope
+        return {K.EDGE_RADIAL: self.basis(r) * envelope.unsqueeze(-1), K.EDGE_ENVELOPE: envelope}

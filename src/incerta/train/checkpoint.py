@@ -10,27 +10,22 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from pydantic import ValidationError
 
-from incerta import __version__
-from incerta.models.potential import Potential, PotentialSpec
+from incerta.models.potential import Potential
+from incerta.models.spec import PotentialSpec
 from incerta.utils.files import atomic_write
+from incerta.utils.tensor_files import CheckpointError, read_metadata, read_tensors, write_tensors
 
 MODEL_FORMAT = "incerta.potential"
 MODEL_FORMAT_VERSION = 1
 MODEL_FILE = "potential.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A model or checkpoint file cannot be used; the message says why and what to do."""
 
 
 def model_file(path: str | Path) -> Path:
@@ -46,52 +41,33 @@ def model_file(path: str | Path) -> Path:
     return path
 
 
+def is_model_folder(path: str | Path) -> bool:
+    """Whether the folder ``path`` holds a saved potential."""
+    return (Path(path) / MODEL_FILE).is_file()
+
+
+def model_dtype_name(model: torch.nn.Module) -> str:
+    """'float32' or 'float64': the dtype of the weights, as stored beside them."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def save_potential(model: Potential, path: str | Path, extra: dict[str, str] | None = None) -> Path:
     """Write ``model`` to ``path`` (a folder gets ``potential.safetensors``) atomically."""
     path = Path(path)
     target = path / MODEL_FILE if path.suffix != ".safetensors" else path
-    metadata = {
-        "format": MODEL_FORMAT,
-        "format_version": str(MODEL_FORMAT_VERSION),
-        "incerta_version": __version__,
-        "spec": json.dumps(model.spec.to_dict()),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        **(extra or {}),
-    }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return target
+    metadata = {"spec": model.spec.model_dump_json(), "dtype": model_dtype_name(model), **(extra or {})}
+    return write_tensors(target, model.state_dict(), MODEL_FORMAT, MODEL_FORMAT_VERSION, metadata)
 
 
 def read_model_metadata(path: str | Path) -> dict[str, str]:
     """Metadata of a saved model, checked to be an incerta model of a readable version."""
-    file = model_file(path)
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        if zipfile.is_zipfile(file):
-            raise CheckpointError(
-                f"{file}: this is a PyTorch pickle archive, not an incerta model. incerta never "
-                "unpickles files (they can run arbitrary code); use a training checkpoint from "
-                "an incerta run or a potential.safetensors file."
-            ) from err
-        raise CheckpointError(f"{file}: corrupt or not a safetensors model file ({err})") from err
-    if metadata.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{file}: a safetensors file written by another program (no '{MODEL_FORMAT}' format tag)")
-    version = int(metadata.get("format_version", "0"))
-    if version > MODEL_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{file}: model format {version} written by incerta {metadata.get('incerta_version')}; "
-            f"this incerta ({__version__}) reads format <= {MODEL_FORMAT_VERSION}: upgrade incerta"
-        )
-    return metadata
+    return read_metadata(model_file(path), MODEL_FORMAT, MODEL_FORMAT_VERSION, "model")
 
 
 def spec_from_json(text: str, origin: str) -> PotentialSpec:
     try:
-        return PotentialSpec(**json.loads(text))
-    except (json.JSONDecodeError, TypeError) as err:
+        return PotentialSpec.model_validate_json(text)
+    except ValidationError as err:
         raise CheckpointError(f"{origin}: unreadable model description ({err})") from err
 
 
@@ -112,11 +88,8 @@ def load_potential(path: str | Path) -> Potential:
         return build_loaded(spec_from_json(state["spec"], str(path)), state["ema"] or state["model"], state["dtype"], str(path))
     metadata = read_model_metadata(path)
     file = model_file(path)
-    try:
-        state = load_file(str(file))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{file}: corrupt weights ({err})") from err
-    return build_loaded(spec_from_json(metadata["spec"], str(file)), state, metadata.get("dtype", "float32"), str(file))
+    return build_loaded(spec_from_json(metadata["spec"], str(file)), read_tensors(file, "model"),
+                        metadata.get("dtype", "float32"), str(file))
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:

@@ -8,7 +8,9 @@ Run folder layout::
     history.csv         per-epoch metrics
     model/              potential.safetensors: the exported best model
     metrics.json        validation and test errors of the exported model
-    report.html         errors, parity plots, error histograms, learning curve (+ figures/)
+
+:func:`train_run` returns a :class:`TrainedRun`; the caller writes the report
+(:func:`incerta.evaluate.training_report.write_training_report`).
 """
 
 from __future__ import annotations
@@ -21,18 +23,19 @@ from pathlib import Path
 import torch
 import yaml
 
-from incerta.config import ConfigError, DataSource, RunConfig
+from incerta.config.data import DataSource
+from incerta.config.schema import ConfigError
+from incerta.config.sources import load_source, prepare_splits, test_set_name
+from incerta.config.training import RunConfig
 from incerta.data.graph import AtomicGraph, frame_to_graph
-from incerta.data.sources import load_source, prepare_splits, test_set_name
 from incerta.data.splits import split_indices
 from incerta.data.store import GraphStore, StoreView, is_store
-from incerta.evaluate.predict import error_metrics, graphs_for
-from incerta.evaluate.training_report import write_training_report
 from incerta.models.build import DataStatistics, build_potential, statistics_from_store
 from incerta.models.potential import Potential
-from incerta.train import distributed
-from incerta.train.checkpoint import load_potential, save_potential
+from incerta.models.predict import error_metrics, graphs_for
+from incerta.train.checkpoint import load_potential, load_training_state, save_potential
 from incerta.train.trainer import Trainer, write_history
+from incerta.utils import distributed
 from incerta.utils.files import atomic_write_text
 
 #: Options a resumed run may change (a longer budget); anything else must match.
@@ -63,15 +66,33 @@ def _check_resumable(run_dir: Path, config: RunConfig) -> None:
         )
 
 
+def _required_labels(config: RunConfig) -> tuple[str, ...]:
+    return ("energy", "forces") if config.training.forces_weight > 0 else ("energy",)
+
+
 def _e0s(config: RunConfig):
     e0s = config.data.e0s
     return load_source(e0s, ("energy",), 0.0) if isinstance(e0s, DataSource) else e0s
 
 
+@dataclass
+class TrainedRun:
+    """A finished run: its folder, metrics.json content, the exported (best) model, the
+    per-epoch history and the labelled graphs the model was evaluated on (``validation``,
+    then one entry per test set)."""
+
+    run_dir: Path
+    metrics: dict
+    model: Potential
+    history: list[dict]
+    datasets: dict[str, Sequence[AtomicGraph]]
+
+
 def train_run(
     config: RunConfig, run_dir: str | Path, resume: bool = True, member: int = 0, initial_model: Path | None = None
-) -> dict:
-    """Train (or resume) the run in ``run_dir``; return its metrics.json content.
+) -> TrainedRun | None:
+    """Train (or resume) the run in ``run_dir``; return it (None on data-parallel ranks
+    other than the first, which write nothing).
 
     ``member`` > 0 (ensemble members) changes the initial weights and the data order but
     not the train/validation split, which depends on ``config.seed`` alone.
@@ -90,8 +111,7 @@ def train_run(
     if main:
         atomic_write_text(run_dir / "config.yaml", config.to_yaml())
 
-    require = ("energy", "forces") if config.training.forces_weight > 0 else ("energy",)
-    data = load_run_data(config, require)
+    data = load_run_data(config, _required_labels(config))
     if main:
         atomic_write_text(run_dir / "splits.json", json.dumps(data.record, indent=1))
 
@@ -110,7 +130,7 @@ def train_run(
         trainer.resume()
     state = trainer.fit()
     if not main:
-        return {}
+        return None
     write_history(run_dir / "history.csv", state.history)
 
     best = load_potential(trainer.best_path)
@@ -123,9 +143,7 @@ def train_run(
         "test": {name: error_metrics(best, graphs) for name, graphs in data.tests(best).items()},
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    write_training_report(run_dir, best, metrics, {"validation": trainer.validation_graphs, **data.tests(best)},
-                          state.history)
-    return metrics
+    return TrainedRun(run_dir, metrics, best, state.history, {"validation": trainer.validation_graphs, **data.tests(best)})
 
 
 @dataclass
@@ -184,7 +202,17 @@ def _train_worker(config_json: str, run_dir: str, resume: bool) -> None:
     train_run(RunConfig.model_validate_json(config_json), run_dir, resume)
 
 
-def train_run_parallel(config: RunConfig, run_dir: str | Path, nprocs: int, resume: bool = True) -> dict:
-    """``train_run`` on ``nprocs`` data-parallel gloo processes on this machine; returns metrics.json."""
+def train_run_parallel(config: RunConfig, run_dir: str | Path, nprocs: int, resume: bool = True) -> TrainedRun:
+    """``train_run`` on ``nprocs`` data-parallel gloo processes on this machine."""
     distributed.spawn(_train_worker, nprocs, config.model_dump_json(), str(run_dir), resume)
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
+    return load_trained_run(config, run_dir)
+
+
+def load_trained_run(config: RunConfig, run_dir: str | Path) -> TrainedRun:
+    """The :class:`TrainedRun` of a finished run folder, read back from its files."""
+    run_dir = Path(run_dir)
+    model = load_potential(run_dir / "model")
+    data = load_run_data(config, _required_labels(config))
+    history = load_training_state(run_dir / "checkpoints" / "last.pt")["history"]
+    datasets = {"validation": data.validation(next(model.parameters()).dtype), **data.tests(model)}
+    return TrainedRun(run_dir, json.loads((run_dir / "metrics.json").read_text()), model, history, datasets)

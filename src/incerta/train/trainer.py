@@ -8,7 +8,6 @@ resumed reaches the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -21,17 +20,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from incerta import __version__
-from incerta.config import TrainingConfig
+from incerta.config.training import TrainingConfig
 from incerta.data.graph import AtomicGraph, collate
 from incerta.data.splits import epoch_order
 from incerta.data.store import StoreView
-from incerta.evaluate.predict import error_metrics
 from incerta.models.potential import Potential
-from incerta.train import distributed
-from incerta.train.checkpoint import load_training_state, save_training_state
+from incerta.models.predict import error_metrics
+from incerta.train.checkpoint import load_training_state, model_dtype_name, save_training_state
 from incerta.train.losses import LossWeights, energy_forces_loss
+from incerta.utils import distributed
 from incerta.utils.files import atomic_write_text
+from incerta.utils.version import __version__
 
 
 @dataclass
@@ -121,8 +120,8 @@ class Trainer:
             "format": "incerta.training",
             "version": 1,
             "incerta_version": __version__,
-            "spec": json.dumps(self.model.spec.to_dict()),
-            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "spec": self.model.spec.model_dump_json(),
+            "dtype": model_dtype_name(self.model),
             "config": self.run_config_json,
             "model": self.model.state_dict(),
             "ema": None if self.ema is None else self.ema.module.state_dict(),

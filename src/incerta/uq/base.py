@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from incerta.config.uncertainty import CalibrationKind, FitSection
 from incerta.data.graph import AtomicGraph
 from incerta.models.potential import Potential
-from incerta.uq.calibration import CalibrationKind, ScoreKind
+from incerta.uq.calibration import ScoreKind
 
 
 @dataclass
@@ -39,13 +40,10 @@ class UncertainOutput:
     energies: torch.Tensor | None = None
 
 
-@dataclass
-class FitSettings:
-    """Budget of methods that train: epochs, learning rate, batch size, seed, progress bar."""
+class FitSettings(FitSection):
+    """The configured fit budget (:class:`~incerta.config.uncertainty.FitSection`: epochs,
+    learning rate, batch size, calibration) plus the seed and the progress bar."""
 
-    epochs: int = 30
-    lr: float = 0.002
-    batch_size: int = 5
     seed: int = 0
     progress: bool = True
 

@@ -37,8 +37,9 @@ import torch
 from scipy.optimize import minimize
 from sklearn.isotonic import IsotonicRegression
 
+from incerta.config.uncertainty import CalibrationKind
+
 ScoreKind = Literal["std", "log-density"]
-CalibrationKind = Literal["scale", "power", "isotonic"]
 MIN_ATOMS_PER_SPECIES = 50
 
 

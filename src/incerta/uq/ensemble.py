@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import torch
@@ -10,7 +9,8 @@ from torch import nn
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
-from incerta.models.potential import Potential, PotentialSpec
+from incerta.models.potential import Potential
+from incerta.models.spec import PotentialSpec
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
 
 
@@ -29,11 +29,12 @@ class DeepEnsemble(UncertaintyMethod):
     def __init__(self, potential: Potential, member_specs: Sequence[dict] = ()) -> None:
         super().__init__(frozen(potential))
         dtype = next(potential.parameters()).dtype
-        self.others = nn.ModuleList([frozen(Potential(PotentialSpec(**spec)).to(dtype)) for spec in member_specs])
+        self.others = nn.ModuleList([frozen(Potential(PotentialSpec.model_validate(spec)).to(dtype))
+                                     for spec in member_specs])
 
     @classmethod
     def from_members(cls, members: Sequence[Potential]) -> DeepEnsemble:
-        ensemble = cls(members[0], [json.loads(json.dumps(m.spec.to_dict())) for m in members[1:]])
+        ensemble = cls(members[0], [m.spec.model_dump(mode="json") for m in members[1:]])
         for target, source in zip(ensemble.others, members[1:]):
             target.load_state_dict(source.state_dict())
         return ensemble
@@ -43,7 +44,7 @@ class DeepEnsemble(UncertaintyMethod):
         return [self.potential, *self.others]
 
     def options(self) -> dict:
-        return {"member_specs": [m.spec.to_dict() for m in self.others]}
+        return {"member_specs": [m.spec.model_dump(mode="json") for m in self.others]}
 
     def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
         return {"members": len(self.members)}

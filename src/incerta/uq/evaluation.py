@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from incerta.data.graph import AtomicGraph
-from incerta.evaluate import uq_metrics as m
-from incerta.evaluate.metrics import ErrorAccumulator
+from incerta.models.errors import ErrorAccumulator
+from incerta.uq import metrics as m
 from incerta.uq.model import UncertainPotential
 from incerta.uq.predict import collect
 
@@ -48,7 +48,7 @@ def uncertainty_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def uncertain_error_metrics(model: UncertainPotential, graphs: Sequence[AtomicGraph], batch_size: int = 16) -> dict[str, float]:
-    """Error metrics (as :func:`incerta.evaluate.predict.error_metrics`) plus uncertainty metrics."""
+    """Error metrics (as :func:`incerta.models.predict.error_metrics`) plus uncertainty metrics."""
     arrays = collect(model, graphs, batch_size)
     accumulator = ErrorAccumulator()
     accumulator.add(arrays["energy_pred"] - arrays["energy_ref"], arrays["n_atoms"], arrays["forces_pred"] - arrays["forces_ref"])

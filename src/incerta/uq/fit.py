@@ -8,15 +8,17 @@ from pathlib import Path
 
 import yaml
 
-from incerta.config import ConfigError, RunConfig
+from incerta.config.schema import ConfigError
+from incerta.config.sources import Splits, prepare_splits
+from incerta.config.training import RunConfig
+from incerta.config.uncertainty import CalibrationKind
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph
-from incerta.data.sources import Splits, prepare_splits
-from incerta.evaluate.predict import graphs_for
 from incerta.models.potential import Potential
+from incerta.models.predict import graphs_for
 from incerta.train.checkpoint import load_potential, model_file, save_potential
 from incerta.uq.base import FitSettings, UncertaintyMethod
-from incerta.uq.calibration import Calibration, CalibrationKind
+from incerta.uq.calibration import Calibration
 from incerta.uq.ensemble import DeepEnsemble
 from incerta.uq.methods import METHODS
 from incerta.uq.predict import collect
@@ -49,16 +51,17 @@ def fit_uncertainty(
     train: Sequence[Frame],
     validation: Sequence[Frame],
     options: dict | None = None,
-    settings: FitSettings = FitSettings(),
-    calibration: CalibrationKind | None = None,
+    settings: FitSettings | None = None,
 ) -> dict:
-    """Fit ``method`` on ``train``, calibrate on ``validation``, save into ``model``; return the report."""
+    """Fit ``method`` on ``train``, calibrate on ``validation`` (map ``settings.calibration``,
+    by default the method's), save into ``model``; return the report."""
     if method not in METHODS or method == "ensemble":
         raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(n for n in METHODS if n != 'ensemble')} "
                           "(ensembles are trained with: incerta train CONFIG --ensemble K)")
     potential = load_potential(model)
     instance = METHODS[method](potential, **(options or {}))
-    return _fit_and_save(model, instance, graphs_for(potential, train), graphs_for(potential, validation), settings, calibration)
+    return _fit_and_save(model, instance, graphs_for(potential, train), graphs_for(potential, validation),
+                         settings or FitSettings())
 
 
 def attach_ensemble(model: str | Path, members: Sequence[Potential], validation: Sequence[Frame],
@@ -67,17 +70,17 @@ def attach_ensemble(model: str | Path, members: Sequence[Potential], validation:
     is ``training_time_s``, the members' total training time."""
     save_potential(members[0], model)
     ensemble = DeepEnsemble.from_members(members)
-    return _fit_and_save(model, ensemble, [], graphs_for(members[0], validation), FitSettings(), calibration,
+    return _fit_and_save(model, ensemble, [], graphs_for(members[0], validation), FitSettings(calibration=calibration),
                          training_time_s)
 
 
-def _fit_and_save(model, instance: UncertaintyMethod, train, validation, settings, calibration,
-                  training_time_s: float = 0.0) -> dict:
+def _fit_and_save(model: str | Path, instance: UncertaintyMethod, train: Sequence[AtomicGraph],
+                  validation: Sequence[AtomicGraph], settings: FitSettings, training_time_s: float = 0.0) -> dict:
     started = time.perf_counter()
     info = instance.fit(train, validation, settings)
     instance.eval()
     fit_time = training_time_s + time.perf_counter() - started
-    fitted = calibrate(instance, validation, calibration)
+    fitted = calibrate(instance, validation, settings.calibration)
     report = {"method": instance.name, "fit_time_s": fit_time, "n_train": len(train), "n_validation": len(validation),
               "calibration": fitted.forces.kind, "fit": info}
     save_uncertainty(model, instance, fitted, report)

@@ -23,10 +23,10 @@ import torch
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
-from incerta.evaluate.uq_metrics import spearman
 from incerta.models.derivatives import derivatives, differentiable_inputs, position_jacobian
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
+from incerta.uq.metrics import spearman
 
 
 class LLPRUncertainty(UncertaintyMethod):

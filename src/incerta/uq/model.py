@@ -15,11 +15,6 @@ from incerta.uq.base import UncertaintyMethod
 from incerta.uq.calibration import Calibration
 
 Aggregate = Literal["max", "mean", "sum"]
-FORCES_UNCERTAINTY = "forces_uncertainty"  # (N,) eV/Å, predicted RMS of the force-error vector
-ENERGY_UNCERTAINTY = "energy_uncertainty"  # (B,) eV, predicted standard deviation of the energy error
-STRUCTURE_UNCERTAINTY = "structure_uncertainty"  # (B,) eV/Å, aggregate of forces_uncertainty
-ATOM_SCORE = "atom_score"  # (N,) raw per-atom score of the method
-ENERGY_SCORE = "energy_score"  # (B,) raw per-structure score of the method
 
 
 def aggregate_atoms(values: torch.Tensor, batch: torch.Tensor, num_graphs: int, how: Aggregate) -> torch.Tensor:
@@ -58,11 +53,11 @@ class UncertainPotential(nn.Module):
         out = {
             K.ENERGY: raw.energy,
             K.FORCES: raw.forces,
-            FORCES_UNCERTAINTY: sigma_atoms,
-            ENERGY_UNCERTAINTY: self.calibration.energy(raw.energy_score),
-            STRUCTURE_UNCERTAINTY: aggregate_atoms(sigma_atoms, graph.batch, graph.num_graphs, self.aggregate),
-            ATOM_SCORE: raw.atom_score,
-            ENERGY_SCORE: raw.energy_score,
+            K.FORCES_UNCERTAINTY: sigma_atoms,
+            K.ENERGY_UNCERTAINTY: self.calibration.energy(raw.energy_score),
+            K.STRUCTURE_UNCERTAINTY: aggregate_atoms(sigma_atoms, graph.batch, graph.num_graphs, self.aggregate),
+            K.ATOM_SCORE: raw.atom_score,
+            K.ENERGY_SCORE: raw.energy_score,
         }
         if raw.stress is not None:
             out[K.STRESS] = raw.stress
@@ -77,10 +72,10 @@ def _flag_unknown(out: dict[str, torch.Tensor], graph: AtomicGraph, known: torch
     """NaN predictions and infinite uncertainty for structures with unknown elements."""
     bad_structures = torch.zeros(graph.num_graphs, dtype=torch.bool).index_fill(0, graph.batch[~known], True)
     bad_atoms = bad_structures[graph.batch]
-    for key in (K.ENERGY, ENERGY_UNCERTAINTY, STRUCTURE_UNCERTAINTY):
+    for key in (K.ENERGY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY):
         fill = torch.nan if key == K.ENERGY else torch.inf
         out[key] = out[key].detach().masked_fill(bad_structures, fill)
     out[K.FORCES] = out[K.FORCES].detach().masked_fill(bad_atoms.unsqueeze(1), torch.nan)
-    out[FORCES_UNCERTAINTY] = out[FORCES_UNCERTAINTY].detach().masked_fill(~known, torch.inf)
+    out[K.FORCES_UNCERTAINTY] = out[K.FORCES_UNCERTAINTY].detach().masked_fill(~known, torch.inf)
     if K.ATOMIC_ENERGIES in out:
         out[K.ATOMIC_ENERGIES] = out[K.ATOMIC_ENERGIES].detach().masked_fill(bad_atoms, torch.nan)

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
 from incerta.uq.base import UncertaintyMethod
-from incerta.uq.model import ENERGY_UNCERTAINTY, FORCES_UNCERTAINTY, STRUCTURE_UNCERTAINTY, UncertainPotential
+from incerta.uq.model import UncertainPotential
 
 
 def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[AtomicGraph], batch_size: int = 16) -> dict[str, np.ndarray]:
@@ -27,7 +28,7 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
             out = predictor(batch)
             row = {"energy_pred": out["energy"], "forces_pred": out["forces"], "atom_score": out["atom_score"],
                    "energy_score": out["energy_score"]}
-            row.update({k: out[k] for k in (FORCES_UNCERTAINTY, ENERGY_UNCERTAINTY, STRUCTURE_UNCERTAINTY)})
+            row.update({k: out[k] for k in (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY)})
         else:
             raw = predictor(batch)
             row = {"energy_pred": raw.energy, "forces_pred": raw.forces, "atom_score": raw.atom_score,

@@ -10,16 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
-
-from incerta import __version__
-from incerta.train.checkpoint import CheckpointError, load_potential, model_file
+from incerta.train.checkpoint import load_potential, model_file
 from incerta.uq.base import UncertaintyMethod
 from incerta.uq.calibration import Calibration
 from incerta.uq.methods import METHODS
 from incerta.uq.model import Aggregate, UncertainPotential
-from incerta.utils.files import atomic_write
+from incerta.utils.tensor_files import CheckpointError, read_metadata, read_tensors, write_tensors
 
 UQ_FILE = "uncertainty.safetensors"
 UQ_FORMAT = "incerta.uncertainty"
@@ -39,31 +35,18 @@ def has_uncertainty(model: str | Path) -> bool:
 
 def save_uncertainty(model: str | Path, method: UncertaintyMethod, calibration: Calibration, report: dict) -> Path:
     """Write (atomically) the fitted method and its calibration beside the potential."""
-    target = uncertainty_file(model)
     tensors = {
-        k: v.detach().contiguous().clone() for k, v in method.state_dict().items()
+        k: v.clone() for k, v in method.state_dict().items()
         if method.modifies_potential or not k.startswith("potential.")
     }
-    metadata = {
-        "format": UQ_FORMAT, "format_version": str(UQ_FORMAT_VERSION), "incerta_version": __version__,
-        "method": method.name, "options": json.dumps(method.options()),
-        "calibration": calibration.to_json(), "report": json.dumps(report),
-    }
-    atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    return target
+    metadata = {"method": method.name, "options": json.dumps(method.options()),
+                "calibration": calibration.to_json(), "report": json.dumps(report)}
+    return write_tensors(uncertainty_file(model), tensors, UQ_FORMAT, UQ_FORMAT_VERSION, metadata)
 
 
 def read_uncertainty_metadata(model: str | Path) -> dict[str, str]:
     path = uncertainty_file(model)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path}: corrupt uncertainty file ({err})") from err
-    if metadata.get("format") != UQ_FORMAT:
-        raise CheckpointError(f"{path}: not an incerta uncertainty file")
-    if int(metadata.get("format_version", "0")) > UQ_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer incerta ({metadata.get('incerta_version')}); upgrade incerta")
+    metadata = read_metadata(path, UQ_FORMAT, UQ_FORMAT_VERSION, "uncertainty")
     if metadata.get("method") not in METHODS:
         raise CheckpointError(f"{path}: unknown uncertainty method '{metadata.get('method')}'")
     return metadata
@@ -75,9 +58,9 @@ def load_uncertain_potential(model: str | Path, aggregate: Aggregate = "max") ->
     potential = load_potential(model)
     method = METHODS[metadata["method"]].rebuild(potential, json.loads(metadata["options"]))
     state = method.state_dict()
+    state.update(read_tensors(uncertainty_file(model), "uncertainty"))
     try:
-        state.update(load_file(str(uncertainty_file(model))))
         method.load_state_dict(state)
-    except (RuntimeError, SafetensorError) as err:
+    except RuntimeError as err:
         raise CheckpointError(f"{uncertainty_file(model)}: does not match the method's structure ({err})") from err
     return UncertainPotential(method.eval(), Calibration.from_json(metadata["calibration"]), aggregate)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from incerta.config import DataConfig, DataSource, parse_slice
+from incerta.config.data import DataConfig, DataSource, parse_slice
 from incerta.data.frame import Frame
 from incerta.data.io import read_frames
 from incerta.data.splits import split_indices, subsample

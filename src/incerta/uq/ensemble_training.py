@@ -1,4 +1,5 @@
-"""Deep ensembles: K members trained from different seeds, concurrently on Dask."""
+"""Deep ensembles: K members trained from different seeds, concurrently on Dask, then attached
+to a model folder as the ``ensemble`` uncertainty method."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from incerta.config import RunConfig
-from incerta.data.sources import prepare_splits
+from incerta.config.sources import prepare_splits
+from incerta.config.training import RunConfig
 from incerta.train.checkpoint import load_potential
 from incerta.train.run import train_run
+from incerta.uq.fit import attach_ensemble
+from incerta.utils.cluster import ClusterSpec, connect
 
 
 def _train_member(config_json: str, run_dir: str, member: int, threads: int) -> int:
@@ -34,9 +37,6 @@ def train_ensemble(config: RunConfig, run_dir: str | Path, members: int, workers
     calibrated on the run's validation split, as a deep ensemble in RUN_DIR/model. Resumable:
     finished members are kept, interrupted ones resume from their checkpoints."""
     from dask.distributed import as_completed
-
-    from incerta.active.labelling import ClusterSpec, connect
-    from incerta.uq.fit import attach_ensemble
 
     run_dir = Path(run_dir)
     cores = os.cpu_count() or 1

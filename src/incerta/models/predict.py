@@ -1,4 +1,4 @@
-"""Run a potential over many graphs in batches."""
+"""The inference core: neighbour graphs for frames (species checked), batched prediction, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ase.data import chemical_symbols
 
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph, batches, frame_to_graph
-from incerta.evaluate.metrics import ErrorAccumulator
+from incerta.models.errors import ErrorAccumulator
 from incerta.models.potential import Potential, UnknownSpeciesError
 
 

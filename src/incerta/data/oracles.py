@@ -1,4 +1,4 @@
-"""Reference calculators that label structures ("oracles") for active learning.
+"""Reference calculators that label structures ("oracles"), for data generation and active learning.
 
 An oracle is a small picklable description (so it can travel to Dask workers) whose
 ``label(frame)`` returns the frame with energy (eV) and forces (eV/Å) -- and atomic

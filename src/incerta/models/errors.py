@@ -1,4 +1,4 @@
-"""Error metrics of predictions against reference labels."""
+"""Error metrics of predictions against reference labels, summed batch by batch (and over ranks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
-from incerta.train.distributed import all_reduce_sum
+from incerta.utils.distributed import all_reduce_sum
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""The ``active`` section of an active-learning configuration."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from incerta.config.data import DataSource
+from incerta.config.schema import Schema, as_list
+from incerta.config.training import RunConfig
+from incerta.config.uncertainty import UncertaintySection
+from incerta.data.oracles import OracleName
+
+
+class OracleSection(Schema):
+    """Reference calculator: tblite | pyscf | emt | ase | lookup, with its options."""
+
+    type: OracleName = "tblite"
+    options: dict[str, Any] = {}
+
+
+class MDSection(Schema):
+    """Langevin MD driven by the current model."""
+
+    temperature_K: float = Field(300.0, gt=0)
+    steps: int = Field(1000, ge=1)
+    timestep_fs: float = Field(0.5, gt=0)
+    friction_per_fs: float = Field(0.02, gt=0)
+    check_every: int = Field(10, ge=1, description="steps between uncertainty checks")
+    on_threshold: Literal["branch", "stop"] = Field(
+        "branch", description="when an atom passes the threshold: keep the frame and restart from the last safe one, or stop")
+
+
+class AttackSection(Schema):
+    """Gradient ascent on the model's uncertainty with a Boltzmann penalty on energy."""
+
+    steps: int = Field(40, ge=1)
+    step_size: float = Field(0.01, gt=0, description="Å per step (Adam learning rate on displacements)")
+    temperature_K: float = Field(600.0, gt=0, description="kT of the energy penalty")
+    min_distance: float = Field(0.7, gt=0, description="Å; stop before any two atoms come closer")
+    per_structure: int = Field(1, ge=1, description="perturbed copies per starting structure")
+
+
+class CandidateSection(Schema):
+    """Where candidates come from."""
+
+    source: Literal["pool", "md", "attack"] = "pool"
+    pool: list[DataSource] = Field([], description="frames to choose from (source: pool)")
+    structures: list[DataSource] = Field([], description="starting structures (source: md or attack)")
+    max_candidates: int = Field(100, ge=1, description="per iteration (md / attack)")
+    md: MDSection = MDSection()
+    attack: AttackSection = AttackSection()
+
+    _lists = field_validator("pool", "structures", mode="before")(as_list)
+
+
+class SelectionSection(Schema):
+    strategy: Literal["uncertainty", "random"] = "uncertainty"
+    threshold: float = Field(0.0, ge=0, description="eV/Å: label only structures whose uncertainty exceeds this")
+    thresholds_by_formula: dict[str, float] = Field({}, description="per-system thresholds, e.g. {C5H8O2: 0.2}")
+    batch_size: int = Field(10, ge=1, description="labels per iteration")
+    diversity: Literal["fps", "none"] = "fps"
+
+
+class StopSection(Schema):
+    max_labels: int = Field(100, ge=1)
+    max_iterations: int = Field(10, ge=1)
+    target_force_rmse_meV_per_A: float | None = Field(None, gt=0, description="stop when validation error is below")
+
+
+class ClusterSection(Schema):
+    """Dask: a LocalCluster by default, or a scheduler address (e.g. from dask-jobqueue on SLURM)."""
+
+    scheduler: str | None = None
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    retries: int = Field(1, ge=0)
+    time_limit_s: float | None = Field(None, gt=0)
+
+
+class ActiveSection(Schema):
+    oracle: OracleSection = OracleSection()
+    candidates: CandidateSection = CandidateSection()
+    uncertainty: UncertaintySection = UncertaintySection()
+    selection: SelectionSection = SelectionSection()
+    stop: StopSection = StopSection()
+    retrain: Literal["warm", "scratch"] = "warm"
+    epochs_per_iteration: int | None = Field(None, ge=1, description="training epochs after each labelling round")
+    cluster: ClusterSection = ClusterSection()
+    test: list[DataSource] = Field([], description="extra labelled sets for the learning curves")
+
+    _lists = field_validator("test", mode="before")(as_list)
+
+
+class ALConfig(RunConfig):
+    """A run configuration (initial data, model, training) plus the ``active`` section."""
+
+    active: ActiveSection

@@ -1,0 +1,71 @@
+"""Schemas of the uncertainty experiments: temperature shift and out-of-distribution matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from incerta.config.data import DataSource
+from incerta.config.model import ModelConfig
+from incerta.config.schema import Schema
+from incerta.config.training import RunConfig, TrainingConfig
+from incerta.config.uncertainty import FitSection
+
+
+class ShiftSection(Schema):
+    """Temperature-shift (or any labelled-groups) experiment."""
+
+    groups: dict[str, DataSource] = Field(..., description="ordered test groups; the first is in-distribution")
+    methods: list[str] = ["gmm", "llpr", "svgp"]
+    ensemble: int = Field(0, ge=0, description="members of a deep ensemble to add (0 = none)")
+    model: Path | None = Field(None, description="use this trained model folder instead of training one")
+    aggregate: Literal["max", "mean", "sum"] = "max"
+    max_frames: int | None = Field(None, ge=2, description="frames used per group")
+    fit: FitSection = FitSection()
+
+    @field_validator("groups")
+    @classmethod
+    def _two_groups(cls, value: dict) -> dict:
+        if len(value) < 2:
+            raise ValueError("give at least two groups (in-distribution first)")
+        return value
+
+
+class ShiftConfig(RunConfig):
+    """A run configuration (used to train the model) plus the ``shift`` section."""
+
+    shift: ShiftSection
+
+
+class OODDataset(Schema):
+    train: DataSource
+    test: DataSource
+
+
+class OODSection(Schema):
+    """One model per dataset, every model tested on every dataset."""
+
+    datasets: dict[str, OODDataset]
+    methods: list[str] = ["gmm", "llpr"]
+    n_train: int | None = Field(None, ge=1, description="training frames per dataset")
+    n_val: int = Field(50, ge=1)
+    max_test: int | None = Field(None, ge=4, description="test frames used per dataset")
+    aggregate: Literal["max", "mean", "sum"] = "max"
+    fit: FitSection = FitSection()
+    e0s: dict[str, float] | DataSource | None = None
+
+    @field_validator("datasets")
+    @classmethod
+    def _two_datasets(cls, value: dict) -> dict:
+        if len(value) < 2:
+            raise ValueError("give at least two datasets")
+        return value
+
+
+class OODConfig(Schema):
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    ood: OODSection

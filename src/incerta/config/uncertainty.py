@@ -1,0 +1,29 @@
+"""Settings of the uncertainty methods that train, shared by every command that fits one."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from incerta.config.schema import Schema
+
+CalibrationKind = Literal["scale", "power", "isotonic"]
+
+
+class FitSection(Schema):
+    """Budget of the uncertainty methods that train (ledl, shallow, svgp, lnk), and the
+    calibration map (None: chosen by the method)."""
+
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(0.002, gt=0)
+    batch_size: int = Field(5, ge=1)
+    calibration: CalibrationKind | None = None
+
+
+class UncertaintySection(Schema):
+    """The method attached after each training, its constructor options and its fit budget."""
+
+    method: str = "llpr"
+    options: dict[str, Any] = {}
+    fit: FitSection = FitSection()
