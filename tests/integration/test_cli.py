@@ -6,6 +6,7 @@ import base64
 import json
 import re
 
+import numpy as np
 import pytest
 from ase.io import read
 from typer.testing import CliRunner
@@ -15,6 +16,7 @@ from incerta.cli.main import app
 from incerta.data import default
 from incerta.data.io import read_frames
 from incerta.models.predict import error_metrics, graphs_for
+from incerta.testing import predict
 from incerta.train.checkpoint import load_potential
 
 runner = CliRunner()
@@ -47,7 +49,10 @@ def test_demo_writes_model_and_report(demo_run):
 def test_demo_model_works_in_ase_and_evaluate(demo_run, tmp_path):
     atoms = read(default.path("test_600K"), index=0)
     atoms.calc = IncertaCalculator(demo_run / "model")
-    assert abs(atoms.get_potential_energy() - read(default.path("test_600K"), index=0).get_potential_energy()) < 5.0
+    direct = predict(load_potential(demo_run / "model"), atoms)
+    assert atoms.get_potential_energy() == pytest.approx(direct["energy"], abs=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), direct["forces"], atol=1e-6)
+    assert atoms.calc.results["forces_uncertainty"].shape == (len(atoms),)
     out = tmp_path / "errors.json"
     result = runner.invoke(app, ["evaluate", str(demo_run / "model"), str(default.path("test_300K")),
                                  str(default.path("test_600K")), "--json", str(out)])
@@ -56,7 +61,11 @@ def test_demo_model_works_in_ase_and_evaluate(demo_run, tmp_path):
     assert list(results) == [str(default.path("test_300K")), str(default.path("test_600K"))]
     for values in results.values():
         assert EVALUATE_KEYS <= set(values)
-        assert 0 < values["mean_forces_uncertainty_meV_per_A"] < 1e4, "the demo model carries an uncertainty"
+    # calibrated on 300 K validation frames: at 300 K the mean sigma (predicted RMS of the force-error
+    # vector) matches the RMS force-vector error, sqrt(3) x the component RMSE, within a factor 1.5
+    in_distribution = results[str(default.path("test_300K"))]
+    ratio = in_distribution["mean_forces_uncertainty_meV_per_A"] / (np.sqrt(3) * in_distribution["forces_rmse_meV_per_A"])
+    assert 1 / 1.5 < ratio < 1.5, ratio
     model = load_potential(demo_run / "model")
     direct = error_metrics(model, graphs_for(model, read_frames(default.path("test_600K"))))
     assert {k: results[str(default.path("test_600K"))][k] for k in direct} == pytest.approx(direct, rel=1e-5)

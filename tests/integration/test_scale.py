@@ -40,8 +40,8 @@ def assert_close(a, b, tol=1e-5):
 def test_two_gloo_processes_match_one_process(acac, tmp_path):
     source = {"path": str(acac / "train_300K.xyz"), "select": ":40"}
     train_run(config(source), tmp_path / "one")
-    metrics = train_run_parallel(config(source), tmp_path / "two", nprocs=2)
-    assert metrics["epochs_run"] == 2
+    run = train_run_parallel(config(source), tmp_path / "two", nprocs=2)
+    assert run.metrics["epochs_run"] == 2 and run.datasets["validation"], "the run is read back for its report"
     assert_close(weights(tmp_path / "one"), weights(tmp_path / "two"))
     one = (tmp_path / "one" / "history.csv").read_text().splitlines()
     two = (tmp_path / "two" / "history.csv").read_text().splitlines()

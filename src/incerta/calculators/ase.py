@@ -39,6 +39,20 @@ class IncertaCalculator(Calculator):
     ``model`` is a path (model folder, run folder, .safetensors or training checkpoint) or a
     loaded potential. Elements the model never saw, or overlapping atoms (closer than
     ``min_distance`` Å), raise a clear error instead of returning a meaningless number.
+
+    >>> from ase.build import molecule
+    >>> from incerta.models.potential import Potential
+    >>> from incerta.models.spec import PotentialSpec
+    >>> water = molecule("H2O")
+    >>> water.calc = IncertaCalculator(Potential(PotentialSpec(species=[1, 8])))  # or a model folder
+    >>> water.get_forces().shape  # eV/Å
+    (3, 3)
+    >>> methane = molecule("CH4")
+    >>> methane.calc = water.calc
+    >>> methane.get_potential_energy()
+    Traceback (most recent call last):
+    ...
+    incerta.models.potential.UnknownSpeciesError: atoms: element(s) C not in the model, which knows only H, O; ...
     """
 
     implemented_properties = [  # noqa: RUF012 (the ASE calculator convention)

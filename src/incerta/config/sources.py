@@ -40,7 +40,7 @@ class Splits:
         }
 
 
-def test_set_name(source: DataSource) -> str:
+def data_set_name(source: DataSource) -> str:
     """Short label of a test file: its name without data/compression suffixes."""
     path = Path(source.path)
     if path.name == "input.data":
@@ -61,5 +61,5 @@ def prepare_splits(config: DataConfig, seed: int, require: tuple[str, ...] = ("e
         n_val = config.n_val or max(1, round(config.val_fraction * len(frames)))
         train_idx, val_idx = split_indices(len(frames), n_val, config.n_train, seed)
         train, validation = [frames[i] for i in train_idx], [frames[i] for i in val_idx]
-    tests = {test_set_name(s): load_source(s, (), config.min_distance) for s in config.test}
+    tests = {data_set_name(s): load_source(s, (), config.min_distance) for s in config.test}
     return Splits(train, validation, tests)

@@ -352,6 +352,13 @@ def read_frames(
 
     ``energy_unit``/``length_unit`` override the format's default units (names from
     ``ENERGY_UNITS``/``LENGTH_UNITS``); ``require`` names labels every frame must have.
+
+    >>> from incerta.data import default
+    >>> frames = read_frames(default.path("test_300K"), require=("energy", "forces"))
+    >>> len(frames), frames[0].forces.shape  # eV/Å
+    (100, (9, 3))
+    >>> frames[0].source.endswith("ethanol_xtb_test_300K.xyz.gz, frame 0")
+    True
     """
     path = Path(path)
     if not path.exists():

@@ -25,7 +25,7 @@ import yaml
 
 from incerta.config.data import DataSource
 from incerta.config.schema import ConfigError
-from incerta.config.sources import load_source, prepare_splits, test_set_name
+from incerta.config.sources import data_set_name, load_source, prepare_splits
 from incerta.config.training import RunConfig
 from incerta.data.graph import AtomicGraph, frame_to_graph
 from incerta.data.splits import split_indices
@@ -98,6 +98,19 @@ def train_run(
     not the train/validation split, which depends on ``config.seed`` alone.
     ``initial_model`` warm-starts from a trained model (same architecture and reference
     energies) when it knows every element of the data; otherwise training starts afresh.
+
+    >>> import tempfile
+    >>> from incerta.config import RunConfig
+    >>> from incerta.data import default
+    >>> config = RunConfig.model_validate({
+    ...     "data": {"train": {"path": str(default.path("train")), "select": ":20"}, "n_val": 5},
+    ...     "model": {"l_max": 1, "num_channels": 8, "num_layers": 1},
+    ...     "training": {"epochs": 2, "progress": False}})
+    >>> run = train_run(config, tempfile.mkdtemp())
+    >>> run.metrics["epochs_run"], sorted(run.metrics["validation"])[:2]
+    (2, ['energy_mae_meV', 'energy_per_atom_mae_meV'])
+    >>> (run.run_dir / "model" / "potential.safetensors").is_file()
+    True
     """
     run_dir = Path(run_dir)
     checkpoint = run_dir / "checkpoints" / "last.pt"
@@ -176,7 +189,7 @@ def _cast(graphs: Sequence[AtomicGraph], dtype: torch.dtype) -> Sequence[AtomicG
 def load_run_data(config: RunConfig, require: tuple[str, ...]) -> RunData:
     """In-memory frames from any readers, or a lazily read on-disk store (``.h5``)."""
     data = config.data
-    tests = {test_set_name(s): load_source(s, (), data.min_distance) for s in data.test}
+    tests = {data_set_name(s): load_source(s, (), data.min_distance) for s in data.test}
     stores = [s for s in data.train if is_store(s.path)]
     if not stores:
         splits = prepare_splits(data, config.seed, require)

@@ -54,7 +54,20 @@ def fit_uncertainty(
     settings: FitSettings | None = None,
 ) -> dict:
     """Fit ``method`` on ``train``, calibrate on ``validation`` (map ``settings.calibration``,
-    by default the method's), save into ``model``; return the report."""
+    by default the method's), save into ``model``; return the report.
+
+    >>> import tempfile
+    >>> from incerta.data import default
+    >>> from incerta.data.io import read_frames
+    >>> from incerta.models.potential import Potential
+    >>> from incerta.models.spec import PotentialSpec
+    >>> folder = tempfile.mkdtemp()  # usually RUN_DIR/model of a training run
+    >>> _ = save_potential(Potential(PotentialSpec(species=[1, 6, 8], num_channels=8, l_max=1)), folder)
+    >>> frames = read_frames(default.path("train"))[:30]
+    >>> report = fit_uncertainty(folder, "gmm", frames[:20], frames[20:], settings=FitSettings(progress=False))
+    >>> report["method"], report["n_validation"], report["calibration"]
+    ('gmm', 10, 'power')
+    """
     if method not in METHODS or method == "ensemble":
         raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(n for n in METHODS if n != 'ensemble')} "
                           "(ensembles are trained with: incerta train CONFIG --ensemble K)")

@@ -29,7 +29,33 @@ def aggregate_atoms(values: torch.Tensor, batch: torch.Tensor, num_graphs: int, 
 
 
 class UncertainPotential(nn.Module):
-    """Energy, forces and calibrated uncertainties from any :class:`UncertaintyMethod`."""
+    """Energy, forces and calibrated uncertainties from any :class:`UncertaintyMethod`.
+
+    Outputs of B structures with N atoms (keys of :mod:`incerta.data.keys`): ``energy`` (B,)
+    eV, ``forces`` (N, 3) eV/Å, ``forces_uncertainty`` (N,) eV/Å, ``energy_uncertainty`` (B,)
+    eV, ``structure_uncertainty`` (B,) eV/Å (``aggregate`` of the atoms), the raw scores
+    ``atom_score`` (N,) and ``energy_score`` (B,), and ``stress`` / ``energies`` where given.
+
+    >>> from incerta.data import default
+    >>> from incerta.data.graph import collate
+    >>> from incerta.data.io import read_frames
+    >>> from incerta.models.potential import Potential
+    >>> from incerta.models.predict import graphs_for
+    >>> from incerta.models.spec import PotentialSpec
+    >>> from incerta.uq.base import FitSettings
+    >>> from incerta.uq.fit import calibrate
+    >>> from incerta.uq.gmm import GMMUncertainty
+    >>> potential = Potential(PotentialSpec(species=[1, 6, 8], num_channels=8, l_max=1))
+    >>> graphs = graphs_for(potential, read_frames(default.path("train"))[:30])
+    >>> method = GMMUncertainty(potential)
+    >>> _ = method.fit(graphs[:20], graphs[20:], FitSettings(progress=False))
+    >>> uncertain = UncertainPotential(method, calibrate(method, graphs[20:]))
+    >>> out = uncertain(collate(graphs[:2]))  # two ethanol structures, 18 atoms
+    >>> out["forces_uncertainty"].shape, out["structure_uncertainty"].shape
+    (torch.Size([18]), torch.Size([2]))
+    >>> bool(out["structure_uncertainty"][0] == out["forces_uncertainty"][:9].max())
+    True
+    """
 
     def __init__(self, method: UncertaintyMethod, calibration: Calibration, aggregate: Aggregate = "max") -> None:
         super().__init__()
