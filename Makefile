@@ -22,8 +22,9 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/incerta demo --out demo-output
 
+# two workers, each taking whole test files (module fixtures are trained once)
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf demo-output runs .pytest_cache

@@ -66,7 +66,7 @@ def run_demo(out: Path, epochs: int | None = None) -> dict:
     add_training_sections(report, run.model, run.metrics, run.datasets, run.history)
     report.heading("Uncertainty under temperature shift")
     add_shift_sections(report, outcome.results, outcome.arrays, list(TEST_GROUPS))
-    loop = ActiveLearning(demo_active_config(), out / "active_learning")
+    loop = ActiveLearning(demo_active_config(epochs), out / "active_learning")
     loop.run()
     report.heading("Active learning: MD at 600 K, GFN2-xTB labels for uncertain frames")
     add_al_sections(report, loop.state)
@@ -74,9 +74,10 @@ def run_demo(out: Path, epochs: int | None = None) -> dict:
     return run.metrics
 
 
-def demo_active_config() -> ALConfig:
-    """A short on-the-fly loop: 60 initial frames, model-driven MD at 600 K, tblite oracle."""
-    return ALConfig.model_validate({
+def demo_active_config(epochs: int | None = None) -> ALConfig:
+    """A short on-the-fly loop: 60 initial frames, model-driven MD at 600 K, tblite oracle;
+    ``epochs`` caps the training of every iteration."""
+    config = ALConfig.model_validate({
         "seed": 0,
         "data": {"train": {"path": str(default.path("train")), "select": ":60"}, "n_val": 10,
                  "e0s": str(default.path("isolated_atoms"))},
@@ -93,4 +94,8 @@ def demo_active_config() -> ALConfig:
             "test": [str(default.path("test_600K"))],
         },
     })
+    if epochs is not None:
+        config.training.epochs = min(config.training.epochs, epochs)
+        config.active.epochs_per_iteration = min(config.active.epochs_per_iteration, epochs)
+    return config
 

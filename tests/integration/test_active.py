@@ -60,12 +60,19 @@ def acac_slices(acac, tmp_path_factory):
     return folder
 
 
-def test_uncertainty_selection_picks_higher_error_frames_than_random(acac_slices, tmp_path):
-    config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz"),
+@pytest.fixture(scope="module")
+def first_iteration(acac_slices, tmp_path_factory):
+    """A loop on the acac slices (pool of labelled frames) and its iteration-0 model, trained once."""
+    folder = tmp_path_factory.mktemp("loop")
+    config = load_experiment(al_yaml(folder, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz"),
                                      oracle={"type": "lookup"}, selection={"batch_size": 15}), ALConfig)
-    loop = ActiveLearning(config, tmp_path / "run", progress=False)
+    loop = ActiveLearning(config, folder / "run", progress=False)
     loop._prepare()
-    model = loop.train(0)
+    return loop, loop.train(0)
+
+
+def test_uncertainty_selection_picks_higher_error_frames_than_random(first_iteration):
+    loop, model = first_iteration
     candidates = loop.candidates(0, model, set())
     chosen = set(loop.choose(0, model, candidates))
     potential = load_uncertain_potential(model).potential
@@ -114,7 +121,7 @@ def test_kill_during_labelling_then_resume(acac_slices, tmp_path):
         atoms.append(labelled.to_atoms())
     ase.io.write(initial, atoms, format="extxyz")
     config = al_yaml(tmp_path, str(initial), str(pool_path), oracle={"type": "pyscf", "options": {"basis": "6-31g"}},
-                     selection={"batch_size": 8}, stop={"max_iterations": 1, "max_labels": 8})
+                     selection={"batch_size": 8}, stop={"max_iterations": 1, "max_labels": 8}, epochs_per_iteration=2)
     out = tmp_path / "run"
     command = [sys.executable, "-m", "incerta.cli.main", "al", "run", config, "--out", str(out)]
     victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -174,11 +181,8 @@ def test_a_label_that_keeps_killing_workers_is_recorded_under_its_key():
     assert result.key == "doomed" and result.frame is None and result.error.startswith("lost: KilledWorker")
 
 
-def test_md_watcher_stops_at_the_threshold(acac_slices, tmp_path):
-    config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz")), ALConfig)
-    loop = ActiveLearning(config, tmp_path / "run", progress=False)
-    loop._prepare()
-    calculator = IncertaCalculator(loop.train(0))
+def test_md_watcher_stops_at_the_threshold(first_iteration, acac_slices):
+    calculator = IncertaCalculator(first_iteration[1])
     start = read_frames(acac_slices / "pool.xyz")[0].to_atoms()
     free = run_watched_md(start, calculator, 300, 40, threshold=None, check_every=10, progress=False)
     sigmas = [row["max_uncertainty_eV_per_A"] for row in free.log]
@@ -190,11 +194,8 @@ def test_md_watcher_stops_at_the_threshold(acac_slices, tmp_path):
     assert stopped.flagged[0].info["structure_uncertainty"] > threshold
 
 
-def test_uncertainty_attack_raises_uncertainty_physically(acac_slices, tmp_path):
-    config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz")), ALConfig)
-    loop = ActiveLearning(config, tmp_path / "run", progress=False)
-    loop._prepare()
-    potential = load_uncertain_potential(loop.train(0)).potential
+def test_uncertainty_attack_raises_uncertainty_physically(first_iteration, acac_slices):
+    potential = load_uncertain_potential(first_iteration[1]).potential
     gmm = GMMUncertainty(potential)
     gmm.fit(graphs_for(potential, read_frames(acac_slices / "initial.xyz")), [], FitSettings(progress=False))
     settings = AttackSection(steps=30, step_size=0.02, min_distance=0.8)

@@ -139,7 +139,8 @@ def evaluate(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Output folder."),
-    epochs: int | None = typer.Option(None, help="Training epochs (default: the demo's setting)."),
+    epochs: int | None = typer.Option(None, help="Training epochs of the model; the active-learning models train "
+                                      "for at most as many (default: the demo's settings)."),
 ) -> None:
     """Train on the embedded GFN2-xTB ethanol data and write OUT/report.html and OUT/model."""
     from incerta.demo import run_demo
