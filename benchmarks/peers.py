@@ -6,8 +6,8 @@ torch==2.13.0 CPU wheel and ``mace-torch`` (which pins its own e3nn).
 
 from __future__ import annotations
 
+import argparse
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -29,5 +29,7 @@ def peer_python(name: str) -> Path:
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["mace"]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("peers", nargs="*", choices=sorted(PACKAGES), default=["mace"], help="peer venvs to create")
+    for name in parser.parse_args().peers:
         print(name, peer_python(name))

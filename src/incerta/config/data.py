@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from incerta.config.schema import Schema, as_list
+from incerta.config.schema import Schema, as_list, at_least, one_of
 from incerta.data.io import ENERGY_UNITS, LENGTH_UNITS, KeyMap
 
 
@@ -35,19 +35,8 @@ class DataSource(Schema):
     def _from_string(cls, value: Any) -> Any:
         return {"path": value} if isinstance(value, (str, Path)) else value
 
-    @field_validator("energy_unit")
-    @classmethod
-    def _energy_unit(cls, value: str | None) -> str | None:
-        if value is not None and value not in ENERGY_UNITS:
-            raise ValueError(f"expected one of {sorted(ENERGY_UNITS)}")
-        return value
-
-    @field_validator("length_unit")
-    @classmethod
-    def _length_unit(cls, value: str | None) -> str | None:
-        if value is not None and value not in LENGTH_UNITS:
-            raise ValueError(f"expected one of {sorted(LENGTH_UNITS)}")
-        return value
+    _energy_unit = field_validator("energy_unit")(one_of(ENERGY_UNITS))
+    _length_unit = field_validator("length_unit")(one_of(LENGTH_UNITS))
 
     @field_validator("select")
     @classmethod
@@ -73,13 +62,7 @@ class DataConfig(Schema):
     min_distance: float = Field(0.5, ge=0, description="atoms closer than this (Å) are rejected as overlapping")
 
     _lists = field_validator("train", "validation", "test", mode="before")(as_list)
-
-    @field_validator("train")
-    @classmethod
-    def _non_empty(cls, value: list) -> list:
-        if not value:
-            raise ValueError("give at least one training file")
-        return value
+    _non_empty = field_validator("train")(at_least(1, "give at least one training file"))
 
     @field_validator("e0s", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from incerta.config.data import DataSource
 from incerta.config.model import ModelConfig
-from incerta.config.schema import Schema
+from incerta.config.schema import Schema, at_least
 from incerta.config.training import RunConfig, TrainingConfig
 from incerta.config.uncertainty import FitSection
 
@@ -25,12 +25,7 @@ class ShiftSection(Schema):
     max_frames: int | None = Field(None, ge=2, description="frames used per group")
     fit: FitSection = FitSection()
 
-    @field_validator("groups")
-    @classmethod
-    def _two_groups(cls, value: dict) -> dict:
-        if len(value) < 2:
-            raise ValueError("give at least two groups (in-distribution first)")
-        return value
+    _two_groups = field_validator("groups")(at_least(2, "give at least two groups (in-distribution first)"))
 
 
 class ShiftConfig(RunConfig):
@@ -56,12 +51,7 @@ class OODSection(Schema):
     fit: FitSection = FitSection()
     e0s: dict[str, float] | DataSource | None = None
 
-    @field_validator("datasets")
-    @classmethod
-    def _two_datasets(cls, value: dict) -> dict:
-        if len(value) < 2:
-            raise ValueError("give at least two datasets")
-        return value
+    _two_datasets = field_validator("datasets")(at_least(2, "give at least two datasets"))
 
 
 class OODConfig(Schema):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Collection, Sized
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -21,6 +22,28 @@ class Schema(BaseModel):
 def as_list(value: Any) -> Any:
     """YAML shorthand: a single item (or nothing) where a list is expected."""
     return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def at_least(count: int, message: str) -> Callable[[Sized], Sized]:
+    """A field check: the value holds at least ``count`` entries, else ``message``."""
+
+    def check(value: Sized) -> Sized:
+        if len(value) < count:
+            raise ValueError(message)
+        return value
+
+    return check
+
+
+def one_of(known: Collection[str]) -> Callable[[str | None], str | None]:
+    """A field check: the value (if given) is one of ``known``."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in known:
+            raise ValueError(f"expected one of {sorted(known)}")
+        return value
+
+    return check
 
 
 def _schema_at(schema: type[BaseModel], location: tuple) -> type[BaseModel] | None:
