@@ -5,16 +5,22 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from ase.io import read
+from matplotlib.collections import QuadMesh
+from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from incerta import IncertaCalculator
 from incerta.cli.main import app
 from incerta.data import default
 from incerta.data.io import read_frames
+from incerta.evaluate.report import Report
 from incerta.models.predict import error_metrics, graphs_for
 from incerta.testing import predict
 from incerta.train.checkpoint import load_potential
@@ -27,34 +33,102 @@ EVALUATE_KEYS = {
 }
 
 
+@dataclass
+class DemoRun:
+    """The demo's output folder and every figure its reports drew: name -> (figure, caption)."""
+
+    out: Path
+    figures: dict[str, tuple[Figure, str]]
+
+
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory) -> DemoRun:
     out = tmp_path_factory.mktemp("demo")
-    result = runner.invoke(app, ["demo", "--out", str(out), "--epochs", "2"])
+    figures = {}
+    original = Report.figure
+
+    def record(report, fig, name, caption=""):
+        figures[name] = (fig, caption)
+        return original(report, fig, name, caption)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Report, "figure", record)
+        result = runner.invoke(app, ["demo", "--out", str(out), "--epochs", "2"])
     assert result.exit_code == 0, result.output
-    return out
+    return DemoRun(out, figures)
+
+
+def figure_problems(name: str, fig: Figure, caption: str) -> list[str]:
+    """What makes a report figure hard to read: a short caption, an unlabelled axis or colour bar,
+    a 2-D histogram without colour bar, forces in eV/Å, powers of ten on a log axis of a physical
+    quantity, fractional ticks on counts, a file name in a legend."""
+    problems = [] if len(caption.split()) >= 8 else [f"{name}: the caption should say what to look for"]
+    fig.canvas.draw()  # tick labels exist once drawn
+    for ax in (a for a in fig.axes if a.axison):
+        where = f"{name}, panel '{ax.get_title()}'"
+        if getattr(ax, "_colorbar", None) is not None:
+            problems += [] if ax.get_ylabel() or ax.get_xlabel() else [f"{where}: unlabelled colour bar"]
+            continue
+        problems += [] if ax.get_xlabel() and ax.get_ylabel() else [f"{where}: unlabelled axis"]
+        problems += [f"{where}: a 2-D histogram without colour bar" for c in ax.collections
+                     if isinstance(c, QuadMesh) and c.colorbar is None]
+        for axis, label in ((ax.xaxis, ax.get_xlabel()), (ax.yaxis, ax.get_ylabel())):
+            if "eV/Å" in label.replace("meV/Å", ""):
+                problems.append(f"{where}: forces in eV/Å ({label})")
+            ticks = [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+            if axis.get_scale() == "log" and "meV" in label and (not ticks or any("^" in t for t in ticks)):
+                problems.append(f"{where}: log ticks {ticks}")
+            if label in ("epoch", "iteration", "labels", "structures") and not getattr(
+                    axis.get_major_locator(), "_integer", False):
+                problems.append(f"{where}: fractional {label} ticks")
+        legend = ax.get_legend()
+        problems += [f"{where}: file name in legend ({t.get_text()})" for t in (legend.get_texts() if legend else ())
+                     if "/" in t.get_text().replace("meV/", "") or ".xyz" in t.get_text()]
+    return problems
+
+
+def test_figure_check_finds_what_makes_a_figure_hard_to_read():
+    fig, (histogram, curve) = plt.subplots(1, 2)
+    histogram.hist2d(np.random.default_rng(0).random(50), np.random.default_rng(1).random(50))
+    histogram.set(xlabel="|ΔF| (eV/Å)", ylabel="σ (meV/Å)", yscale="log")
+    curve.plot([0, 1, 2], [30.0, 20.0, 10.0], label="runs/x/test_600K.xyz")
+    curve.set(xlabel="iteration")
+    curve.legend()
+    problems = "\n".join(figure_problems("bad", fig, "A figure."))
+    for expected in ("caption", "colour bar", "eV/Å", "log ticks", "unlabelled axis", "fractional iteration",
+                     "file name in legend"):
+        assert expected in problems, f"{expected!r} not reported in:\n{problems}"
+
+
+def test_every_demo_figure_is_readable(demo_run):
+    figures = demo_run.figures
+    assert {"parity", "error_histograms", "learning_curve", "uncertainty_vs_error", "uncertainty_vs_error_by_element",
+            "uncertainty_histograms", "uncertainty_histograms_by_element", "calibration", "al_error_vs_labels",
+            "al_uncertainty_over_iterations"} <= set(figures)
+    problems = [p for name, (fig, caption) in figures.items() for p in figure_problems(name, fig, caption)]
+    assert not problems, "\n".join(problems)
 
 
 def test_demo_writes_model_and_report(demo_run):
-    report = (demo_run / "report.html").read_text()
+    report = (demo_run.out / "report.html").read_text()
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", report)
     assert len(images) >= 6, "training and temperature-shift figures"
     assert "Uncertainty under temperature shift" in report
     assert all(base64.b64decode(i).startswith(PNG) for i in images)
-    assert (demo_run / "figures" / "parity.png").read_bytes().startswith(PNG)
-    metrics = json.loads((demo_run / "metrics.json").read_text())
+    assert (demo_run.out / "figures" / "parity.png").read_bytes().startswith(PNG)
+    metrics = json.loads((demo_run.out / "metrics.json").read_text())
     assert set(metrics["test"]) == {"ethanol_xtb_test_300K", "ethanol_xtb_test_600K", "ethanol_xtb_test_1200K"}
 
 
 def test_demo_model_works_in_ase_and_evaluate(demo_run, tmp_path):
     atoms = read(default.path("test_600K"), index=0)
-    atoms.calc = IncertaCalculator(demo_run / "model")
-    direct = predict(load_potential(demo_run / "model"), atoms)
+    atoms.calc = IncertaCalculator(demo_run.out / "model")
+    direct = predict(load_potential(demo_run.out / "model"), atoms)
     assert atoms.get_potential_energy() == pytest.approx(direct["energy"], abs=1e-6)
     np.testing.assert_allclose(atoms.get_forces(), direct["forces"], atol=1e-6)
     assert atoms.calc.results["forces_uncertainty"].shape == (len(atoms),)
     out = tmp_path / "errors.json"
-    result = runner.invoke(app, ["evaluate", str(demo_run / "model"), str(default.path("test_300K")),
+    result = runner.invoke(app, ["evaluate", str(demo_run.out / "model"), str(default.path("test_300K")),
                                  str(default.path("test_600K")), "--json", str(out)])
     assert result.exit_code == 0, result.output
     results = json.loads(out.read_text())
@@ -66,7 +140,7 @@ def test_demo_model_works_in_ase_and_evaluate(demo_run, tmp_path):
     in_distribution = results[str(default.path("test_300K"))]
     ratio = in_distribution["mean_forces_uncertainty_meV_per_A"] / (np.sqrt(3) * in_distribution["forces_rmse_meV_per_A"])
     assert 1 / 1.5 < ratio < 1.5, ratio
-    model = load_potential(demo_run / "model")
+    model = load_potential(demo_run.out / "model")
     direct = error_metrics(model, graphs_for(model, read_frames(default.path("test_600K"))))
     assert {k: results[str(default.path("test_600K"))][k] for k in direct} == pytest.approx(direct, rel=1e-5)
     row = next(line for line in result.output.splitlines() if "ethanol_xtb_test_600K" in line)
@@ -74,10 +148,10 @@ def test_demo_model_works_in_ase_and_evaluate(demo_run, tmp_path):
 
 
 def test_demo_resumes_instead_of_restarting(demo_run):
-    before = json.loads((demo_run / "metrics.json").read_text())
-    result = runner.invoke(app, ["demo", "--out", str(demo_run), "--epochs", "3"])
+    before = json.loads((demo_run.out / "metrics.json").read_text())
+    result = runner.invoke(app, ["demo", "--out", str(demo_run.out), "--epochs", "3"])
     assert result.exit_code == 0, result.output
-    after = json.loads((demo_run / "metrics.json").read_text())
+    after = json.loads((demo_run.out / "metrics.json").read_text())
     assert (before["epochs_run"], after["epochs_run"]) == (2, 3)
 
 
@@ -113,6 +187,6 @@ def test_evaluate_names_the_frame_with_an_unknown_element(demo_run, tmp_path):
         atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=atoms.positions * 0)
     path = tmp_path / "with_chlorine.xyz"
     ase.io.write(path, frames, format="extxyz")
-    result = runner.invoke(app, ["evaluate", str(demo_run / "model"), str(path)])
+    result = runner.invoke(app, ["evaluate", str(demo_run.out / "model"), str(path)])
     assert result.exit_code == 2
     assert "with_chlorine.xyz, frame 1: element(s) Cl not in the model" in result.output

@@ -55,10 +55,11 @@ def test_shift_command_outputs_hold_the_right_numbers(tmp_path, acac):
     assert csv_rows[0].split(",") == header
     assert [float(x) for x in csv_rows[1].split(",")[1:3]] == pytest.approx(rows[0][1:3])
     assert f"{rows[0][1]:.3f}" in result.output, "printed table = results.json"
-    for figure in ("uncertainty_vs_error", "uncertainty_histograms", "calibration"):
+    for figure in ("uncertainty_vs_error", "uncertainty_vs_error_by_element", "uncertainty_histograms",
+                   "uncertainty_histograms_by_element", "calibration"):
         assert (out / "figures" / f"{figure}.png").read_bytes().startswith(PNG)
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", (out / "report.html").read_text())
-    assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG) for i in images)
+    assert len(images) == 5 and all(base64.b64decode(i).startswith(PNG) for i in images)
 
 
 def test_killed_shift_run_resumes(tmp_path, acac):

@@ -30,7 +30,7 @@ from incerta.active.selection import select
 from incerta.active.state import RunState
 from incerta.config.active import ALConfig
 from incerta.config.data import DataSource
-from incerta.config.sources import load_sources, prepare_splits
+from incerta.config.sources import data_set_name, load_sources, prepare_splits
 from incerta.config.training import RunConfig
 from incerta.data import keys as K
 from incerta.data.frame import Frame
@@ -70,7 +70,7 @@ class ActiveLearning:
             _write_frames(self.out / "initial_train.xyz", splits.train)
             _write_frames(self.out / "validation.xyz", splits.validation)
         self.validation = read_frames(self.out / "validation.xyz")
-        self.tests = {Path(s.path).name: load_sources([s], ("energy", "forces")) for s in self.section.test}
+        self.tests = {data_set_name(s.path): load_sources([s], ("energy", "forces")) for s in self.section.test}
         source = self.section.candidates
         self.pool = load_sources(source.pool) if source.source == "pool" else []
         self.starts = load_sources(source.structures) if source.source != "pool" else []

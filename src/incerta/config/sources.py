@@ -40,13 +40,14 @@ class Splits:
         }
 
 
-def data_set_name(source: DataSource) -> str:
-    """Short label of a test file: its name without data/compression suffixes."""
-    path = Path(source.path)
+def data_set_name(path: str | Path) -> str:
+    """Short label of a data file (tables, legends): its name without folders and data or
+    compression suffixes (an n2p2 ``input.data`` is named by its folder)."""
+    path = Path(path)
     if path.name == "input.data":
         return path.parent.name
     name = path.name
-    for suffix in (".gz", ".bz2", ".xz", ".xyz", ".extxyz", ".npz", ".json", ".db"):
+    for suffix in (".gz", ".bz2", ".xz", ".xyz", ".extxyz", ".npz", ".json", ".db", ".h5"):
         name = name.removesuffix(suffix)
     return name
 
@@ -61,5 +62,5 @@ def prepare_splits(config: DataConfig, seed: int, require: tuple[str, ...] = ("e
         n_val = config.n_val or max(1, round(config.val_fraction * len(frames)))
         train_idx, val_idx = split_indices(len(frames), n_val, config.n_train, seed)
         train, validation = [frames[i] for i in train_idx], [frames[i] for i in val_idx]
-    tests = {data_set_name(s): load_source(s, (), config.min_distance) for s in config.test}
+    tests = {data_set_name(s.path): load_source(s, (), config.min_distance) for s in config.test}
     return Splits(train, validation, tests)

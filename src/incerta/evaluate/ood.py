@@ -126,7 +126,9 @@ def _write_report(out: Path, results: dict, scores: dict, atom_sigma: dict, name
         for m, r in results["methods"].items()])
     for method, result in results["methods"].items():
         report.heading(f"{method}")
-        report.figure(plots.auroc_heatmap(np.array(result["auroc"]), names, f"AUROC, {method}"), f"auroc_{method}")
+        report.figure(plots.auroc_heatmap(np.array(result["auroc"]), names, f"AUROC, {method}"), f"auroc_{method}",
+                      "How well each model's uncertainty tells another data set from its own: 1 (green) off the "
+                      "diagonal is perfect detection; the diagonal compares two halves of one set and should be 0.5.")
         curves = {}
         for train_name in names:
             reference, _ = _halves(scores[method][train_name][train_name])
@@ -134,10 +136,13 @@ def _write_report(out: Path, results: dict, scores: dict, atom_sigma: dict, name
                 if test_name != train_name and test_name in scores[method][train_name]:
                     fpr, tpr = uq_metrics.roc(reference, scores[method][train_name][test_name])
                     curves[f"{train_name}→{test_name}"] = (fpr, tpr, uq_metrics.auroc(reference, scores[method][train_name][test_name]))
-        report.figure(plots.roc_curves(curves, f"ROC, {method}"), f"roc_{method}")
+        report.figure(plots.roc_curves(curves, f"ROC, {method}"), f"roc_{method}",
+                      "Detection rate against false-alarm rate for every pair: curves hugging the top-left corner "
+                      "detect the foreign set; the dashed diagonal is chance.")
         first = names[0]
         second = next((n for n in names[1:] if n in atom_sigma[method][first]), first)  # a set it predicted
         report.figure(plots.ood_atom_scatter(atom_sigma[method][first][first], atom_sigma[method][first][second],
                                              f"{first} (trained)", second, f"{method}: model trained on {first}"),
-                      f"atoms_{method}")
+                      f"atoms_{method}", f"Per-atom σ of the {first} model on its own test set and on {second}: the "
+                      "foreign atoms should sit clearly higher.")
     report.write()

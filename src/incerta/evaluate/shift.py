@@ -140,23 +140,34 @@ def _write_outputs(out: Path, results: dict, arrays: dict, groups: list[str]) ->
 
 
 def add_shift_sections(report: Report, results: dict, arrays: dict, groups: list[str]) -> None:
-    """Summary table, uncertainty-vs-error grid, histograms per group and calibration curves."""
+    """Summary table, uncertainty-vs-error grids and histograms (per group and per element) and
+    calibration curves."""
     header, rows = table_rows(results)
-    report.text(f"Groups: {', '.join(groups)} (the first is in distribution). Per-atom uncertainties are calibrated "
-                "on the validation split, in eV/Å (predicted RMS of the force-error vector).")
+    report.text(f"Groups: {', '.join(groups)} (the first is in distribution). Per-atom uncertainties σ are calibrated "
+                "on the validation split: the predicted RMS of an atom's force-error vector, in meV/Å.")
     report.heading("Summary")
     report.table(header, rows)
+    atoms = {m: {g: (a[g]["forces_uncertainty"], force_error_norms(a[g]), a[g]["numbers"]) for g in groups}
+             for m, a in arrays.items()}
     report.heading("Uncertainty vs error")
-    report.figure(plots.uncertainty_error_grid({
-        m: {g: (a[g]["forces_uncertainty"], force_error_norms(a[g])) for g in groups} for m, a in arrays.items()
-    }), "uncertainty_vs_error", "Per-atom calibrated uncertainty against |F_pred - F|; the dashed line is σ = error.")
+    report.figure(plots.uncertainty_error_grid(atoms), "uncertainty_vs_error",
+                  "Each atom's σ against its actual force error |F_pred - F|: points on the dashed line have σ equal "
+                  "to the error; a good estimator keeps the cloud along it, in every group.")
+    report.figure(plots.uncertainty_error_grid(atoms, by_element=True), "uncertainty_vs_error_by_element",
+                  "The same, one panel per element (all groups pooled): within an element σ should still rise with "
+                  "the error, not only between light and heavy atoms.")
     report.heading("Uncertainty per group")
-    report.figure(plots.uncertainty_histograms({m: {g: a[g]["forces_uncertainty"] for g in groups} for m, a in arrays.items()}),
-                  "uncertainty_histograms", "Distributions of per-atom uncertainty; means should rise with the shift.")
+    report.figure(plots.uncertainty_histograms(atoms), "uncertainty_histograms",
+                  "Distributions of per-atom σ; the histograms (and their means, in the legend) should move right "
+                  "as the groups move away from the training data.")
+    report.figure(plots.uncertainty_histograms(atoms, by_element=True), "uncertainty_histograms_by_element",
+                  "The same per element: the two humps of the pooled histograms are light atoms (hydrogen, small "
+                  "forces and errors) and heavy atoms; each element's σ should shift with the group on its own.")
     report.heading("Calibration")
     reference = groups[0]
     report.figure(plots.calibration_curves({
         m: uq_metrics.force_components(a[reference]["forces_pred"] - a[reference]["forces_ref"], a[reference]["forces_uncertainty"])
         for m, a in arrays.items()
-    }), "calibration", f"Force-component RMSE against predicted σ on {reference} (held out from calibration).")
+    }), "calibration", f"Observed RMSE of force components against their predicted σ on {reference} (held out "
+        "from calibration), in bins of σ: points on the dashed diagonal are calibrated, above it over-confident.")
 

@@ -42,9 +42,15 @@ def add_training_sections(
     report.table(["data"] + [c for c, _ in METRIC_COLUMNS], [[name] + [r[k] for _, k in METRIC_COLUMNS] for name, r in results.items()])
     predictions = {name: collect_predictions(model, graphs) for name, graphs in datasets.items()}
     report.heading("Parity")
-    report.figure(plots.parity(predictions), "parity", "Predicted against reference energies and forces.")
+    report.figure(plots.parity(predictions), "parity",
+                  "Predicted against reference energies and force components: on the dashed diagonal a prediction "
+                  "is exact; the width of the cloud is the error.")
     report.heading("Error distributions")
-    report.figure(plots.error_histograms(predictions), "error_histograms", "Energy and force-component errors.")
+    report.figure(plots.error_histograms(predictions), "error_histograms",
+                  "Energy and force-component errors: narrow peaks centred on zero mean small, unbiased errors; "
+                  "long tails are rare large errors.")
     if history:
         report.heading("Learning curve")
-        report.figure(plots.learning_curve(history), "learning_curve", "Validation errors (EMA weights) and learning rate.")
+        report.figure(plots.learning_curve(history), "learning_curve",
+                      "Validation errors (EMA weights) and learning rate per epoch: the errors should fall and flatten "
+                      "as the learning rate decays; errors rising again mean overfitting.")

@@ -189,7 +189,7 @@ def _cast(graphs: Sequence[AtomicGraph], dtype: torch.dtype) -> Sequence[AtomicG
 def load_run_data(config: RunConfig, require: tuple[str, ...]) -> RunData:
     """In-memory frames from any readers, or a lazily read on-disk store (``.h5``)."""
     data = config.data
-    tests = {data_set_name(s): load_source(s, (), data.min_distance) for s in data.test}
+    tests = {data_set_name(s.path): load_source(s, (), data.min_distance) for s in data.test}
     stores = [s for s in data.train if is_store(s.path)]
     if not stores:
         splits = prepare_splits(data, config.seed, require)
