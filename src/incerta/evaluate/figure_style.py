@@ -31,9 +31,28 @@ def plain_number(value: float, _position: int | None = None) -> str:
     return f"{value:.{digits}f}" if digits else f"{value:.0f}"
 
 
+class ReadableLogLocator(LogLocator):
+    """Log ticks as dense as the axis has room for (about one label per half inch): 1-9, 1-2-5,
+    1-3 or 1 times powers of ten; a range too short for two of them gets evenly spaced ticks."""
+
+    CHOICES = ((9, (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)), (3, (1.0, 2.0, 5.0)), (2, (1.0, 3.0)), (0, (1.0,)))
+    INCHES_PER_LABEL = 0.5
+
+    def __init__(self) -> None:
+        super().__init__(base=10, subs=(1.0, 2.0, 5.0))
+
+    def tick_values(self, vmin: float, vmax: float):
+        if self.axis is not None and vmin > 0 and vmax > 0 and vmin != vmax:
+            box = self.axis.axes.bbox
+            inches = (box.width if self.axis.axis_name == "x" else box.height) / self.axis.figure.dpi
+            per_decade = inches / self.INCHES_PER_LABEL / max(abs(np.log10(vmax / vmin)), 1e-9)
+            self.set_params(subs=next(subs for needed, subs in self.CHOICES if per_decade >= needed))
+        return super().tick_values(vmin, vmax)
+
+
 def readable_log(axis: Axis) -> None:
-    """Ticks at 1, 2 and 5 times powers of ten, labelled with plain numbers."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    """Log ticks as dense as fits, labelled with plain numbers (20, 50, 100)."""
+    axis.set_major_locator(ReadableLogLocator())
     axis.set_major_formatter(FuncFormatter(plain_number))
     axis.set_minor_formatter(NullFormatter())
 
@@ -53,9 +72,12 @@ def integer_ticks(axis: Axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def colour_bar(fig: Figure, mappable: ScalarMappable, ax: Axes, label: str = "atoms per bin") -> None:
-    """A colour bar beside ``ax`` saying what a colour means."""
-    fig.colorbar(mappable, ax=ax, fraction=0.05, pad=0.02).set_label(label)
+def colour_bar(fig: Figure, mappable: ScalarMappable, ax: Axes, label: str = "atoms per bin", counts: bool = True) -> None:
+    """A colour bar beside ``ax`` saying what a colour means (whole-number ticks for counts)."""
+    bar = fig.colorbar(mappable, ax=ax, fraction=0.05, pad=0.02)
+    bar.set_label(label)
+    if counts:
+        integer_ticks(bar.ax.yaxis)
 
 
 def element_name(number: int) -> str:

@@ -174,7 +174,7 @@ def auroc_heatmap(matrix: np.ndarray, names: list[str], title: str) -> Figure:
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set(xlabel="tested on", ylabel="trained on", title=title)
-    colour_bar(fig, image, ax, "AUROC (0.5: alike, 1: told apart)")
+    colour_bar(fig, image, ax, "AUROC (0.5: alike, 1: told apart)", counts=False)
     return finish(fig)
 
 
