@@ -30,7 +30,7 @@ def train(path, tmp_path, electronic: bool) -> dict:
         "data": {"train": {"path": str(path), "select": "::7"}, "n_val": 30},
         "model": {"l_max": 1, "num_channels": 16, "num_layers": 2, "cutoff": 6.0, "radial_hidden": [32],
                   "readout_hidden": 16, "electronic_embedding": electronic},
-        "training": {"epochs": 25, "lr": 0.01, "scheduler_patience": 5, "progress": False, "energy_weight": 0.5,
+        "training": {"epochs": 12, "lr": 0.01, "scheduler_patience": 5, "progress": False, "energy_weight": 0.5,
                      "forces_weight": 0.5},
     })
     run = tmp_path / ("charged" if electronic else "local")
