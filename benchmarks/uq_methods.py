@@ -22,7 +22,7 @@ import time
 from common import ROOT, WORK, print_table, write_results
 
 from incerta.config import ShiftConfig, load_experiment
-from incerta.evaluate.shift import run_shift
+from incerta.evaluate.shift import per_group_rows, run_shift
 
 CONFIG = ROOT / "configs" / "uq_shift_acac.yaml"
 
@@ -44,6 +44,7 @@ def main() -> None:
     print_table("uncertainty methods on acac (train 300 K; test 300 K and 600 K)",
                 ["method", "Spearman atoms", "AUROC 600v300", "miscal. area", "NLL", "mean σ 300K meV/Å",
                  "mean σ 600K meV/Å", "rises", "fit s", "inference x"], rows)
+    print_table("per test group: mean σ against the error, ranking and calibration", *per_group_rows(results))
     methods = results["methods"]
     ensemble = methods.get("ensemble")
     matching = [] if ensemble is None else [

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import yaml
+from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from incerta.cli.main import app
@@ -50,6 +51,14 @@ def test_shift_command_outputs_hold_the_right_numbers(tmp_path, acac):
         cached = np.load(out / "methods" / method / "predictions_600K.npz")
         assert metrics["mean_uncertainty_meV_per_A"]["600K"] == pytest.approx(1e3 * cached["forces_uncertainty"].mean())
         assert 0.0 <= metrics["auroc_vs_300K"]["600K"] <= 1.0
+        error = np.linalg.norm(cached["forces_pred"] - cached["forces_ref"], axis=1)
+        sigma, group = cached["forces_uncertainty"], metrics["per_group"]["600K"]
+        assert group["mean_sigma_over_mean_error"] == pytest.approx(sigma.mean() / error.mean())
+        assert group["mean_sigma_over_rms_error"] == pytest.approx(sigma.mean() / np.sqrt(np.mean(error**2)))
+        worst = [error[cached["structure"] == b].max() for b in range(len(cached["structure_uncertainty"]))]
+        assert len(worst) == 40
+        assert group["spearman_structures"] == pytest.approx(spearmanr(cached["structure_uncertainty"], worst).statistic)
+    assert len((out / "results_per_group.csv").read_text().strip().splitlines()) == 1 + 2 * 2
     header, rows = table_rows(results)
     csv_rows = (out / "results.csv").read_text().strip().splitlines()
     assert csv_rows[0].split(",") == header

@@ -211,7 +211,7 @@ def uq_shift(
     """Uncertainty under distribution shift: train, attach methods, compare test groups."""
     from incerta.config.experiments import ShiftConfig
     from incerta.config.loading import load_experiment
-    from incerta.evaluate.shift import run_shift, table_rows
+    from incerta.evaluate.shift import per_group_rows, run_shift, table_rows
 
     try:
         cfg = load_experiment(config, ShiftConfig, overrides)
@@ -221,6 +221,7 @@ def uq_shift(
         fail(err)
     header, rows = table_rows(results)
     print_rows("uncertainty under shift", header, rows)
+    print_rows("per group", *per_group_rows(results))
     console.print(f"report: {target / 'report.html'}   results: {target / 'results.json'}")
 
 

@@ -4,9 +4,11 @@ Train once (or take a model), attach each uncertainty method, predict every grou
 report per method: 2-D histograms of uncertainty vs force error, uncertainty histograms
 per group, group means (their order is checked), RMSE-vs-RMV calibration curves and a
 table with Spearman, AUROC of every shifted group against the first, miscalibration
-area, NLL and cost. Output folder::
+area, NLL and cost, and a table per group (mean σ against the mean and RMS error, per-atom
+and per-structure Spearman, miscalibration area, ENCE). Output folder::
 
     base/ (training run) · methods/<method>/ · ensemble/ · results.json · results.csv
+    results_per_group.csv
     figures/*.png · report.html
 """
 
@@ -38,6 +40,7 @@ from incerta.train.checkpoint import is_model_folder
 from incerta.train.run import train_run
 from incerta.uq import metrics as uq_metrics
 from incerta.uq.ensemble_training import train_ensemble
+from incerta.uq.evaluation import per_structure_max
 from incerta.uq.store import has_uncertainty, read_uncertainty_metadata
 
 COLUMNS = [
@@ -45,6 +48,31 @@ COLUMNS = [
     ("NLL", "nll"), ("ENCE", "ence"), ("means ordered", "means_ordered"), ("fit (s)", "fit_time_s"),
     ("inference (x model)", "inference_overhead"),
 ]
+
+
+PER_GROUP_COLUMNS = [
+    ("mean σ / mean |ΔF|", "mean_sigma_over_mean_error"), ("mean σ / RMS |ΔF|", "mean_sigma_over_rms_error"),
+    ("Spearman (atoms)", "spearman_atoms"), ("Spearman (structures, max)", "spearman_structures"),
+    ("miscal. area", "miscalibration_area"), ("ENCE", "ence"),
+]
+
+
+def group_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
+    """Uncertainty quality on one group: how the mean calibrated σ compares with the mean and the
+    RMS force-vector error (1: as large as the error), per-atom Spearman, per-structure Spearman
+    of the aggregated σ against the structure's largest atomic error, and the miscalibration
+    area and ENCE of its force components."""
+    sigma, error = arrays["forces_uncertainty"], force_error_norms(arrays)
+    worst = per_structure_max(error, arrays["structure"], len(arrays["structure_uncertainty"]))
+    components, sigmas = uq_metrics.force_components(arrays["forces_pred"] - arrays["forces_ref"], sigma)
+    return {
+        "mean_sigma_over_mean_error": float(np.mean(sigma) / np.mean(error)),
+        "mean_sigma_over_rms_error": float(np.mean(sigma) / np.sqrt(np.mean(np.square(error)))),
+        "spearman_atoms": uq_metrics.spearman(sigma, error),
+        "spearman_structures": uq_metrics.spearman(arrays["structure_uncertainty"], worst),
+        "miscalibration_area": uq_metrics.miscalibration_area(components, sigmas),
+        "ence": uq_metrics.ence(components, sigmas),
+    }
 
 
 def _method_metrics(arrays: dict[str, dict[str, np.ndarray]], groups: list[str]) -> dict:
@@ -56,7 +84,7 @@ def _method_metrics(arrays: dict[str, dict[str, np.ndarray]], groups: list[str])
     means = [float(np.mean(arrays[g]["forces_uncertainty"])) for g in groups]
     return {
         "spearman_atoms": uq_metrics.spearman(sigma, error),
-        "spearman_atoms_per_group": {g: uq_metrics.spearman(arrays[g]["forces_uncertainty"], force_error_norms(arrays[g])) for g in groups},
+        "per_group": {g: group_metrics(arrays[g]) for g in groups},
         "auroc_vs_" + reference: {g: uq_metrics.auroc(arrays[reference]["structure_uncertainty"], arrays[g]["structure_uncertainty"])
                                   for g in groups[1:]},
         "miscalibration_area": uq_metrics.miscalibration_area(components, sigmas),
@@ -130,10 +158,19 @@ def table_rows(results: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def per_group_rows(results: dict) -> tuple[list[str], list[list]]:
+    """Header and rows of the per-group table (one row per method and group; results_per_group.csv)."""
+    header = ["method", "group", *[c for c, _ in PER_GROUP_COLUMNS]]
+    rows = [[method, group, *[values[k] for _, k in PER_GROUP_COLUMNS]]
+            for method, m in results["methods"].items() for group, values in m["per_group"].items()]
+    return header, rows
+
+
 def _write_outputs(out: Path, results: dict, arrays: dict, groups: list[str]) -> None:
     write_json(out / "results.json", results)
     header, rows = table_rows(results)
     write_table(out / "results.csv", header, rows)
+    write_table(out / "results_per_group.csv", *per_group_rows(results))
     report = Report("incerta uncertainty under distribution shift", out)
     add_shift_sections(report, results, arrays, groups)
     report.write()
@@ -147,6 +184,10 @@ def add_shift_sections(report: Report, results: dict, arrays: dict, groups: list
                 "on the validation split: the predicted RMS of an atom's force-error vector, in meV/Å.")
     report.heading("Summary")
     report.table(header, rows)
+    report.heading("Per group")
+    report.text("Does σ keep up with the error away from the training data? A ratio of mean σ to the mean (or RMS) "
+                "force-vector error below 1 in a shifted group means over-confidence exactly where it matters.")
+    report.table(*per_group_rows(results))
     atoms = {m: {g: (a[g]["forces_uncertainty"], force_error_norms(a[g]), a[g]["numbers"]) for g in groups}
              for m, a in arrays.items()}
     report.heading("Uncertainty vs error")
