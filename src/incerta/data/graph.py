@@ -81,8 +81,21 @@ def frame_to_graph(frame: Frame, cutoff: float) -> AtomicGraph:
     )
 
 
+#: labels that some structures of a batch may lack: missing entries become NaN (masked in losses
+#: and errors); per structure (B, ...) or per atom (N,), with the shape of one entry
+PARTIAL_LABELS = {"stress": ("structure", (3, 3)), "dipole": ("structure", (3,)), "atomic_charges": ("atom", ())}
+
+
+def _missing(graph: AtomicGraph, name: str, like: torch.Tensor) -> torch.Tensor:
+    """NaN placeholders for label ``name`` of every structure (or atom) of ``graph``."""
+    per, shape = PARTIAL_LABELS[name]
+    count = graph.num_graphs if per == "structure" else graph.positions.shape[0]
+    return torch.full((count, *shape), torch.nan, dtype=like.dtype, device=like.device)
+
+
 def collate(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
-    """Concatenate graphs into one batch (edge and batch indices offset accordingly)."""
+    """Concatenate graphs into one batch (edge and batch indices offset accordingly). A label of
+    :data:`PARTIAL_LABELS` that only some graphs carry is kept, NaN where it is missing."""
     if len(graphs) == 1:
         return graphs[0]
     atom_offsets = np.cumsum([0] + [g.positions.shape[0] for g in graphs[:-1]])
@@ -90,7 +103,10 @@ def collate(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
     merged = {}
     for f in fields(AtomicGraph):
         values = [getattr(g, f.name) for g in graphs]
-        if any(v is None for v in values):
+        known = [v for v in values if v is not None]
+        if known and len(known) < len(values) and f.name in PARTIAL_LABELS:
+            merged[f.name] = torch.cat([_missing(g, f.name, known[0]) if v is None else v for g, v in zip(graphs, values)])
+        elif len(known) < len(values):
             merged[f.name] = None
         elif f.name == "edge_index":
             merged[f.name] = torch.cat([v + int(o) for v, o in zip(values, atom_offsets)], dim=1)

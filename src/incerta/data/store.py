@@ -7,7 +7,9 @@ file opened on first use in each process), so each training rank touches only it
 Layout: datasets ``numbers`` (A,), ``positions`` (A, 3), ``forces`` (A, 3),
 ``atom_offsets`` (B+1,), ``edge_index`` (2, E) (per-structure atom indices),
 ``edge_shifts`` (E, 3), ``edge_offsets`` (B+1,), ``cell`` (B, 3, 3), ``pbc`` (B, 3),
-``energy``, ``charge``, ``spin`` (B,); attributes ``format``, ``version``, ``cutoff`` (Å).
+``energy``, ``charge``, ``spin`` (B,), and where any frame has them ``stress`` (B, 3, 3),
+``dipole`` (B, 3), ``atomic_charges`` (A,), NaN for the frames without; attributes ``format``,
+``version``, ``cutoff`` (Å). Version 1 stores (no optional labels) are read as before.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from incerta.data.validation import DataError
 from incerta.utils.files import atomic_write
 
 STORE_FORMAT = "incerta.graphs"
-STORE_VERSION = 1
+STORE_VERSION = 2
+#: labels a frame may lack: name -> shape of one frame's entry (per atom when "atoms")
+OPTIONAL_LABELS = {"stress": (3, 3), "dipole": (3,), "atomic_charges": "atoms"}
 
 
 def write_store(path: str | Path, frames: Iterable[Frame], cutoff: float) -> int:
     """Write labelled ``frames`` with neighbour lists at ``cutoff`` Å; returns the count."""
     columns: dict[str, list] = {k: [] for k in ("numbers", "positions", "forces", "edge_index", "edge_shifts", "cell",
-                                                   "pbc", "energy", "charge", "spin")}
+                                                   "pbc", "energy", "charge", "spin", *OPTIONAL_LABELS)}
     atom_offsets, edge_offsets = [0], [0]
     for frame in frames:
         if frame.energy is None or frame.forces is None:
@@ -47,6 +51,9 @@ def write_store(path: str | Path, frames: Iterable[Frame], cutoff: float) -> int
         columns["pbc"].append(frame.pbc)
         for key in ("energy", "charge", "spin"):
             columns[key].append(getattr(frame, key))
+        for key, shape in OPTIONAL_LABELS.items():
+            value = getattr(frame, key)
+            columns[key].append(np.full((len(frame),) if shape == "atoms" else shape, np.nan) if value is None else value)
         atom_offsets.append(atom_offsets[-1] + len(frame))
         edge_offsets.append(edge_offsets[-1] + edges.shape[1])
 
@@ -58,6 +65,10 @@ def write_store(path: str | Path, frames: Iterable[Frame], cutoff: float) -> int
             handle.create_dataset("edge_index", data=np.concatenate(columns["edge_index"], axis=1), chunks=True)
             for key in ("cell", "pbc", "energy", "charge", "spin"):
                 handle.create_dataset(key, data=np.asarray(columns[key]))
+            for key, shape in OPTIONAL_LABELS.items():
+                data = np.concatenate(columns[key]) if shape == "atoms" else np.asarray(columns[key], dtype=float)
+                if np.isfinite(data).any():
+                    handle.create_dataset(key, data=data, chunks=shape == "atoms" or None)
             handle.create_dataset("atom_offsets", data=np.asarray(atom_offsets))
             handle.create_dataset("edge_offsets", data=np.asarray(edge_offsets))
 
@@ -104,6 +115,11 @@ class GraphStore(Sequence[AtomicGraph]):
         a0, a1 = self.atom_offsets[index], self.atom_offsets[index + 1]
         e0, e1 = self.edge_offsets[index], self.edge_offsets[index + 1]
         as_t = lambda x, dtype=torch.float64: torch.as_tensor(np.asarray(x), dtype=dtype)
+        optional = {}
+        for key, shape in OPTIONAL_LABELS.items():
+            if key in handle:
+                value = handle[key][a0:a1] if shape == "atoms" else handle[key][index][None]
+                optional[key] = as_t(value) if np.isfinite(value).all() else None
         return AtomicGraph(
             positions=as_t(handle["positions"][a0:a1]),
             numbers=as_t(handle["numbers"][a0:a1], torch.int64),
@@ -116,6 +132,7 @@ class GraphStore(Sequence[AtomicGraph]):
             spin=as_t([handle["spin"][index]]),
             energy=as_t([handle["energy"][index]]),
             forces=as_t(handle["forces"][a0:a1]),
+            **optional,
         )
 
 
@@ -128,6 +145,9 @@ def store_frames(store: GraphStore, indices: Sequence[int] | None = None) -> lis
             numbers=graph.numbers.numpy(), positions=graph.positions.numpy(), cell=graph.cell[0].numpy(),
             pbc=graph.pbc[0].numpy(), energy=float(graph.energy[0]), forces=graph.forces.numpy(),
             charge=float(graph.charge[0]), spin=float(graph.spin[0]), source=f"{store.path}, frame {i}",
+            stress=None if graph.stress is None else graph.stress[0].numpy(),
+            dipole=None if graph.dipole is None else graph.dipole[0].numpy(),
+            atomic_charges=None if graph.atomic_charges is None else graph.atomic_charges.numpy(),
         ))
     return frames
 

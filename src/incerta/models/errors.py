@@ -50,7 +50,8 @@ class ErrorAccumulator:
         forces_error: np.ndarray | None = None,
         stress_error: np.ndarray | None = None,
     ) -> None:
-        """Add errors (prediction - reference): energy (B,) eV, forces (N, 3) eV/Å, stress eV/Å^3."""
+        """Add errors (prediction - reference): energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3)
+        eV/Å^3 (structures without a stress label, NaN, are left out)."""
         if energy_error is not None:
             per_atom = energy_error / n_atoms
             self.n_structures += energy_error.size
@@ -63,6 +64,7 @@ class ErrorAccumulator:
             self.forces_abs += float(np.abs(forces_error).sum())
             self.forces_sq += float(np.square(forces_error).sum())
         if stress_error is not None:
+            stress_error = stress_error[np.isfinite(stress_error).reshape(len(stress_error), -1).all(axis=1)]
             self.n_stress_components += stress_error.size
             self.stress_abs += float(np.abs(stress_error).sum())
             self.stress_sq += float(np.square(stress_error).sum())

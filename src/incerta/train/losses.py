@@ -23,7 +23,8 @@ def energy_forces_loss(
     outputs: dict[str, torch.Tensor], batch: AtomicGraph, weights: LossWeights, totals: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L = w_E mean_b ((E_b - E*_b)/N_b)^2 + w_F mean_ia (F_ia - F*_ia)^2 [+ w_S mean (S - S*)^2
-    + w_q mean_i (q_i - q*_i)^2 + w_mu mean (mu - mu*)^2] (terms with labels and weights only).
+    + w_q mean_i (q_i - q*_i)^2 + w_mu mean (mu - mu*)^2] (terms with labels and weights only;
+    stress, charges and dipoles averaged over the structures or atoms that have them).
 
     Units: eV^2 per atom^2, (eV/Å)^2, (eV/Å^3)^2, e^2, (e Å)^2. Returns (loss, components).
     ``totals`` = (structures, atoms) of the whole global batch when this batch is one rank's
@@ -37,13 +38,19 @@ def energy_forces_loss(
     if weights.forces > 0:
         parts["forces"] = (outputs[K.FORCES] - batch.forces).pow(2).sum() / (3 * atoms)
         loss = loss + weights.forces * parts["forces"]
-    if weights.stress > 0 and batch.stress is not None and K.STRESS in outputs:
-        parts["stress"] = (outputs[K.STRESS] - batch.stress).pow(2).mean()
-        loss = loss + weights.stress * parts["stress"]
-    if weights.charges > 0 and batch.atomic_charges is not None and K.ATOMIC_CHARGES in outputs:
-        parts["charges"] = (outputs[K.ATOMIC_CHARGES] - batch.atomic_charges).pow(2).mean()
-        loss = loss + weights.charges * parts["charges"]
-    if weights.dipole > 0 and batch.dipole is not None and K.DIPOLE in outputs:
-        parts["dipole"] = (outputs[K.DIPOLE] - batch.dipole).pow(2).mean()
-        loss = loss + weights.dipole * parts["dipole"]
+    for name, key, weight, label in (("stress", K.STRESS, weights.stress, batch.stress),
+                                     ("charges", K.ATOMIC_CHARGES, weights.charges, batch.atomic_charges),
+                                     ("dipole", K.DIPOLE, weights.dipole, batch.dipole)):
+        if weight > 0 and label is not None and key in outputs:
+            parts[name] = masked_mse(outputs[key], label)
+            loss = loss + weight * parts[name]
     return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def masked_mse(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the rows (structures or atoms) whose label is known (finite);
+    0 when none is, so a batch without that label adds nothing."""
+    known = torch.isfinite(label).reshape(label.shape[0], -1).all(dim=1)
+    if not bool(known.any()):
+        return prediction.sum() * 0.0
+    return (prediction[known] - label[known]).pow(2).mean()
