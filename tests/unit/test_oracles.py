@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from ase.build import molecule
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
 from ase.calculators.calculator import Calculator, all_changes
 
 from incerta.data.frame import Frame
-from incerta.data.oracles import ASEOracle, OracleFailure
+from incerta.data.oracles import ASEOracle, EMTOracle, OracleFailure
 
 
 class ChargedCalculator(Calculator):
@@ -37,3 +38,15 @@ def test_non_finite_charges_fail_the_label_naming_field_and_frame():
     frame = Frame.from_atoms(molecule("H2O"), source="water.xyz frame 0")
     with pytest.raises(OracleFailure, match=r"non-finite atomic_charges for water.xyz frame 0"):
         ASEOracle(f"{__name__}.ChargedCalculator", {"broken": True}).label(frame)
+
+
+def test_stress_kept_for_periodic_frames_only():
+    copper = bulk("Cu", "fcc", a=3.7, cubic=True)  # compressed: a clear stress
+    copper.rattle(0.02, seed=0)
+    labelled = EMTOracle().label(Frame.from_atoms(copper))
+    reference = copper.copy()
+    reference.calc = EMT()
+    np.testing.assert_allclose(labelled.stress, reference.get_stress(voigt=False), rtol=1e-12)
+    assert np.abs(labelled.stress).max() > 1e-3
+    cluster = Frame.from_atoms(molecule("H2O"))
+    assert EMTOracle().label(cluster).stress is None, "a molecule has no stress"

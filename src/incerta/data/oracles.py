@@ -1,8 +1,9 @@
 """Reference calculators that label structures ("oracles"), for data generation and active learning.
 
 An oracle is a small picklable description (so it can travel to Dask workers) whose
-``label(frame)`` returns the frame with energy (eV) and forces (eV/Å) -- and atomic
-charges (e) and dipole (e·Å) where the calculator gives them, as tblite does, so that
+``label(frame)`` returns the frame with energy (eV) and forces (eV/Å) -- the stress (eV/Å^3,
+ASE sign) of a periodic frame, and atomic charges (e) and dipole (e·Å), where the calculator
+gives them (tblite gives charges and dipoles), so that
 charge-aware models can be trained against them -- passing the frame's total charge and
 spin (number of unpaired electrons) through, or raises
 :class:`OracleFailure` (SCF not converged, calculator error). Ready oracles:
@@ -39,7 +40,7 @@ class Oracle(Protocol):
 
 
 def _finite(frame: Frame, who: str, energy: float, forces: np.ndarray, **extra: np.ndarray | None) -> Frame:
-    """``frame`` with the labels (and any ``extra`` ones given: atomic_charges, dipole), all finite."""
+    """``frame`` with the labels (and any ``extra`` ones given: stress, atomic_charges, dipole), all finite."""
     labels = {"energy": float(energy), "forces": np.asarray(forces, dtype=float)}
     labels |= {name: np.asarray(value, dtype=float) for name, value in extra.items() if value is not None}
     bad = [name for name, value in labels.items() if not np.all(np.isfinite(value))]
@@ -54,11 +55,12 @@ def _with_ase(frame: Frame, calculator, who: str) -> Frame:
     offered = getattr(calculator, "implemented_properties", ())
     try:
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        stress = atoms.get_stress(voigt=False) if "stress" in offered and frame.periodic else None
         charges = atoms.get_charges() if "charges" in offered else None
         dipole = atoms.get_dipole_moment() if "dipole" in offered else None
     except Exception as err:  # calculators raise many types
         raise OracleFailure(f"{who}: {type(err).__name__}: {err}") from err
-    return _finite(frame, who, energy, forces, atomic_charges=charges, dipole=dipole)
+    return _finite(frame, who, energy, forces, stress=stress, atomic_charges=charges, dipole=dipole)
 
 
 @dataclass(frozen=True)
