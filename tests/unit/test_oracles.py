@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
-from ase.calculators.emt import EMT
 from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
 
 from incerta.data.frame import Frame
 from incerta.data.oracles import ASEOracle, EMTOracle, OracleFailure

@@ -176,6 +176,22 @@ def _write_outputs(out: Path, results: dict, arrays: dict, groups: list[str]) ->
     report.write()
 
 
+#: per-atom figures of the report, each drawn for all atoms and per element: heading, drawing,
+#: file name, captions
+ATOM_FIGURES = (
+    ("Uncertainty vs error", plots.uncertainty_error_grid, "uncertainty_vs_error",
+     "Each atom's σ against its actual force error |F_pred - F|: points on the dashed line have σ equal to the "
+     "error; a good estimator keeps the cloud along it, in every group.",
+     "The same, one panel per element (all groups pooled): within an element σ should still rise with the error, "
+     "not only between light and heavy atoms."),
+    ("Uncertainty per group", plots.uncertainty_histograms, "uncertainty_histograms",
+     "Distributions of per-atom σ; the histograms (and their means, in the legend) should move right as the groups "
+     "move away from the training data.",
+     "The same per element: the two humps of the pooled histograms are light atoms (hydrogen, small forces and "
+     "errors) and heavy atoms; each element's σ should shift with the group on its own."),
+)
+
+
 def add_shift_sections(report: Report, results: dict, arrays: dict, groups: list[str]) -> None:
     """Summary table, uncertainty-vs-error grids and histograms (per group and per element) and
     calibration curves."""
@@ -190,20 +206,10 @@ def add_shift_sections(report: Report, results: dict, arrays: dict, groups: list
     report.table(*per_group_rows(results))
     atoms = {m: {g: (a[g]["forces_uncertainty"], force_error_norms(a[g]), a[g]["numbers"]) for g in groups}
              for m, a in arrays.items()}
-    report.heading("Uncertainty vs error")
-    report.figure(plots.uncertainty_error_grid(atoms), "uncertainty_vs_error",
-                  "Each atom's σ against its actual force error |F_pred - F|: points on the dashed line have σ equal "
-                  "to the error; a good estimator keeps the cloud along it, in every group.")
-    report.figure(plots.uncertainty_error_grid(atoms, by_element=True), "uncertainty_vs_error_by_element",
-                  "The same, one panel per element (all groups pooled): within an element σ should still rise with "
-                  "the error, not only between light and heavy atoms.")
-    report.heading("Uncertainty per group")
-    report.figure(plots.uncertainty_histograms(atoms), "uncertainty_histograms",
-                  "Distributions of per-atom σ; the histograms (and their means, in the legend) should move right "
-                  "as the groups move away from the training data.")
-    report.figure(plots.uncertainty_histograms(atoms, by_element=True), "uncertainty_histograms_by_element",
-                  "The same per element: the two humps of the pooled histograms are light atoms (hydrogen, small "
-                  "forces and errors) and heavy atoms; each element's σ should shift with the group on its own.")
+    for heading, draw, name, caption, by_element_caption in ATOM_FIGURES:
+        report.heading(heading)
+        report.figure(draw(atoms), name, caption)
+        report.figure(draw(atoms, by_element=True), f"{name}_by_element", by_element_caption)
     report.heading("Calibration")
     reference = groups[0]
     report.figure(plots.calibration_curves({
