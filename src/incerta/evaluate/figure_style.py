@@ -1,4 +1,4 @@
-"""One style for every report figure: units, readable ticks, colour bars, element colours.
+"""One style for every report figure: units, readable ticks, colour bars, element names.
 
 Forces and uncertainties are drawn in meV/Å, energies in meV/atom. Log axes carry plain
 numbers (20, 50, 100) instead of powers of ten; counts and iterations get integer ticks;

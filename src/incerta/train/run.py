@@ -8,9 +8,9 @@ Run folder layout::
     history.csv         per-epoch metrics
     model/              potential.safetensors: the exported best model
     metrics.json        validation and test errors of the exported model
-
-:func:`train_run` returns a :class:`TrainedRun`; the caller writes the report
-(:func:`incerta.evaluate.training_report.write_training_report`).
+    report.html         errors, parity plots, error histograms, learning curve (+ figures/),
+                        written by the caller (``incerta train``, the experiments, active
+                        learning) from the :class:`TrainedRun` that :func:`train_run` returns
 """
 
 from __future__ import annotations
