@@ -175,6 +175,8 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path):
     assert "did you mean 'epochs'" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["evaluate", str(tmp_path / "no-model"), str(default.path("test_300K"))])
     assert result.exit_code == 2 and "no such model" in result.output
+    result = runner.invoke(app, ["uq", "fit", str(tmp_path / "no-model"), "--method", "gmm", "--calibration", "bogus"])
+    assert result.exit_code == 2 and "calibration: Input should be 'scale', 'power' or 'isotonic'" in result.output
 
 
 def test_evaluate_names_the_frame_with_an_unknown_element(demo_run, tmp_path):

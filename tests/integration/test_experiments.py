@@ -58,6 +58,7 @@ def test_shift_command_outputs_hold_the_right_numbers(tmp_path, acac):
         worst = [error[cached["structure"] == b].max() for b in range(len(cached["structure_uncertainty"]))]
         assert len(worst) == 40
         assert group["spearman_structures"] == pytest.approx(spearmanr(cached["structure_uncertainty"], worst).statistic)
+        assert group["spearman_forces_atoms"] == pytest.approx(spearmanr(sigma, error).statistic)
     assert len((out / "results_per_group.csv").read_text().strip().splitlines()) == 1 + 2 * 2
     header, rows = table_rows(results)
     csv_rows = (out / "results.csv").read_text().strip().splitlines()

@@ -58,13 +58,6 @@ def test_the_loss_and_the_errors_use_exactly_the_known_labels(frames):
     assert errors.result()["stress_rmse_meV_per_A3"] == pytest.approx(1e3 * np.sqrt(np.mean(known_stress**2)))
 
 
-def test_a_batch_without_any_stress_label_adds_nothing(frames):
-    batch = collate([frame_to_graph(f, 3.0) for f in frames[1:2]] * 2)
-    outputs = {"energy": batch.energy, "forces": batch.forces, "stress": torch.ones(2, 3, 3, requires_grad=True)}
-    loss, parts = energy_forces_loss(outputs, batch, LossWeights(stress=1.0))
-    assert batch.stress is None and "stress" not in parts and float(loss) == 0.0
-
-
 def test_the_store_keeps_stress_charges_and_dipoles(frames, tmp_path):
     write_store(tmp_path / "data.h5", frames, cutoff=3.0)
     back = store_frames(GraphStore(tmp_path / "data.h5"))

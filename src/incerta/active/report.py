@@ -36,8 +36,8 @@ def add_al_sections(report: Report, state: RunState) -> None:
     if rows:
         keys = [k for k in rows[0] if k.endswith(ERROR_COLUMN)]
         report.table(["iteration", "labels", *keys], [[r["iteration"], r["n_labels"], *[r[k] for k in keys]] for r in rows])
-        curves = [{"n_labels": r["n_labels"], **{k.removesuffix(ERROR_COLUMN): r[k] for k in keys}} for r in rows]
-        report.figure(plots.al_errors(curves, [k.removesuffix(ERROR_COLUMN) for k in keys]), "al_error_vs_labels",
+        errors = {k.removesuffix(ERROR_COLUMN): [r[k] for r in rows] for k in keys}
+        report.figure(plots.al_errors([r["n_labels"] for r in rows], errors), "al_error_vs_labels",
                       "Force error of the model retrained after each labelling round, on each data set: it should "
                       "fall as labels are added, fastest where the labels were chosen.")
     points = [e for e in selected if e.get("mean_uncertainty") is not None]  # none for random selection

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import get_args
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from incerta.config.schema import ConfigError
-from incerta.config.uncertainty import CalibrationKind, FitSection
+from incerta.config.schema import ConfigError, explain
+from incerta.config.uncertainty import FitSection
 from incerta.data.validation import DataError
 from incerta.models.potential import UnknownSpeciesError
 from incerta.utils.tensor_files import CheckpointError
@@ -177,25 +177,23 @@ def uq_fit(
     from incerta.uq.fit import fit_uncertainty, run_splits
 
     try:
-        if calibration is not None and calibration not in get_args(CalibrationKind):
-            raise ConfigError(f"--calibration: expected {', '.join(get_args(CalibrationKind))}, got '{calibration}'")
+        settings = FitSettings(epochs=epochs, lr=lr, seed=seed, calibration=calibration)
         parsed = {}
         for text in options:
             if "=" not in text:
                 raise ConfigError(f"--option '{text}' must look like name=value")
             key, value = text.split("=", 1)
             parsed[key] = yaml.safe_load(value)
-        if train and val:
-            train_frames = [f for p in train for f in read_frames(p, require=("energy", "forces"))]
-            val_frames = [f for p in val for f in read_frames(p, require=("energy", "forces"))]
-        else:
+        train_frames, val_frames = ([f for p in paths for f in read_frames(p, require=("energy", "forces"))]
+                                    for paths in (train, val))
+        if not (train_frames and val_frames):
             splits = run_splits(model)
-            train_frames = [f for p in train for f in read_frames(p, require=("energy", "forces"))] or splits.train
-            val_frames = [f for p in val for f in read_frames(p, require=("energy", "forces"))] or splits.validation
-        report = fit_uncertainty(model, method, train_frames, val_frames, parsed,
-                                 FitSettings(epochs=epochs, lr=lr, seed=seed, calibration=calibration))
+            train_frames, val_frames = train_frames or splits.train, val_frames or splits.validation
+        report = fit_uncertainty(model, method, train_frames, val_frames, parsed, settings)
     except USER_ERRORS as err:
         fail(err)
+    except ValidationError as err:
+        fail(explain(err, FitSettings, "incerta uq fit"))
     except TypeError as err:
         fail(ConfigError(f"method '{method}' does not take these options: {err}"))
     console.print(f"{method}: fitted in {report['fit_time_s']:.1f} s on {report['n_train']} structures, "

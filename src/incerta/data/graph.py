@@ -86,6 +86,11 @@ def frame_to_graph(frame: Frame, cutoff: float) -> AtomicGraph:
 PARTIAL_LABELS = {"stress": ("structure", (3, 3)), "dipole": ("structure", (3,)), "atomic_charges": ("atom", ())}
 
 
+def known_rows(label: torch.Tensor) -> torch.Tensor:
+    """(rows,) bool: the structures (or atoms) whose label (rows, ...) is known, i.e. not NaN."""
+    return torch.isfinite(label).reshape(label.shape[0], -1).all(dim=1)
+
+
 def _missing(graph: AtomicGraph, name: str, like: torch.Tensor) -> torch.Tensor:
     """NaN placeholders for label ``name`` of every structure (or atom) of ``graph``."""
     per, shape = PARTIAL_LABELS[name]

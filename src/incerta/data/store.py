@@ -22,21 +22,19 @@ import numpy as np
 import torch
 
 from incerta.data.frame import Frame
-from incerta.data.graph import AtomicGraph
+from incerta.data.graph import PARTIAL_LABELS, AtomicGraph
 from incerta.data.neighbors import neighbor_list
 from incerta.data.validation import DataError
 from incerta.utils.files import atomic_write
 
 STORE_FORMAT = "incerta.graphs"
 STORE_VERSION = 2
-#: labels a frame may lack: name -> shape of one frame's entry (per atom when "atoms")
-OPTIONAL_LABELS = {"stress": (3, 3), "dipole": (3,), "atomic_charges": "atoms"}
 
 
 def write_store(path: str | Path, frames: Iterable[Frame], cutoff: float) -> int:
     """Write labelled ``frames`` with neighbour lists at ``cutoff`` Å; returns the count."""
     columns: dict[str, list] = {k: [] for k in ("numbers", "positions", "forces", "edge_index", "edge_shifts", "cell",
-                                                   "pbc", "energy", "charge", "spin", *OPTIONAL_LABELS)}
+                                                   "pbc", "energy", "charge", "spin", *PARTIAL_LABELS)}
     atom_offsets, edge_offsets = [0], [0]
     for frame in frames:
         if frame.energy is None or frame.forces is None:
@@ -51,9 +49,9 @@ def write_store(path: str | Path, frames: Iterable[Frame], cutoff: float) -> int
         columns["pbc"].append(frame.pbc)
         for key in ("energy", "charge", "spin"):
             columns[key].append(getattr(frame, key))
-        for key, shape in OPTIONAL_LABELS.items():
+        for key, (per, shape) in PARTIAL_LABELS.items():
             value = getattr(frame, key)
-            columns[key].append(np.full((len(frame),) if shape == "atoms" else shape, np.nan) if value is None else value)
+            columns[key].append(np.full((len(frame),) if per == "atom" else shape, np.nan) if value is None else value)
         atom_offsets.append(atom_offsets[-1] + len(frame))
         edge_offsets.append(edge_offsets[-1] + edges.shape[1])
 
@@ -65,10 +63,10 @@ def write_store(path: str | Path, frames: Iterable[Frame], cutoff: float) -> int
             handle.create_dataset("edge_index", data=np.concatenate(columns["edge_index"], axis=1), chunks=True)
             for key in ("cell", "pbc", "energy", "charge", "spin"):
                 handle.create_dataset(key, data=np.asarray(columns[key]))
-            for key, shape in OPTIONAL_LABELS.items():
-                data = np.concatenate(columns[key]) if shape == "atoms" else np.asarray(columns[key], dtype=float)
+            for key, (per, _) in PARTIAL_LABELS.items():
+                data = np.concatenate(columns[key]) if per == "atom" else np.asarray(columns[key], dtype=float)
                 if np.isfinite(data).any():
-                    handle.create_dataset(key, data=data, chunks=shape == "atoms" or None)
+                    handle.create_dataset(key, data=data, chunks=per == "atom" or None)
             handle.create_dataset("atom_offsets", data=np.asarray(atom_offsets))
             handle.create_dataset("edge_offsets", data=np.asarray(edge_offsets))
 
@@ -116,9 +114,9 @@ class GraphStore(Sequence[AtomicGraph]):
         e0, e1 = self.edge_offsets[index], self.edge_offsets[index + 1]
         as_t = lambda x, dtype=torch.float64: torch.as_tensor(np.asarray(x), dtype=dtype)
         optional = {}
-        for key, shape in OPTIONAL_LABELS.items():
+        for key, (per, _) in PARTIAL_LABELS.items():
             if key in handle:
-                value = handle[key][a0:a1] if shape == "atoms" else handle[key][index][None]
+                value = handle[key][a0:a1] if per == "atom" else handle[key][index][None]
                 optional[key] = as_t(value) if np.isfinite(value).all() else None
         return AtomicGraph(
             positions=as_t(handle["positions"][a0:a1]),

@@ -95,55 +95,57 @@ def _sigma_error_panel(fig: Figure, ax, sigma: np.ndarray, error: np.ndarray, er
     colour_bar(fig, image, ax)
 
 
-def uncertainty_error_grid(data: Mapping[str, Mapping[str, AtomArrays]], by_element: bool = False) -> Figure:
+def _select(arrays: AtomArrays, mask: np.ndarray) -> AtomArrays:
+    return tuple(a[mask] for a in arrays)
+
+
+def elements_pooled(data: Mapping[str, Mapping[str, AtomArrays]]) -> dict[str, dict[str, AtomArrays]]:
+    """{method: {group: atoms}} -> {method: {element: its atoms, every group pooled}}."""
+    out = {}
+    for method, groups in data.items():
+        pooled = tuple(np.concatenate(parts) for parts in zip(*groups.values()))
+        out[method] = {element_name(z): _select(pooled, pooled[2] == z) for z in np.unique(pooled[2])}
+    return out
+
+
+def elements_by_method(data: Mapping[str, Mapping[str, AtomArrays]]) -> dict[str, dict[str, AtomArrays]]:
+    """{method: {group: atoms}} -> {"method: element": {group: the atoms of that element}}."""
+    return {f"{method}: {element_name(z)}": {group: _select(atoms, atoms[2] == z) for group, atoms in groups.items()}
+            for method, groups in data.items() for z in np.unique(np.concatenate([a[2] for a in groups.values()]))}
+
+
+def uncertainty_error_grid(data: Mapping[str, Mapping[str, AtomArrays]]) -> Figure:
     """2-D histograms of per-atom uncertainty vs force error |dF| (meV/Å, log axes, report
-    figure 3.4.3): one row per method, one column per group, or, ``by_element``, one column per
-    element with every group pooled."""
-    methods = list(data)
-    pooled = {m: tuple(np.concatenate(parts) for parts in zip(*data[m].values())) for m in methods}
-    elements = sorted({int(z) for m in methods for z in pooled[m][2]})
-    columns = [element_name(z) for z in elements] if by_element else list(next(iter(data.values())))
+    figure 3.4.3): one row per method, one column per group (or per element, from
+    :func:`elements_pooled`)."""
+    methods, columns = list(data), list(next(iter(data.values())))
     fig, axes = _panels(len(methods), len(columns))
-    error_bins = _log_bins(MEV * np.concatenate([pooled[m][1] for m in methods]))
+    error_bins = _log_bins(MEV * np.concatenate([atoms[1] for m in methods for atoms in data[m].values()]))
     for row, method in enumerate(methods):
-        sigma_bins = _log_bins(MEV * pooled[method][0])
+        sigma_bins = _log_bins(MEV * np.concatenate([atoms[0] for atoms in data[method].values()]))
         for col, column in enumerate(columns):
-            if by_element:
-                sigma, error, numbers = pooled[method]
-                mask = numbers == elements[col]
-                sigma, error = sigma[mask], error[mask]
-            else:
-                sigma, error, _ = data[method][column]
-            ax = axes[row, col]
-            _sigma_error_panel(fig, ax, MEV * sigma, MEV * error, error_bins, sigma_bins)
-            ax.set_title(f"{method}: {column}", fontsize=9)
+            sigma, error, _ = data[method][column]
+            _sigma_error_panel(fig, axes[row, col], MEV * sigma, MEV * error, error_bins, sigma_bins)
+            axes[row, col].set_title(f"{method}: {column}", fontsize=9)
     return finish(fig)
 
 
-def uncertainty_histograms(data: Mapping[str, Mapping[str, AtomArrays]], by_element: bool = False) -> Figure:
-    """Histograms of per-atom uncertainty (meV/Å) per group, one panel per method (figure 3.4.4);
-    ``by_element``: one row per method, one panel per element, so that the light atoms' small
-    and the heavy atoms' larger uncertainties (two humps in the pooled histogram) separate."""
-    methods = list(data)
-    elements = sorted({int(z) for m in methods for _, _, numbers in data[m].values() for z in numbers})
-    selections = [(element_name(z), z) for z in elements] if by_element else [("all atoms", None)]
-    if by_element:
-        fig, axes = _panels(len(methods), len(selections))
-        cells = [(axes[r, c], m, s) for r, m in enumerate(methods) for c, s in enumerate(selections)]
-    else:
-        columns = min(3, len(methods))
-        fig, axes = _panels(int(np.ceil(len(methods) / columns)), columns, width=4.2, height=3.2)
-        cells = [(ax, m, selections[0]) for ax, m in zip(axes.ravel(), methods)]
-        for ax in axes.ravel()[len(methods):]:
-            ax.axis("off")
-    for ax, method, (label, element) in cells:
-        bins = _log_bins(MEV * np.concatenate([s for s, _, _ in data[method].values()]))
-        for group, (sigma, _, numbers) in data[method].items():
-            chosen = np.isfinite(sigma) & (True if element is None else numbers == element)
-            values = MEV * sigma[chosen]
+def uncertainty_histograms(data: Mapping[str, Mapping[str, AtomArrays]]) -> Figure:
+    """Histograms of per-atom uncertainty (meV/Å) per group, one panel per method (figure 3.4.4)
+    or per method and element (:func:`elements_by_method`), where the light atoms' small and
+    the heavy atoms' larger uncertainties (two humps in a pooled histogram) separate."""
+    panels = list(data)
+    columns = min(3, len(panels))
+    fig, axes = _panels(int(np.ceil(len(panels) / columns)), columns, width=4.2, height=3.2)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    for ax, panel in zip(axes.ravel(), panels):
+        bins = _log_bins(MEV * np.concatenate([sigma for sigma, _, _ in data[panel].values()]))
+        for group, (sigma, _, _) in data[panel].items():
+            values = MEV * sigma[np.isfinite(sigma)]
             ax.hist(values, bins=bins, histtype="step", density=True, label=f"{group} (mean {np.mean(values):.0f})")
         log_axes(ax, y=False)
-        ax.set(title=f"{method}: {label}", xlabel=f"σ ({FORCE})", ylabel="density (per meV/Å)")
+        ax.set(title=panel, xlabel=f"σ ({FORCE})", ylabel="density (per meV/Å)")
         ax.legend(fontsize=7, title=f"group (mean σ, {FORCE})", title_fontsize=7)
     return finish(fig)
 
@@ -202,11 +204,11 @@ def ood_atom_scatter(inside: np.ndarray, outside: np.ndarray, inside_label: str,
     return finish(fig)
 
 
-def al_errors(rows: Sequence[Mapping[str, float]], data_sets: Sequence[str]) -> Figure:
+def al_errors(labels: Sequence[int], errors: Mapping[str, Sequence[float]]) -> Figure:
     """Force RMSE (meV/Å) of each retrained model on each data set against the number of labels."""
     fig, ax = plt.subplots(figsize=(5, 4))
-    for name in data_sets:
-        ax.plot([r["n_labels"] for r in rows], [r[name] for r in rows], "o-", label=name)
+    for name, values in errors.items():
+        ax.plot(labels, values, "o-", label=name)
     log_axes(ax, x=False)
     integer_ticks(ax.xaxis)
     ax.set(xlabel="labels", ylabel=f"force RMSE ({FORCE})")

@@ -40,7 +40,7 @@ from incerta.train.checkpoint import is_model_folder
 from incerta.train.run import train_run
 from incerta.uq import metrics as uq_metrics
 from incerta.uq.ensemble_training import train_ensemble
-from incerta.uq.evaluation import per_structure_max
+from incerta.uq.evaluation import uncertainty_metrics
 from incerta.uq.store import has_uncertainty, read_uncertainty_metadata
 
 COLUMNS = [
@@ -50,29 +50,12 @@ COLUMNS = [
 ]
 
 
+#: columns of the per-group table: :func:`incerta.uq.evaluation.uncertainty_metrics` of each group
 PER_GROUP_COLUMNS = [
     ("mean σ / mean |ΔF|", "mean_sigma_over_mean_error"), ("mean σ / RMS |ΔF|", "mean_sigma_over_rms_error"),
-    ("Spearman (atoms)", "spearman_atoms"), ("Spearman (structures, max)", "spearman_structures"),
-    ("miscal. area", "miscalibration_area"), ("ENCE", "ence"),
+    ("Spearman (atoms)", "spearman_forces_atoms"), ("Spearman (structures, max)", "spearman_structures"),
+    ("miscal. area", "miscalibration_area_forces"), ("ENCE", "ence_forces"),
 ]
-
-
-def group_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
-    """Uncertainty quality on one group: how the mean calibrated σ compares with the mean and the
-    RMS force-vector error (1: as large as the error), per-atom Spearman, per-structure Spearman
-    of the aggregated σ against the structure's largest atomic error, and the miscalibration
-    area and ENCE of its force components."""
-    sigma, error = arrays["forces_uncertainty"], force_error_norms(arrays)
-    worst = per_structure_max(error, arrays["structure"], len(arrays["structure_uncertainty"]))
-    components, sigmas = uq_metrics.force_components(arrays["forces_pred"] - arrays["forces_ref"], sigma)
-    return {
-        "mean_sigma_over_mean_error": float(np.mean(sigma) / np.mean(error)),
-        "mean_sigma_over_rms_error": float(np.mean(sigma) / np.sqrt(np.mean(np.square(error)))),
-        "spearman_atoms": uq_metrics.spearman(sigma, error),
-        "spearman_structures": uq_metrics.spearman(arrays["structure_uncertainty"], worst),
-        "miscalibration_area": uq_metrics.miscalibration_area(components, sigmas),
-        "ence": uq_metrics.ence(components, sigmas),
-    }
 
 
 def _method_metrics(arrays: dict[str, dict[str, np.ndarray]], groups: list[str]) -> dict:
@@ -84,7 +67,7 @@ def _method_metrics(arrays: dict[str, dict[str, np.ndarray]], groups: list[str])
     means = [float(np.mean(arrays[g]["forces_uncertainty"])) for g in groups]
     return {
         "spearman_atoms": uq_metrics.spearman(sigma, error),
-        "per_group": {g: group_metrics(arrays[g]) for g in groups},
+        "per_group": {g: uncertainty_metrics(arrays[g]) for g in groups},
         "auroc_vs_" + reference: {g: uq_metrics.auroc(arrays[reference]["structure_uncertainty"], arrays[g]["structure_uncertainty"])
                                   for g in groups[1:]},
         "miscalibration_area": uq_metrics.miscalibration_area(components, sigmas),
@@ -177,14 +160,14 @@ def _write_outputs(out: Path, results: dict, arrays: dict, groups: list[str]) ->
 
 
 #: per-atom figures of the report, each drawn for all atoms and per element: heading, drawing,
-#: file name, captions
+#: the regrouping of the atoms by element, file name, captions
 ATOM_FIGURES = (
-    ("Uncertainty vs error", plots.uncertainty_error_grid, "uncertainty_vs_error",
+    ("Uncertainty vs error", plots.uncertainty_error_grid, plots.elements_pooled, "uncertainty_vs_error",
      "Each atom's σ against its actual force error |F_pred - F|: points on the dashed line have σ equal to the "
      "error; a good estimator keeps the cloud along it, in every group.",
      "The same, one panel per element (all groups pooled): within an element σ should still rise with the error, "
      "not only between light and heavy atoms."),
-    ("Uncertainty per group", plots.uncertainty_histograms, "uncertainty_histograms",
+    ("Uncertainty per group", plots.uncertainty_histograms, plots.elements_by_method, "uncertainty_histograms",
      "Distributions of per-atom σ; the histograms (and their means, in the legend) should move right as the groups "
      "move away from the training data.",
      "The same per element: the two humps of the pooled histograms are light atoms (hydrogen, small forces and "
@@ -206,10 +189,10 @@ def add_shift_sections(report: Report, results: dict, arrays: dict, groups: list
     report.table(*per_group_rows(results))
     atoms = {m: {g: (a[g]["forces_uncertainty"], force_error_norms(a[g]), a[g]["numbers"]) for g in groups}
              for m, a in arrays.items()}
-    for heading, draw, name, caption, by_element_caption in ATOM_FIGURES:
+    for heading, draw, by_element, name, caption, by_element_caption in ATOM_FIGURES:
         report.heading(heading)
         report.figure(draw(atoms), name, caption)
-        report.figure(draw(atoms, by_element=True), f"{name}_by_element", by_element_caption)
+        report.figure(draw(by_element(atoms)), f"{name}_by_element", by_element_caption)
     report.heading("Calibration")
     reference = groups[0]
     report.figure(plots.calibration_curves({

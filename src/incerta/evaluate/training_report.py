@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from incerta.data.graph import AtomicGraph
 from incerta.evaluate import plots
 from incerta.evaluate.report import Report
-from incerta.models.potential import Potential
 from incerta.models.predict import collect_predictions
 from incerta.train.run import TrainedRun
 
@@ -23,14 +20,13 @@ def write_training_report(run: TrainedRun) -> Path:
     """RUN_DIR/report.html (+ figures/): errors, parity plots, error histograms and learning
     curve of the run's exported model."""
     report = Report("incerta training report", run.run_dir)
-    add_training_sections(report, run.model, run.metrics, run.datasets, run.history)
+    add_training_sections(report, run)
     return report.write()
 
 
-def add_training_sections(
-    report: Report, model: Potential, metrics: dict, datasets: dict[str, Sequence[AtomicGraph]], history: list[dict]
-) -> None:
-    """Errors table, parity plots, error histograms and learning curve."""
+def add_training_sections(report: Report, run: TrainedRun) -> None:
+    """Errors table, parity plots, error histograms and learning curve of ``run``."""
+    model, metrics, history = run.model, run.metrics, run.history
     spec = model.spec
     report.text(
         f"Model: l_max={spec.l_max}, {spec.num_channels} channels, {spec.num_layers} interaction layers, "
@@ -40,7 +36,7 @@ def add_training_sections(
     report.heading("Errors")
     results = {"validation": metrics["validation"], **metrics["test"]}
     report.table(["data"] + [c for c, _ in METRIC_COLUMNS], [[name] + [r[k] for _, k in METRIC_COLUMNS] for name, r in results.items()])
-    predictions = {name: collect_predictions(model, graphs) for name, graphs in datasets.items()}
+    predictions = {name: collect_predictions(model, graphs) for name, graphs in run.datasets.items()}
     report.heading("Parity")
     report.figure(plots.parity(predictions), "parity",
                   "Predicted against reference energies and force components: on the dashed diagonal a prediction "

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from incerta.data import keys as K
-from incerta.data.graph import AtomicGraph
+from incerta.data.graph import AtomicGraph, known_rows
 from incerta.utils.distributed import all_reduce_sum
 
 
@@ -34,13 +34,15 @@ class ErrorAccumulator:
     stress_sq: float = 0.0
 
     def update(self, outputs: dict[str, torch.Tensor], batch: AtomicGraph) -> None:
-        """Add a predicted batch against its labels."""
+        """Add a predicted batch against its labels (the stress of the structures that have one)."""
         as_np = lambda t: t.detach().double().cpu().numpy()
+        stress_known = None if batch.stress is None else known_rows(batch.stress)
         self.add(
             energy_error=None if batch.energy is None else as_np(outputs[K.ENERGY] - batch.energy),
             n_atoms=as_np(batch.num_atoms),
             forces_error=None if batch.forces is None or K.FORCES not in outputs else as_np(outputs[K.FORCES] - batch.forces),
-            stress_error=None if batch.stress is None or K.STRESS not in outputs else as_np(outputs[K.STRESS] - batch.stress),
+            stress_error=None if stress_known is None or K.STRESS not in outputs
+            else as_np(outputs[K.STRESS][stress_known] - batch.stress[stress_known]),
         )
 
     def add(
@@ -50,8 +52,7 @@ class ErrorAccumulator:
         forces_error: np.ndarray | None = None,
         stress_error: np.ndarray | None = None,
     ) -> None:
-        """Add errors (prediction - reference): energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3)
-        eV/Å^3 (structures without a stress label, NaN, are left out)."""
+        """Add errors (prediction - reference): energy (B,) eV, forces (N, 3) eV/Å, stress eV/Å^3."""
         if energy_error is not None:
             per_atom = energy_error / n_atoms
             self.n_structures += energy_error.size
@@ -64,7 +65,6 @@ class ErrorAccumulator:
             self.forces_abs += float(np.abs(forces_error).sum())
             self.forces_sq += float(np.square(forces_error).sum())
         if stress_error is not None:
-            stress_error = stress_error[np.isfinite(stress_error).reshape(len(stress_error), -1).all(axis=1)]
             self.n_stress_components += stress_error.size
             self.stress_abs += float(np.abs(stress_error).sum())
             self.stress_sq += float(np.square(stress_error).sum())

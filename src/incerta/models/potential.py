@@ -60,7 +60,7 @@ def potential_blocks(spec: PotentialSpec) -> list[tuple[str, Block]]:
     for index in range(spec.num_layers):
         irreps_out = scalars if index == spec.num_layers - 1 else hidden
         blocks.append((f"interactions.{index}", Interaction(
-            irreps_in, irreps_out, harmonics.irreps_sh, num_species, spec.num_radial_basis, spec.radial_hidden,
+            irreps_in, irreps_out, harmonics.irreps_out[K.EDGE_SH], num_species, spec.num_radial_basis, spec.radial_hidden,
             spec.avg_num_neighbors)))
         irreps_in = irreps_out
     if spec.global_attention:

@@ -41,9 +41,9 @@ class BlockError(ValueError):
     """A list of blocks does not fit together; the message names the block and the key."""
 
 
-def check_blocks(blocks: Sequence[tuple[str, Block]], inputs: Iterable[str]) -> dict[str, o3.Irreps | None]:
+def check_blocks(blocks: Sequence[tuple[str, Block]], inputs: Iterable[str]) -> None:
     """Check that every block finds the keys it reads, written by the ``inputs`` or an earlier
-    block, with the irreps it expects; returns the irreps (None: undeclared) of every key."""
+    block, with the irreps it expects (where both sides declare them)."""
     available: dict[str, o3.Irreps | None] = dict.fromkeys(inputs)
     producer = dict.fromkeys(available, "the inputs")
     for name, block in blocks:
@@ -60,4 +60,3 @@ def check_blocks(blocks: Sequence[tuple[str, Block]], inputs: Iterable[str]) -> 
             producer[key] = f"block '{name}'"
         if block.energy_key is not None and block.energy_key not in block.writes:
             raise BlockError(f"block '{name}' declares the energy term '{block.energy_key}' but does not write it")
-    return available

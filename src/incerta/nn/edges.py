@@ -34,9 +34,9 @@ class EdgeHarmonics(Block):
 
     def __init__(self, l_max: int) -> None:
         super().__init__()
-        self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
-        self.harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
-        self.irreps_out = {K.EDGE_SH: self.irreps_sh}
+        irreps = o3.Irreps.spherical_harmonics(l_max)
+        self.harmonics = o3.SphericalHarmonics(irreps, normalize=True, normalization="component")
+        self.irreps_out = {K.EDGE_SH: irreps}
 
     def forward(self, data: Data) -> Data:
         return {K.EDGE_SH: self.harmonics(data[K.EDGE_VECTORS])}

@@ -19,6 +19,7 @@ import torch
 from pydantic import ValidationError
 
 from incerta.models.potential import Potential
+from incerta.models.predict import model_dtype
 from incerta.models.spec import PotentialSpec
 from incerta.utils.files import atomic_write
 from incerta.utils.tensor_files import CheckpointError, read_metadata, read_tensors, write_tensors
@@ -48,7 +49,7 @@ def is_model_folder(path: str | Path) -> bool:
 
 def model_dtype_name(model: torch.nn.Module) -> str:
     """'float32' or 'float64': the dtype of the weights, as stored beside them."""
-    return str(next(model.parameters()).dtype).removeprefix("torch.")
+    return str(model_dtype(model)).removeprefix("torch.")
 
 
 def save_potential(model: Potential, path: str | Path, extra: dict[str, str] | None = None) -> Path:

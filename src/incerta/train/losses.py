@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from incerta.data import keys as K
-from incerta.data.graph import AtomicGraph
+from incerta.data.graph import AtomicGraph, known_rows
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,7 @@ def energy_forces_loss(
 
 
 def masked_mse(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the rows (structures or atoms) whose label is known (finite);
-    0 when none is, so a batch without that label adds nothing."""
-    known = torch.isfinite(label).reshape(label.shape[0], -1).all(dim=1)
-    if not bool(known.any()):
-        return prediction.sum() * 0.0
+    """Mean squared error over the rows (structures or atoms) whose label is known (not NaN;
+    a batch holds the label only when one of its structures has it)."""
+    known = known_rows(label)
     return (prediction[known] - label[known]).pow(2).mean()

@@ -32,7 +32,7 @@ from incerta.data.splits import split_indices
 from incerta.data.store import GraphStore, StoreView, is_store
 from incerta.models.build import DataStatistics, build_potential, statistics_from_store
 from incerta.models.potential import Potential
-from incerta.models.predict import error_metrics, graphs_for
+from incerta.models.predict import error_metrics, graphs_for, model_dtype
 from incerta.train.checkpoint import load_potential, load_training_state, save_potential
 from incerta.train.trainer import Trainer, write_history
 from incerta.utils import distributed
@@ -134,7 +134,7 @@ def train_run(
         warm = load_potential(initial_model)
         if set(data.statistics.species) <= set(warm.species):
             model = warm.train()
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     trainer = Trainer(
         model, config.training, data.train(dtype), data.validation(dtype),
         run_dir / "checkpoints", seed, config.model_dump_json(),
@@ -227,5 +227,5 @@ def load_trained_run(config: RunConfig, run_dir: str | Path) -> TrainedRun:
     model = load_potential(run_dir / "model")
     data = load_run_data(config, _required_labels(config))
     history = load_training_state(run_dir / "checkpoints" / "last.pt")["history"]
-    datasets = {"validation": data.validation(next(model.parameters()).dtype), **data.tests(model)}
+    datasets = {"validation": data.validation(model_dtype(model)), **data.tests(model)}
     return TrainedRun(run_dir, json.loads((run_dir / "metrics.json").read_text()), model, history, datasets)

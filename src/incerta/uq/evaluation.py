@@ -24,7 +24,9 @@ def uncertainty_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
 
     Forces: per-atom Spearman of sigma vs |dF|, miscalibration area, Gaussian NLL and ENCE
     of the force components; energy: Spearman, miscalibration area and NLL of sigma_E;
-    structures: Spearman of the aggregated uncertainty vs the largest atomic force error.
+    structures: Spearman of the aggregated uncertainty vs the largest atomic force error; and
+    whether sigma keeps up with the error: mean sigma over the mean and over the RMS of |dF|
+    (1: as large as the error, below 1: over-confident).
     """
     force_error = arrays["forces_pred"] - arrays["forces_ref"]
     force_norm = np.linalg.norm(force_error, axis=1)
@@ -43,6 +45,8 @@ def uncertainty_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
         "miscalibration_area_energy": m.miscalibration_area(energy_error, sigma_energy),
         "nll_energy": m.gaussian_nll(energy_error, sigma_energy),
         "mean_forces_uncertainty_meV_per_A": 1e3 * float(np.mean(sigma)),
+        "mean_sigma_over_mean_error": float(np.mean(sigma) / np.mean(force_norm)),
+        "mean_sigma_over_rms_error": float(np.mean(sigma) / np.sqrt(np.mean(np.square(force_norm)))),
         "mean_energy_uncertainty_meV": 1e3 * float(np.mean(sigma_energy)),
     }
 
