@@ -24,6 +24,7 @@ from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.md import run_watched_md
 from incerta.config import ALConfig, load_experiment
 from incerta.config.active import AttackSection
+from incerta.config.md import MDSettings
 from incerta.data.frame import Frame
 from incerta.data.io import read_frames
 from incerta.data.oracles import PySCFOracle, TBLiteOracle
@@ -184,14 +185,14 @@ def test_a_label_that_keeps_killing_workers_is_recorded_under_its_key():
 def test_md_watcher_stops_at_the_threshold(first_iteration, acac_slices):
     calculator = IncertaCalculator(first_iteration[1])
     start = read_frames(acac_slices / "pool.xyz")[0].to_atoms()
-    free = run_watched_md(start, calculator, 300, 40, threshold=None, check_every=10, progress=False)
-    sigmas = [row["max_uncertainty_eV_per_A"] for row in free.log]
-    assert len(free.log) == 4 and free.stopped_at is None
+    free = run_watched_md(start, calculator, MDSettings(steps=40), progress=False)
+    sigmas = [row["max_force_uncertainty_eV_per_A"] for row in free.log]
+    assert len(free.log) == 4 and free.stopped_at is None and free.steps_done == 40
     threshold = 0.5 * min(sigmas)
-    stopped = run_watched_md(start, calculator, 300, 40, threshold=threshold, check_every=10, on_threshold="stop",
-                             progress=False)
+    stopped = run_watched_md(start, calculator, MDSettings(steps=40, on_flag="stop"), threshold, progress=False)
     assert stopped.stopped_at == 10 and len(stopped.flagged) == 1
     assert stopped.flagged[0].info["structure_uncertainty"] > threshold
+    assert stopped.log[-1]["event"].startswith("flagged: stop")
 
 
 def test_uncertainty_attack_raises_uncertainty_physically(first_iteration, acac_slices):

@@ -87,6 +87,17 @@ def check_quality(model, tests, splits):
     return uncertain, arrays
 
 
+def assert_plain_pass_predicts_the_same(model, atoms) -> None:
+    """Energy and forces asked alone (MD steps between checks) are those of the uncertainty pass."""
+    plain, watched = atoms.copy(), atoms.copy()
+    plain.calc, watched.calc = IncertaCalculator(model), IncertaCalculator(model)
+    forces = plain.get_forces()
+    assert "forces_uncertainty" not in plain.calc.results, "no uncertainty unless asked for"
+    watched.calc.get_property("forces_uncertainty", watched)
+    np.testing.assert_allclose(watched.get_forces(), forces, rtol=1e-4, atol=1e-5)
+    assert watched.get_potential_energy() == pytest.approx(plain.get_potential_energy(), abs=1e-4)
+
+
 @pytest.mark.parametrize("method", POST_TRAINING)
 def test_method_on_real_data(method, fitted, tests, base_run):
     model = fitted(method)
@@ -98,8 +109,10 @@ def test_method_on_real_data(method, fitted, tests, base_run):
     np.testing.assert_allclose(collect(again, graphs)["forces_uncertainty"],
                                collect(uncertain, graphs)["forces_uncertainty"], rtol=1e-5)
 
-    # rotation invariance
     atoms = tests["600K"][0].to_atoms()
+    assert_plain_pass_predicts_the_same(model, atoms)
+
+    # rotation invariance
     rotated = atoms.copy()
     rotated.positions = atoms.positions @ Rotation.random(random_state=3).as_matrix().T
     calculator = IncertaCalculator(model)
@@ -144,6 +157,7 @@ def test_deep_ensemble(ensemble_model, tests, base_run):
     assert not torch.equal(members[0].readout.hidden.weight, members[1].readout.hidden.weight), "members must differ"
     calculator = IncertaCalculator(ensemble_model)
     atoms = tests["300K"][0].to_atoms()
+    assert_plain_pass_predicts_the_same(ensemble_model, atoms)
     atoms.calc = calculator
     assert atoms.get_potential_energy() == pytest.approx(
         np.mean([IncertaCalculator(m).get_potential_energy(atoms) for m in members]), abs=2e-3)  # float32 at 9 keV

@@ -1,13 +1,30 @@
-"""Molecular dynamics through ASE with the incerta calculator."""
+"""Molecular dynamics through ASE with the incerta calculator, and the uncertainty-watched MD driver."""
 
 from __future__ import annotations
 
+import csv
+
+import ase.io
 import numpy as np
+import pytest
 from ase import units
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
+from conftest import make_model
 from incerta.calculators.ase import IncertaCalculator
+from incerta.calculators.md import LOG_COLUMNS, make_dynamics, run_watched_md
+from incerta.config.md import MDSettings
+from incerta.config.schema import ConfigError
+from incerta.data.frame import Frame
+from incerta.data.oracles import EMTOracle
+from incerta.models.predict import graphs_for
+from incerta.uq.base import FitSettings
+from incerta.uq.fit import calibrate
+from incerta.uq.gmm import GMMUncertainty
+from incerta.uq.model import UncertainPotential
 
 
 def test_nve_conserves_energy(model, ethanol):
@@ -23,3 +40,113 @@ def test_nve_conserves_energy(model, ethanol):
     potential, total = np.array(potential), np.array(total)
     assert np.ptp(potential) > 0.02, "the system must actually move on the surface"
     assert np.ptp(total) < 1e-3 * np.ptp(potential), f"total energy drifts by {np.ptp(total):.2e} eV"
+
+
+@pytest.fixture(scope="module")
+def watched_model() -> UncertainPotential:
+    """The tiny model with a GMM attached, calibrated on EMT-labelled rattled ethanol."""
+    model = make_model()
+    frames = []
+    for seed in range(24):
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.08, seed=seed)
+        frames.append(EMTOracle().label(Frame.from_atoms(atoms, source=f"rattled {seed}")))
+    graphs = graphs_for(model, frames)
+    method = GMMUncertainty(model)
+    method.fit(graphs[:16], graphs[16:], FitSettings(progress=False))
+    return UncertainPotential(method, calibrate(method, graphs[16:]))
+
+
+def test_driver_nve_conserves_energy_and_honours_steps(model, ethanol, tmp_path):
+    settings = MDSettings(ensemble="nve", temperature_K=300, timestep_fs=0.25, steps=203, check_every=10, write_every=25)
+    run = run_watched_md(ethanol, IncertaCalculator(model), settings, log=tmp_path / "log.csv",
+                         trajectory=tmp_path / "md.xyz", progress=False)
+    assert run.steps_done == 203 and [row["step"] for row in run.log][-2:] == [200, 203]
+    with open(tmp_path / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(LOG_COLUMNS) and len(rows) == 21
+    column = lambda name: np.array([float(row[name]) for row in rows])
+    assert np.ptp(column("potential_energy_eV")) > 0.02, "the system must actually move on the surface"
+    assert np.ptp(column("total_energy_eV")) < 1e-3 * np.ptp(column("potential_energy_eV"))
+    assert np.isnan(column("pressure_GPa")).all() and np.isnan(column("max_force_uncertainty_eV_per_A")).all()
+    frames = ase.io.read(tmp_path / "md.xyz", ":")
+    assert [f.info["step"] for f in frames] == [25 * k for k in range(1, 9)]
+    np.testing.assert_allclose(frames[-1].info["time_fs"], 200 * 0.25)
+
+
+@pytest.mark.parametrize("thermostat", ["langevin", "bussi"])
+def test_nvt_thermostats_hold_the_temperature(thermostat):
+    """A 32-atom copper cell (EMT) stays near the target temperature once equilibrated."""
+    atoms = bulk("Cu", cubic=True).repeat(2)
+    atoms.calc = EMT()
+    settings = MDSettings(temperature_K=600, thermostat=thermostat, timestep_fs=2.0, friction_per_fs=0.05,
+                          thermostat_time_fs=20)
+    dynamics = make_dynamics(atoms, settings, np.random.default_rng(0))
+    temperatures = []
+    for _ in range(150):
+        dynamics.run(4)
+        temperatures.append(atoms.get_temperature())
+    assert np.mean(temperatures[50:]) == pytest.approx(600, rel=0.15)
+
+
+def test_npt_barostat_expands_a_compressed_crystal():
+    """Copper squeezed by 4 %: at zero pressure the MTK barostat lets the cell grow back."""
+    atoms = bulk("Cu", cubic=True, a=3.45).repeat(2)
+    atoms.calc = EMT()
+    start_volume = atoms.get_volume()
+    start_pressure = -np.mean(atoms.get_stress()[:3]) / units.GPa
+    settings = MDSettings(ensemble="npt", temperature_K=300, pressure_GPa=0.0, timestep_fs=2.0,
+                          thermostat_time_fs=50, barostat_time_fs=200)
+    dynamics = make_dynamics(atoms, settings, np.random.default_rng(0))
+    dynamics.run(300)
+    assert start_pressure > 5, "the squeezed crystal starts under pressure"
+    assert atoms.get_volume() > 1.05 * start_volume
+    assert abs(np.mean(atoms.get_stress()[:3]) / units.GPa) < 0.3 * start_pressure
+
+
+def test_npt_needs_a_periodic_cell(model, ethanol):
+    with pytest.raises(ConfigError, match="npt needs a cell periodic"):
+        run_watched_md(ethanol, IncertaCalculator(model), MDSettings(ensemble="npt", steps=10), progress=False)
+
+
+def test_npt_log_has_pressure_and_volume(model, silicon, tmp_path):
+    settings = MDSettings(ensemble="npt", steps=20, check_every=5, timestep_fs=0.5)
+    run = run_watched_md(silicon.repeat(2), IncertaCalculator(model), settings, progress=False)
+    volumes = [row["volume_A3"] for row in run.log]
+    assert all(np.isfinite(row["pressure_GPa"]) for row in run.log)
+    assert volumes[0] != volumes[-1], "the cell moves"
+
+
+def test_flag_policies(watched_model, ethanol, tmp_path):
+    """A threshold below every uncertainty flags every check: stop ends at the first, continue keeps
+    the trajectory going, rewind goes back to the start with new velocities each time."""
+    settings = MDSettings(steps=30, check_every=10, write_every=10)
+    free = run_watched_md(ethanol, IncertaCalculator(watched_model), settings, trajectory=tmp_path / "free.xyz",
+                          progress=False)
+    sigmas = np.array([row["max_force_uncertainty_eV_per_A"] for row in free.log])
+    frames = ase.io.read(tmp_path / "free.xyz", ":")
+    np.testing.assert_allclose([f.arrays["forces_uncertainty"].max() for f in frames], sigmas, rtol=1e-6)
+    threshold = 0.5 * sigmas.min()
+    calculator = IncertaCalculator(watched_model)
+
+    stop = run_watched_md(ethanol, calculator, settings.model_copy(update={"on_flag": "stop"}), threshold, progress=False)
+    assert stop.stopped_at == 10 and stop.steps_done == 10 and len(stop.flagged) == 1
+    keep = run_watched_md(ethanol, calculator, settings.model_copy(update={"on_flag": "continue"}), threshold,
+                          progress=False)
+    assert keep.steps_done == 30 and len(keep.flagged) == 3 and keep.stopped_at is None
+    assert [row["time_fs"] for row in keep.log] == [5.0, 10.0, 15.0]
+    rewind = run_watched_md(ethanol, calculator, settings.model_copy(update={"on_flag": "rewind"}), threshold,
+                            progress=False)
+    assert rewind.steps_done == 30 and len(rewind.flagged) == 3
+    assert [row["time_fs"] for row in rewind.log] == [5.0, 5.0, 5.0], "each check restarts from time 0"
+    assert all(row["event"].startswith("flagged: rewind to step 0") for row in rewind.log)
+    assert not np.allclose(rewind.flagged[0].positions, rewind.flagged[1].positions)
+
+
+def test_uncertainty_is_computed_only_when_asked(watched_model, ethanol):
+    ethanol.calc = IncertaCalculator(watched_model)
+    ethanol.get_forces()
+    assert "forces_uncertainty" not in ethanol.calc.results
+    sigma = ethanol.calc.get_property("forces_uncertainty", ethanol)
+    assert sigma.shape == (len(ethanol),) and np.all(sigma > 0)
+    np.testing.assert_allclose(ethanol.arrays["forces_uncertainty"], sigma)

@@ -35,10 +35,8 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
     flagged = []
     per_start = max(1, section.max_candidates // max(len(starts), 1))
     for index, start in enumerate(starts):
-        run = run_watched_md(start.to_atoms(), IncertaCalculator(model, annotate=False), section.md.temperature_K,
-                             section.md.steps, threshold, section.md.check_every, section.md.on_threshold,
-                             section.md.timestep_fs, section.md.friction_per_fs, per_start, seed + 7919 * iteration + index,
-                             progress)
+        run = run_watched_md(start.to_atoms(), IncertaCalculator(model, annotate=False), section.md, threshold,
+                             max_flagged=per_start, seed=seed + 7919 * iteration + index, progress=progress)
         flagged += [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {index}") for atoms in run.flagged]
     return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
 

@@ -27,14 +27,16 @@ class IncertaCalculator(Calculator):
     """Energy (eV), forces (eV/Å), per-atom energies (eV), stress (eV/Å^3, periodic only).
 
     When the model has an uncertainty method attached (``incerta uq fit`` or an
-    ensemble), results also hold:
+    ensemble), these properties are computed when asked for
+    (``atoms.calc.get_property("forces_uncertainty", atoms)``), never on the way to
+    energies and forces, so MD pays for them only at the steps that look:
 
     * ``forces_uncertainty`` (N,) eV/Å: predicted RMS of each atom's force error;
     * ``energy_uncertainty`` eV: predicted standard deviation of the energy error;
     * ``structure_uncertainty`` eV/Å: max (or ``aggregate``) of ``forces_uncertainty``.
 
-    With ``annotate=True`` these are also copied into ``atoms.arrays`` / ``atoms.info``,
-    so ``ase.io.write(..., format="extxyz")`` keeps them.
+    With ``annotate=True`` the uncertainties, once computed, are also copied into
+    ``atoms.arrays`` / ``atoms.info``, so ``ase.io.write(..., format="extxyz")`` keeps them.
 
     ``model`` is a path (model folder, run folder, .safetensors or training checkpoint) or a
     loaded potential. Elements the model never saw, or overlapping atoms (closer than
@@ -111,8 +113,11 @@ class IncertaCalculator(Calculator):
         if wanted & set(UNCERTAINTY_KEYS) and not self.has_uncertainty:
             raise PropertyNotImplementedError("this model has no uncertainty attached; run `incerta uq fit` first")
         graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, model_dtype(self.potential))
-        if self.has_uncertainty:
+        uncertain = bool(wanted & set(UNCERTAINTY_KEYS))
+        if uncertain:
             outputs = self.model(graph, compute_stress=periodic)
+        elif self.has_uncertainty:
+            outputs = self.model.predict(graph, compute_stress=periodic)
         else:
             outputs = self.model(graph, compute_forces=True, compute_stress=periodic, create_graph=False)
         as_np = lambda t: t.detach().cpu().double().numpy()
@@ -126,7 +131,7 @@ class IncertaCalculator(Calculator):
             self.results["charges"] = as_np(outputs[K.ATOMIC_CHARGES])
             if not periodic:
                 self.results["dipole"] = as_np(outputs[K.DIPOLE][0])
-        if self.has_uncertainty:
+        if uncertain:
             self.results[K.FORCES_UNCERTAINTY] = as_np(outputs[K.FORCES_UNCERTAINTY])
             self.results[K.ENERGY_UNCERTAINTY] = float(outputs[K.ENERGY_UNCERTAINTY][0].detach())
             self.results[K.STRUCTURE_UNCERTAINTY] = float(outputs[K.STRUCTURE_UNCERTAINTY][0].detach())

@@ -1,81 +1,181 @@
-"""Molecular dynamics through ASE with the calibrated uncertainty watched at every check."""
+"""Molecular dynamics through ASE with the calibrated uncertainty watched at every check.
+
+One driver for ``incerta md`` and active learning: NVE, NVT or NPT from
+:class:`~incerta.config.md.MDSettings`, a CSV log, an optional trajectory with per-atom
+uncertainties, and an explicit policy (stop, continue, rewind) when the model is unsure.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import ase.io
 import numpy as np
-from ase import Atoms
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase import Atoms, units
+from ase.md.bussi import Bussi
+from ase.md.md import MolecularDynamics
+from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
+from ase.md.verlet import VelocityVerlet
 from tqdm.auto import tqdm
 
 from incerta.calculators.ase import IncertaCalculator
+from incerta.config.md import MDSettings
+from incerta.config.schema import ConfigError
 from incerta.data import keys as K
-from incerta.data.md_sampling import labelled_copy, langevin
+from incerta.data.md_sampling import initial_velocities, labelled_copy, langevin
+
+LOG_COLUMNS = (
+    "step", "time_fs", "potential_energy_eV", "kinetic_energy_eV", "total_energy_eV", "temperature_K",
+    "pressure_GPa", "volume_A3", "max_force_uncertainty_eV_per_A", "mean_force_uncertainty_eV_per_A", "event",
+)
 
 
 @dataclass
 class WatchedMD:
-    """Result: log rows (step, time_fs, energy_eV, temperature_K, max_uncertainty_eV_per_A),
-    the flagged frames (uncertainty above the threshold, with their uncertainties) and
-    whether the run stopped early."""
+    """Result: log rows (``LOG_COLUMNS``; pressure and volume NaN for a molecule, uncertainties
+    NaN without an uncertainty method), the flagged frames (with their uncertainties), the
+    step where the run stopped on a flag (None if it ran to the end) and the integrator steps done."""
 
-    log: list[dict[str, float]] = field(default_factory=list)
+    log: list[dict[str, float | str]] = field(default_factory=list)
     flagged: list[Atoms] = field(default_factory=list)
     stopped_at: int | None = None
+    steps_done: int = 0
+
+
+def make_dynamics(atoms: Atoms, settings: MDSettings, rng: np.random.Generator) -> MolecularDynamics:
+    """The ASE integrator for ``settings.ensemble``, with fresh velocities at the target temperature."""
+    timestep = settings.timestep_fs * units.fs
+    if settings.ensemble == "nvt" and settings.thermostat == "langevin":
+        return langevin(atoms, settings.temperature_K, settings.timestep_fs, settings.friction_per_fs, rng)
+    atoms.set_constraint()
+    initial_velocities(atoms, settings.temperature_K, rng)
+    if settings.ensemble == "nve":
+        return VelocityVerlet(atoms, timestep)
+    if settings.ensemble == "nvt":
+        return Bussi(atoms, timestep, settings.temperature_K, settings.thermostat_time_fs * units.fs, rng=rng)
+    if not atoms.pbc.all():
+        raise ConfigError(f"npt needs a cell periodic in all three directions; this structure has pbc={atoms.pbc.tolist()}")
+    barostat = IsotropicMTKNPT if settings.cell == "isotropic" else MTKNPT
+    return barostat(atoms, timestep, temperature_K=settings.temperature_K, pressure_au=settings.pressure_GPa * units.GPa,
+                    tdamp=settings.thermostat_time_fs * units.fs, pdamp=settings.barostat_time_fs * units.fs)
+
+
+def _state_row(atoms: Atoms, step: int, time_fs: float, sigma: np.ndarray | None) -> dict[str, float | str]:
+    potential, kinetic = float(atoms.get_potential_energy()), float(atoms.get_kinetic_energy())
+    periodic = bool(atoms.pbc.all())
+    pressure = -float(np.mean(atoms.get_stress(include_ideal_gas=True)[:3])) / units.GPa if periodic else np.nan
+    return {
+        "step": step, "time_fs": time_fs, "potential_energy_eV": potential, "kinetic_energy_eV": kinetic,
+        "total_energy_eV": potential + kinetic, "temperature_K": float(atoms.get_temperature()),
+        "pressure_GPa": pressure, "volume_A3": float(atoms.get_volume()) if periodic else np.nan,
+        "max_force_uncertainty_eV_per_A": float(sigma.max()) if sigma is not None else np.nan,
+        "mean_force_uncertainty_eV_per_A": float(sigma.mean()) if sigma is not None else np.nan,
+        "event": "",
+    }
+
+
+def _append_frame(path: Path, atoms: Atoms, sigma: np.ndarray | None, **info) -> None:
+    """One trajectory frame with the model's energy and forces, per-atom uncertainty in
+    ``arrays`` (extended XYZ) or ``info`` (ASE .traj, which keeps no custom arrays)."""
+    frame = labelled_copy(atoms, **info)
+    frame.set_momenta(atoms.get_momenta(), apply_constraint=False)
+    if sigma is not None:
+        target = frame.info if path.suffix == ".traj" else frame.arrays
+        target[K.FORCES_UNCERTAINTY] = sigma
+    ase.io.write(path, frame, append=True)
 
 
 def run_watched_md(
     atoms: Atoms,
     calculator: IncertaCalculator,
-    temperature_K: float,
-    steps: int,
+    settings: MDSettings,
     threshold: float | None = None,
-    check_every: int = 10,
-    on_threshold: str = "branch",
-    timestep_fs: float = 0.5,
-    friction_per_fs: float = 0.02,
+    log: Path | None = None,
+    trajectory: Path | None = None,
     max_flagged: int | None = None,
     seed: int = 0,
     progress: bool = True,
-    on_check: Callable[[dict], None] | None = None,
 ) -> WatchedMD:
-    """Langevin MD; every ``check_every`` steps log the state and compare the largest atomic
-    force uncertainty (eV/Å) with ``threshold``. Above it the frame is flagged and, with
-    ``on_threshold='stop'``, the run ends; with ``'branch'`` it goes back to the last frame
-    below the threshold with fresh velocities (so it keeps exploring near the edge)."""
+    """Run ``settings.steps`` integrator steps; every ``check_every`` steps log the state and
+    compare the largest atomic force uncertainty (eV/Å) with ``threshold``.
+
+    Above it the frame is flagged and ``settings.on_flag`` decides: ``stop`` ends the run,
+    ``continue`` goes on, ``rewind`` returns to the last checked frame below the threshold
+    (positions and cell) with fresh velocities, so exploration continues near the edge; each
+    event is a row's ``event``. ``max_flagged`` stops any run after that many flags. The log
+    (CSV, flushed at every row) and the trajectory (every ``write_every`` steps, format from the
+    suffix: .xyz / .extxyz or .traj) are written as the run goes; both files are started anew.
+    Uncertainties are computed only at checks and written frames.
+    """
+    watched = calculator.has_uncertainty
+    if threshold is not None and not watched:
+        raise ConfigError("a threshold needs a model with an uncertainty attached; run `incerta uq fit` first")
     atoms = atoms.copy()
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
-    dynamics = langevin(atoms, temperature_K, timestep_fs, friction_per_fs, rng)
+    dynamics = make_dynamics(atoms, settings, rng)
+    for path in (log, trajectory):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+    handle = open(log, "w", newline="") if log is not None else None
+    writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS) if handle is not None else None
+    if writer is not None:
+        writer.writeheader()
     result = WatchedMD()
-    safe = (atoms.positions.copy(), atoms.get_momenta().copy())
-    bar = tqdm(total=steps, desc=f"MD {temperature_K:.0f} K", unit="step", disable=not progress, mininterval=1.0)
-    step = 0
-    while step < steps:
-        dynamics.run(check_every)
-        step += check_every
-        bar.update(check_every)
-        atoms.get_forces()
-        sigma = float(calculator.results[K.STRUCTURE_UNCERTAINTY]) if calculator.has_uncertainty else float("nan")
-        row = {"step": step, "time_fs": step * timestep_fs, "energy_eV": float(atoms.get_potential_energy()),
-               "temperature_K": float(atoms.get_temperature()), "max_uncertainty_eV_per_A": sigma}
-        result.log.append(row)
-        if on_check is not None:
-            on_check(row)
-        if threshold is None or not sigma > threshold:
-            safe = (atoms.positions.copy(), atoms.get_momenta().copy())
-            continue
-        frame = labelled_copy(atoms, step=step, md_temperature_K=temperature_K)
-        frame.arrays[K.FORCES_UNCERTAINTY] = np.array(calculator.results[K.FORCES_UNCERTAINTY])
-        frame.info[K.STRUCTURE_UNCERTAINTY] = sigma
-        result.flagged.append(frame)
-        if on_threshold == "stop" or (max_flagged is not None and len(result.flagged) >= max_flagged):
-            result.stopped_at = step
-            break
-        atoms.positions, _ = safe
-        thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-        Stationary(atoms)
-    bar.close()
+    time_fs, step = 0.0, 0
+    safe = (atoms.positions.copy(), atoms.cell.array.copy(), time_fs, step)
+    bar = tqdm(total=settings.steps, desc=f"MD {settings.ensemble} {settings.temperature_K:.0f} K", unit="step",
+               disable=not progress, mininterval=1.0)
+    try:
+        while step < settings.steps:
+            chunk = min(settings.check_every - step % settings.check_every,
+                        settings.write_every - step % settings.write_every, settings.steps - step)
+            dynamics.run(chunk)
+            step += chunk
+            time_fs += chunk * settings.timestep_fs
+            bar.update(chunk)
+            checking = step % settings.check_every == 0 or step == settings.steps
+            writing = trajectory is not None and step % settings.write_every == 0
+            sigma = (np.asarray(calculator.get_property(K.FORCES_UNCERTAINTY, atoms))
+                     if watched and (checking or writing) else None)
+            if writing:
+                _append_frame(trajectory, atoms, sigma, step=step, time_fs=time_fs)
+            if not checking:
+                continue
+            row = _state_row(atoms, step, time_fs, sigma)
+            flagged = threshold is not None and sigma is not None and float(sigma.max()) > threshold
+            if flagged:
+                frame = labelled_copy(atoms, step=step, md_temperature_K=settings.temperature_K)
+                frame.arrays[K.FORCES_UNCERTAINTY] = sigma
+                frame.info[K.STRUCTURE_UNCERTAINTY] = float(calculator.get_property(K.STRUCTURE_UNCERTAINTY, atoms))
+                result.flagged.append(frame)
+                ends = settings.on_flag == "stop" or (max_flagged is not None and len(result.flagged) >= max_flagged)
+                if ends:
+                    row["event"] = f"flagged: stop (max uncertainty {sigma.max():.4g} > {threshold:.4g} eV/Å)"
+                    result.stopped_at = step
+                elif settings.on_flag == "continue":
+                    row["event"] = f"flagged: continue (max uncertainty {sigma.max():.4g} eV/Å)"
+                else:
+                    row["event"] = f"flagged: rewind to step {safe[3]} (time {safe[2]:g} fs), new velocities"
+            result.log.append(row)
+            if writer is not None:
+                writer.writerow(row)
+                handle.flush()
+            if flagged and result.stopped_at is not None:
+                break
+            if flagged and settings.on_flag == "rewind":
+                atoms.set_cell(safe[1])
+                atoms.positions = safe[0]
+                time_fs = safe[2]
+                dynamics = make_dynamics(atoms, settings, rng)
+            elif not flagged:
+                safe = (atoms.positions.copy(), atoms.cell.array.copy(), time_fs, step)
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    result.steps_done = step
     return result

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError, explain
 from incerta.config.uncertainty import FitSection
 from incerta.data.validation import DataError
@@ -292,51 +293,53 @@ def al_run(
 def md(
     model: Path = typer.Argument(..., help="Model folder (with an uncertainty attached for watching)."),
     structure: Path = typer.Argument(..., help="Starting structure (any ASE-readable file; last frame used)."),
-    temperature: float = typer.Option(300.0, "--temperature", "-T", help="Langevin temperature (K)."),
-    steps: int = typer.Option(1000, help="MD steps."),
-    timestep: float = typer.Option(0.5, help="Time step (fs)."),
-    max_uncertainty: float | None = typer.Option(None, help="Flag frames above this force uncertainty (eV/Å)."),
-    stop: bool = typer.Option(False, help="Stop at the first flagged frame (default: keep going)."),
-    check_every: int = typer.Option(10, help="Steps between uncertainty checks."),
-    out: Path = typer.Option(Path("md-output"), "--out", "-o", help="Folder for log.csv, trajectory and flagged frames."),
+    ensemble: str = typer.Option(MDSettings().ensemble, help="nve (velocity Verlet), nvt or npt (MTK barostat, periodic cells)."),
+    temperature: float = typer.Option(MDSettings().temperature_K, "--temperature", "-T", help="Target and initial temperature (K)."),
+    steps: int = typer.Option(MDSettings().steps, help="Integrator steps, exactly."),
+    timestep: float = typer.Option(MDSettings().timestep_fs, help="Time step (fs)."),
+    thermostat: str = typer.Option(MDSettings().thermostat, help="nvt: langevin or bussi."),
+    friction: float = typer.Option(MDSettings().friction_per_fs, help="Langevin friction (1/fs)."),
+    pressure: float = typer.Option(MDSettings().pressure_GPa, help="npt target pressure (GPa)."),
+    cell: str = typer.Option(MDSettings().cell, help="npt: isotropic (volume only) or full (every cell vector)."),
+    max_uncertainty: float | None = typer.Option(None, help="Flag frames whose largest atomic force uncertainty passes this (eV/Å)."),
+    on_flag: str = typer.Option(MDSettings().on_flag, help="At a flagged frame: stop, continue, or rewind to the last safe frame."),
+    check_every: int = typer.Option(MDSettings().check_every, help="Steps between uncertainty checks and log rows."),
+    trajectory: Path | None = typer.Option(None, help="Trajectory file (.xyz extended XYZ or .traj), with per-atom uncertainty."),
+    write_every: int = typer.Option(MDSettings().write_every, help="Steps between trajectory frames."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    out: Path = typer.Option(Path("md-output"), "--out", "-o", help="Folder for log.csv and flagged.xyz."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Uncertainty-aware Langevin MD: logs energy, temperature and the largest atomic uncertainty,
-    and saves flagged frames (flagged.xyz) for labelling."""
-    import csv
-
+    """Uncertainty-aware MD (NVE, NVT, NPT): logs energies, temperature, pressure, volume and the
+    largest and mean atomic force uncertainty, writes the trajectory, and saves flagged frames
+    (flagged.xyz) for labelling."""
     import ase.io
 
     from incerta.calculators.ase import IncertaCalculator
     from incerta.calculators.md import run_watched_md
+    from incerta.utils.files import atomic_write
 
     try:
-        calculator = IncertaCalculator(model)
-        if max_uncertainty is not None and not calculator.has_uncertainty:
-            raise ConfigError(f"{model} has no uncertainty attached; run `incerta uq fit` first")
+        try:
+            settings = MDSettings(ensemble=ensemble, temperature_K=temperature, steps=steps, timestep_fs=timestep,
+                                  thermostat=thermostat, friction_per_fs=friction, pressure_GPa=pressure, cell=cell,
+                                  check_every=check_every, write_every=write_every, on_flag=on_flag)
+        except ValidationError as err:
+            raise ConfigError(explain(err, MDSettings, "incerta md")) from None
+        calculator = IncertaCalculator(model, device=device)
         atoms = ase.io.read(structure, index=-1)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "log.csv", "w", newline="") as handle:
-            writer = None
-
-            def log(row: dict) -> None:
-                nonlocal writer
-                if writer is None:
-                    writer = csv.DictWriter(handle, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
-                handle.flush()
-
-            result = run_watched_md(atoms, calculator, temperature, steps, max_uncertainty, check_every,
-                                    "stop" if stop else "branch", timestep, seed=seed, on_check=log)
+        result = run_watched_md(atoms, calculator, settings, max_uncertainty, log=out / "log.csv",
+                                trajectory=trajectory, seed=seed)
         if result.flagged:
-            ase.io.write(out / "flagged.xyz", result.flagged, format="extxyz")
+            atomic_write(out / "flagged.xyz", lambda path: ase.io.write(path, result.flagged, format="extxyz"))
     except USER_ERRORS as err:
         fail(err)
     last = result.log[-1]
-    console.print(f"{len(result.log) * check_every if result.stopped_at is None else result.stopped_at} steps; "
-                  f"final T {last['temperature_K']:.0f} K; {len(result.flagged)} flagged frames"
-                  + (f" in {out / 'flagged.xyz'}" if result.flagged else "") + f"; log {out / 'log.csv'}")
+    console.print(f"{result.steps_done} steps" + (f", stopped on a flag at step {result.stopped_at}" if result.stopped_at else "")
+                  + f"; final T {last['temperature_K']:.0f} K; {len(result.flagged)} flagged frames"
+                  + (f" in {out / 'flagged.xyz'}" if result.flagged else "") + f"; log {out / 'log.csv'}"
+                  + (f"; trajectory {trajectory}" if trajectory else ""))
 
 
 data_app = typer.Typer(help="Make and inspect data sets.", no_args_is_help=True)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from incerta.config.data import DataSource
+from incerta.config.md import FlagPolicy, MDSettings
 from incerta.config.schema import Schema, as_list
 from incerta.config.training import RunConfig
 from incerta.config.uncertainty import UncertaintySection
@@ -20,16 +21,11 @@ class OracleSection(Schema):
     options: dict[str, Any] = {}
 
 
-class MDSection(Schema):
-    """Langevin MD driven by the current model."""
+class MDSection(MDSettings):
+    """MD driven by the current model; a flagged frame becomes a candidate and, by default, the
+    run goes back to the last frame below the threshold and keeps exploring."""
 
-    temperature_K: float = Field(300.0, gt=0)
-    steps: int = Field(1000, ge=1)
-    timestep_fs: float = Field(0.5, gt=0)
-    friction_per_fs: float = Field(0.02, gt=0)
-    check_every: int = Field(10, ge=1, description="steps between uncertainty checks")
-    on_threshold: Literal["branch", "stop"] = Field(
-        "branch", description="when an atom passes the threshold: keep the frame and restart from the last safe one, or stop")
+    on_flag: FlagPolicy = "rewind"
 
 
 class AttackSection(Schema):

@@ -28,16 +28,21 @@ def labelled_copy(atoms: Atoms, **info) -> Atoms:
     return copy
 
 
-def langevin(atoms: Atoms, temperature_K: float, timestep_fs: float, friction_per_fs: float,
-             rng: np.random.Generator) -> Langevin:
-    """Langevin dynamics of ``atoms`` (its calculator attached) from Maxwell-Boltzmann velocities
-    at ``temperature_K``, without centre-of-mass motion (and, for a molecule, rotation); the
-    centre of mass stays fixed. Time step in fs, friction in 1/fs."""
+def initial_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
+    """Maxwell-Boltzmann velocities at ``temperature_K`` without centre-of-mass motion (and, for
+    a molecule, without rotation)."""
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
-    atoms.set_constraint(FixCom())  # Langevin's own fixcm is deprecated (ASE 3.28)
     if not atoms.pbc.any():
         ZeroRotation(atoms)
+
+
+def langevin(atoms: Atoms, temperature_K: float, timestep_fs: float, friction_per_fs: float,
+             rng: np.random.Generator) -> Langevin:
+    """Langevin dynamics of ``atoms`` (its calculator attached) from :func:`initial_velocities`;
+    the centre of mass stays fixed. Time step in fs, friction in 1/fs."""
+    initial_velocities(atoms, temperature_K, rng)
+    atoms.set_constraint(FixCom())  # Langevin's own fixcm is deprecated (ASE 3.28)
     return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K,
                     friction=friction_per_fs / units.fs, rng=rng, fixcm=False)
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from incerta.config.uncertainty import CalibrationKind, FitSection
+from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
 from incerta.models.potential import Potential
 from incerta.uq.calibration import ScoreKind
@@ -57,6 +58,8 @@ class UncertaintyMethod(nn.Module, ABC):
     default_calibration: ClassVar[CalibrationKind | None] = None
     #: False when the base potential is used frozen (its weights are not stored again).
     modifies_potential: ClassVar[bool] = False
+    #: True when ``forward``'s energy and forces are those of ``self.potential`` (not a mean of members or heads)
+    predicts_with_potential: ClassVar[bool] = True
 
     def __init__(self, potential: Potential) -> None:
         super().__init__()
@@ -69,6 +72,19 @@ class UncertaintyMethod(nn.Module, ABC):
     @abstractmethod
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
         """Predictions and raw uncertainty scores for a batch."""
+
+    def predict(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        """``forward``'s predictions (energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3) when asked,
+        per-atom energies (N,) where defined) without computing the uncertainty where that is cheaper."""
+        if self.predicts_with_potential:
+            return self.potential(graph, compute_forces=True, compute_stress=compute_stress, create_graph=False)
+        raw = self.forward(graph, compute_stress)
+        out = {K.ENERGY: raw.energy, K.FORCES: raw.forces}
+        if raw.stress is not None:
+            out[K.STRESS] = raw.stress
+        if raw.energies is not None:
+            out[K.ATOMIC_ENERGIES] = raw.energies
+        return out
 
     def options(self) -> dict[str, Any]:
         """JSON-serialisable constructor options that rebuild this method before loading weights."""

@@ -25,6 +25,7 @@ class DeepEnsemble(UncertaintyMethod):
     """
 
     name = "ensemble"
+    predicts_with_potential = False
 
     def __init__(self, potential: Potential, member_specs: Sequence[dict] = ()) -> None:
         super().__init__(frozen(potential))

@@ -240,6 +240,7 @@ class LNKUncertainty(SVGPUncertainty):
     """
 
     name = "lnk"
+    predicts_with_potential = False
     modifies_potential = True
 
     def __init__(self, potential: Potential, num_inducing: int = 256, **options) -> None:

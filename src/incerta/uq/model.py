@@ -67,6 +67,11 @@ class UncertainPotential(nn.Module):
     def potential(self) -> Potential:
         return self.method.potential
 
+    def predict(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        """The same energy, forces (and stress) as ``forward``, without the uncertainty where the method
+        allows it (MD steps between checks); the graph's elements must be known to the model."""
+        return self.method.predict(graph, compute_stress)
+
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         """Predictions and uncertainties; structures holding elements the model never saw get
         NaN energies and forces and infinite uncertainties (flagged, never predicted)."""

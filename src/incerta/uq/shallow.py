@@ -30,6 +30,7 @@ class ShallowEnsemble(UncertaintyMethod):
     per-atom Spearman 0.45 -> 0.52."""
 
     name = "shallow"
+    predicts_with_potential = False
     modifies_potential = True
     default_calibration = "power"
 
