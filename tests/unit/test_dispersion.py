@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from ase.build import bulk, molecule
+from ase.units import Bohr, Hartree
 from pydantic import ValidationError
 
 from conftest import make_model
 from incerta.config import ModelConfig
-from incerta.testing import assert_e3_equivariant, assert_forces_are_gradients, predict
+from incerta.testing import (
+    assert_e3_equivariant,
+    assert_forces_are_gradients,
+    assert_stress_is_strain_derivative,
+    predict,
+)
 
 
 def dimer(separation: float):
@@ -40,8 +47,77 @@ def test_dispersion_keeps_forces_exact_and_equivariant():
     assert np.isfinite(atomic["energy"])
 
 
-def test_dispersion_refuses_periodic_cells_and_unknown_functionals():
-    with pytest.raises(ValueError, match="molecules only"):
-        predict(make_model(dispersion="pbe", species=(14,)), bulk("Si", "diamond", a=5.43))
+def d3_alone(atoms, **changes) -> float:
+    """The dispersion energy a model adds (eV): with minus without, same network weights."""
+    return predict(make_model(dispersion="pbe", **changes), atoms)["energy"] - predict(make_model(**changes), atoms)["energy"]
+
+
+def test_molecular_and_periodic_libraries_agree_on_a_molecule():
+    """tad-dftd3 (molecules) against simple-dftd3, the reference implementation (cells)."""
+    from dftd3.interface import DispersionModel, RationalDampingParam
+
+    ethanol = molecule("CH3CH2OH")
+    for three_body in (True, False):
+        reference = DispersionModel(ethanol.numbers, ethanol.positions / Bohr).get_dispersion(
+            RationalDampingParam(method="pbe", atm=three_body), grad=False)["energy"] * Hartree
+        assert d3_alone(ethanol, dispersion_three_body=three_body) == pytest.approx(reference, abs=1e-8)
+
+
+def test_periodic_dispersion_is_extensive_and_reaches_the_isolated_limit():
+    silicon = bulk("Si", "diamond", a=5.43)
+    silicon.rattle(0.03, seed=4)
+    species = {"species": (14,)}
+    per_atom = d3_alone(silicon, **species) / len(silicon)
+    assert per_atom < -0.25, "D3 binds silicon by about 0.3 eV/atom"
+    assert d3_alone(silicon.repeat((2, 1, 2)), **species) / (4 * len(silicon)) == pytest.approx(per_atom, abs=1e-9)
+    methane = molecule("CH4")
+    boxed = methane.copy()
+    boxed.set_cell([40.0, 40.0, 40.0])
+    boxed.pbc = True
+    assert d3_alone(boxed) == pytest.approx(d3_alone(methane), abs=1e-6)
+
+
+@pytest.mark.parametrize("three_body", [True, False])
+def test_periodic_dispersion_forces_and_stress_are_exact(three_body):
+    silicon = bulk("Si", "diamond", a=5.43)
+    silicon.rattle(0.05, seed=2)
+    silicon.set_cell(silicon.cell.array @ (np.eye(3) + 0.02 * np.random.default_rng(3).normal(size=(3, 3))),
+                     scale_atoms=True)
+    model = make_model(dispersion="pbe", dispersion_three_body=three_body, species=(14,))
+    assert_forces_are_gradients(model, silicon)
+    assert_stress_is_strain_derivative(model, silicon)
+
+
+def test_training_through_periodic_dispersion_reaches_the_network():
+    """A force loss differentiates the forces again (create_graph): the D3 forces are constants
+    there, and every network weight still gets its gradient."""
+    from incerta.data.frame import Frame
+    from incerta.data.graph import frame_to_graph
+
+    model = make_model(dispersion="pbe", species=(14,)).train()
+    silicon = bulk("Si", "diamond", a=5.43)
+    silicon.rattle(0.05, seed=1)
+    graph = frame_to_graph(Frame.from_atoms(silicon), model.spec.cutoff).to(dtype=torch.float64)
+    out = model(graph, compute_forces=True, compute_stress=True, create_graph=True)
+    (out["forces"].pow(2).sum() + out["stress"].pow(2).sum()).backward()
+    weight = model.readout.output.weight
+    assert weight.grad is not None and bool(weight.grad.abs().sum() > 0)
+
+
+def test_a_batch_mixes_molecules_and_cells():
+    from incerta.data.frame import Frame
+    from incerta.data.graph import collate, frame_to_graph
+
+    model = make_model(dispersion="pbe", species=(1, 6, 14))
+    structures = [molecule("CH4"), bulk("Si", "diamond", a=5.43), molecule("C2H6")]
+    graph = collate([frame_to_graph(Frame.from_atoms(a), model.spec.cutoff).to(dtype=torch.float64) for a in structures])
+    together = model(graph, compute_forces=True)
+    alone = [predict(model, a) for a in structures]
+    np.testing.assert_allclose(together["energy"].detach().numpy(), [a["energy"] for a in alone], rtol=1e-12)
+    np.testing.assert_allclose(together["forces"].detach().numpy(), np.concatenate([a["forces"] for a in alone]),
+                               atol=1e-10)
+
+
+def test_dispersion_refuses_unknown_functionals():
     with pytest.raises(ValidationError, match="no D3"):
         ModelConfig.model_validate({"dispersion": "not-a-functional"})

@@ -29,7 +29,9 @@ class Architecture(Schema):
     global_attention: bool = Field(False, description="learned non-local block: every atom sees the whole structure")
     electrostatics: Literal["none", "qeq"] = Field("none", description="qeq: charge equilibration + Coulomb/Ewald energy")
     dispersion: str | None = Field(None, description="add the D3(BJ) dispersion of this functional (e.g. pbe), "
-                                   "as in the reference data; molecules only (tad-dftd3)")
+                                   "as in the reference data (molecules: tad-dftd3; periodic cells: simple-dftd3)")
+    dispersion_three_body: bool = Field(True, description="include D3's three-body (ATM) term; off matches references "
+                                        "computed without it and is 10-100x cheaper for periodic cells")
 
     @field_validator("dispersion")
     @classmethod
@@ -37,9 +39,12 @@ class Architecture(Schema):
         if value is not None:
             from tad_dftd3.param import get_functional_params  # torch only when asked for
 
+            from dftd3.interface import RationalDampingParam
+
             try:
                 get_functional_params(value, damping="bj")
-            except (KeyError, ValueError) as err:
+                RationalDampingParam(method=value)  # the periodic path's library knows it too
+            except (KeyError, ValueError, RuntimeError) as err:
                 raise ValueError(f"no D3(BJ) parameters for functional {value!r} ({err})") from err
         return value
 

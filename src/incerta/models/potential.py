@@ -75,7 +75,7 @@ def potential_blocks(spec: PotentialSpec) -> list[tuple[str, Block]]:
         ("scale_shift", SpeciesScaleShift(shift, spec.energy_scale)),
     ]
     if spec.dispersion:
-        blocks.append(("dispersion", D3Dispersion(spec.dispersion)))
+        blocks.append(("dispersion", D3Dispersion(spec.dispersion, spec.dispersion_three_body)))
     return blocks
 
 
