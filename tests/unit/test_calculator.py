@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -63,3 +65,37 @@ def test_results_update_when_atoms_move(model, ethanol):
     first = ethanol.get_potential_energy()
     ethanol.positions[0] += 0.1
     assert ethanol.get_potential_energy() != first
+
+
+def test_periodic_structure_to_a_molecule_model_is_flagged(model, silicon, ethanol):
+    """The spec records whether training saw periodic images; a molecule-only model warns
+    (once) on a crystal, and stays silent on a molecule and in a large box without images."""
+    molecular = type(model)(model.spec.model_copy(update={"trained_on_periodic": False})).double()
+    molecular.load_state_dict(model.state_dict())
+    calculator = IncertaCalculator(molecular)
+    boxed = ethanol.copy()
+    boxed.center(vacuum=6.0)
+    boxed.pbc = True
+    for atoms in (ethanol, boxed):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            calculator.get_potential_energy(atoms)
+    with pytest.warns(UserWarning, match="trained on structures without periodic images"):
+        calculator.get_potential_energy(silicon)
+    trained_on_crystals = IncertaCalculator(type(model)(model.spec.model_copy(update={"trained_on_periodic": True})).double())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trained_on_crystals.get_potential_energy(silicon)
+
+
+def test_training_statistics_record_periodic_images(silicon, ethanol):
+    from incerta.data.frame import Frame
+    from incerta.data.graph import frame_to_graph
+    from incerta.models.build import DataStatistics
+
+    def statistics(structures):
+        frames = [Frame.from_atoms(a).with_(energy=-1.0, forces=np.zeros((len(a), 3))) for a in structures]
+        return DataStatistics.from_frames(frames, [frame_to_graph(f, 4.0) for f in frames])
+
+    assert not statistics([ethanol]).periodic
+    assert statistics([ethanol, silicon]).periodic

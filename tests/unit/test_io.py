@@ -9,7 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase import Atoms, units
-from ase.build import molecule
+from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from incerta.data.io import KeyMap, read_frames
@@ -170,6 +170,19 @@ def test_non_finite_values(tmp_path, field, value, message):
     path = tmp_path / "nonfinite.xyz"
     ase.io.write(path, frames, format="extxyz")
     with pytest.raises(DataError, match=message):
+        read_frames(path)
+
+
+def test_non_finite_stress_names_file_frame_and_field(tmp_path):
+    frames = []
+    for k in range(3):
+        atoms = bulk("Si", "diamond", a=5.43)
+        atoms.calc = SinglePointCalculator(atoms, energy=-10.0, forces=np.zeros((2, 3)),
+                                           stress=np.full(6, np.nan if k == 2 else 0.01))
+        frames.append(atoms)
+    path = tmp_path / "stress.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    with pytest.raises(DataError, match=r"stress.xyz, frame 2: stress contains NaN or inf"):
         read_frames(path)
 
 

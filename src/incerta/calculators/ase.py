@@ -12,7 +12,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from incerta.data import keys as K
 from incerta.data.frame import Frame
-from incerta.data.graph import frame_to_graph
+from incerta.data.graph import crosses_boundary, frame_to_graph
 from incerta.data.validation import DataError, frame_problems
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, model_dtype
@@ -40,7 +40,8 @@ class IncertaCalculator(Calculator):
 
     ``model`` is a path (model folder, run folder, .safetensors or training checkpoint) or a
     loaded potential. Elements the model never saw, or overlapping atoms (closer than
-    ``min_distance`` Å), raise a clear error instead of returning a meaningless number.
+    ``min_distance`` Å), raise a clear error instead of returning a meaningless number; a
+    periodic structure given to a model trained only on molecules gets a warning (once).
 
     >>> from ase.build import molecule
     >>> from incerta.models.potential import Potential
@@ -79,6 +80,7 @@ class IncertaCalculator(Calculator):
         self.min_distance = min_distance
         self.annotate = annotate
         self._warned_state = False
+        self._warned_periodic = False
 
     def _check_electronic_state(self, atoms: Atoms) -> None:
         """A model trained with total charge/spin needs them; warn once when they are missing."""
@@ -93,6 +95,17 @@ class IncertaCalculator(Calculator):
                 stacklevel=3,
             )
             self._warned_state = True
+
+    def _check_periodic_domain(self, graph) -> None:
+        """A model trained on molecules only, given atoms that see periodic images: warn once."""
+        if self.potential.spec.trained_on_periodic is False and not self._warned_periodic and crosses_boundary(graph):
+            warnings.warn(
+                "this model was trained on structures without periodic images (molecules), but these atoms interact "
+                "across the cell boundary: energies, forces and stress are extrapolations; check the uncertainty "
+                "(`incerta uq fit`) or train on periodic data",
+                stacklevel=3,
+            )
+            self._warned_periodic = True
 
     @property
     def has_uncertainty(self) -> bool:
@@ -113,6 +126,7 @@ class IncertaCalculator(Calculator):
         if wanted & set(UNCERTAINTY_KEYS) and not self.has_uncertainty:
             raise PropertyNotImplementedError("this model has no uncertainty attached; run `incerta uq fit` first")
         graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, model_dtype(self.potential))
+        self._check_periodic_domain(graph)
         uncertain = bool(wanted & set(UNCERTAINTY_KEYS))
         if uncertain:
             outputs = self.model(graph, compute_stress=periodic)

@@ -37,9 +37,8 @@ class Architecture(Schema):
     @classmethod
     def _known_functional(cls, value: str | None) -> str | None:
         if value is not None:
-            from tad_dftd3.param import get_functional_params  # torch only when asked for
-
             from dftd3.interface import RationalDampingParam
+            from tad_dftd3.param import get_functional_params  # torch only when asked for
 
             try:
                 get_functional_params(value, damping="bj")

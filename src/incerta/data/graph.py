@@ -86,6 +86,11 @@ def frame_to_graph(frame: Frame, cutoff: float) -> AtomicGraph:
 PARTIAL_LABELS = {"stress": ("structure", (3, 3)), "dipole": ("structure", (3,)), "atomic_charges": ("atom", ())}
 
 
+def crosses_boundary(graph: AtomicGraph) -> bool:
+    """Whether any atom of ``graph`` has a neighbour across a periodic boundary (an image)."""
+    return bool(graph.edge_shifts.abs().sum() > 0)
+
+
 def known_rows(label: torch.Tensor) -> torch.Tensor:
     """(rows,) bool: the structures (or atoms) whose label (rows, ...) is known, i.e. not NaN."""
     return torch.isfinite(label).reshape(label.shape[0], -1).all(dim=1)

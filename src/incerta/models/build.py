@@ -10,7 +10,7 @@ import torch
 
 from incerta.config.model import ModelConfig
 from incerta.data.frame import Frame
-from incerta.data.graph import AtomicGraph
+from incerta.data.graph import AtomicGraph, crosses_boundary
 from incerta.data.statistics import force_rms, reference_energies, species_of
 from incerta.data.store import GraphStore
 from incerta.models.potential import Potential
@@ -22,13 +22,15 @@ class DataStatistics:
     """What the model's normalisation takes from the training data.
 
     species: atomic numbers; shift: per-species reference energy (eV); scale: energy scale
-    (eV, RMS of force components times 1 Å); avg_num_neighbors: mean edges per atom.
+    (eV, RMS of force components times 1 Å); avg_num_neighbors: mean edges per atom;
+    periodic: whether any training atom has a neighbour across a periodic boundary.
     """
 
     species: list[int]
     shift: list[float]
     scale: float
     avg_num_neighbors: float
+    periodic: bool = False
 
     @classmethod
     def from_frames(cls, frames: Sequence[Frame], graphs: Sequence[AtomicGraph], e0s=None,
@@ -38,7 +40,8 @@ class DataStatistics:
         shift = reference_energies(frames, all_species, e0s)
         edges = sum(g.edge_index.shape[1] for g in graphs)
         atoms = sum(g.positions.shape[0] for g in graphs)
-        return cls(all_species, [float(x) for x in np.asarray(shift)], force_rms(frames), max(edges / max(atoms, 1), 1.0))
+        return cls(all_species, [float(x) for x in np.asarray(shift)], force_rms(frames), max(edges / max(atoms, 1), 1.0),
+                   any(crosses_boundary(g) for g in graphs))
 
 
 def build_potential(config: ModelConfig, statistics: DataStatistics, seed: int = 0) -> Potential:
@@ -49,6 +52,7 @@ def build_potential(config: ModelConfig, statistics: DataStatistics, seed: int =
         avg_num_neighbors=statistics.avg_num_neighbors,
         energy_shift=list(statistics.shift),
         energy_scale=statistics.scale,
+        trained_on_periodic=statistics.periodic,
     )
     torch.manual_seed(seed)
     return Potential(spec).to(getattr(torch, config.dtype))
@@ -57,9 +61,10 @@ def build_potential(config: ModelConfig, statistics: DataStatistics, seed: int =
 def statistics_from_store(store: GraphStore, indices: Sequence[int], e0s=None) -> DataStatistics:
     """The same statistics as :meth:`DataStatistics.from_frames`, streamed from an on-disk store
     (one structure in memory at a time; the composition matrix is B x species)."""
-    counts, energies, square_sum, components, species = [], [], 0.0, 0, set()
+    counts, energies, square_sum, components, species, periodic = [], [], 0.0, 0, set(), False
     for i in indices:
         graph = store[int(i)]
+        periodic = periodic or crosses_boundary(graph)
         numbers, n = np.unique(graph.numbers.numpy(), return_counts=True)
         counts.append(dict(zip(numbers.tolist(), n.tolist())))
         species |= set(numbers.tolist())
@@ -74,4 +79,4 @@ def statistics_from_store(store: GraphStore, indices: Sequence[int], e0s=None) -
     atoms = sum(store.atoms(int(i)) for i in indices)
     rms = float(np.sqrt(square_sum / max(components, 1)))
     return DataStatistics(ordered, [float(x) for x in np.asarray(shift)], rms if rms > 1e-8 else 1.0,
-                          max(edges / max(atoms, 1), 1.0))
+                          max(edges / max(atoms, 1), 1.0), periodic)

@@ -11,7 +11,9 @@ class PotentialSpec(Architecture):
     """Everything needed to rebuild a potential before loading its weights: the architecture
     options of :class:`~incerta.config.model.Architecture` (same names, defaults and checks)
     and the statistics of its training data: species (atomic numbers), avg_num_neighbors,
-    energy_shift (eV per species, same order as species), energy_scale (eV).
+    energy_shift (eV per species, same order as species), energy_scale (eV), and
+    trained_on_periodic (whether any training atom saw a neighbour across a periodic
+    boundary; None for models saved before it was recorded).
 
     >>> spec = PotentialSpec(species=[1, 8], num_channels=8, l_max=1)
     >>> spec.cutoff, spec.num_layers
@@ -22,3 +24,4 @@ class PotentialSpec(Architecture):
     avg_num_neighbors: float = Field(10.0, gt=0)
     energy_shift: list[float] = []
     energy_scale: float = 1.0
+    trained_on_periodic: bool | None = None
