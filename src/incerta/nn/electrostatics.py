@@ -8,10 +8,15 @@ with electronegativities chi_i predicted from each atom's features (eV/e), learn
 per-species hardnesses J (eV/e^2) and Gaussian charge widths sigma (Å); A is the Coulomb
 interaction of Gaussian charges, A_ij = k erf(r_ij / (sqrt 2 gamma_ij)) / r_ij with
 gamma_ij = sqrt(sigma_i^2 + sigma_j^2) and A_ii = k / (sigma_i sqrt pi), k = 14.3996 eV Å/e^2.
-The constrained minimum is one linear solve per structure (exact: the charges sum to Q to
-machine precision), differentiable, so forces include the charge response. The
-electrostatic energy is E_es = 1/2 q^T A q. Periodic cells use the Ewald sum
-(:mod:`incerta.nn.ewald`) for the long-range part of A.
+The electrostatic energy is E_es = 1/2 q^T A q. Both solves are differentiable, so forces
+include the charge response:
+
+* molecules: one batched dense solve of the bordered system [[A + J, 1], [1^T, 0]] for all
+  molecules of a batch (exact: the charges sum to Q to machine precision);
+* periodic cells: A is applied by particle-mesh Ewald (:mod:`incerta.nn.periodic_coulomb`)
+  and the minimum found by preconditioned conjugate gradients on the charges that keep the
+  total Q (:func:`incerta.nn.solvers.constrained_conjugate_gradient`), so the cost grows as
+  n log n per iteration instead of n^3 (``benchmarks/materials.py`` measures it).
 """
 
 from __future__ import annotations
@@ -26,20 +31,56 @@ from torch import nn
 from incerta.data import keys as K
 from incerta.nn.block import Block, Data
 from incerta.nn.electronic import segment_sum
-from incerta.nn.ewald import periodic_coulomb_matrix
+from incerta.nn.periodic_coulomb import PeriodicCoulomb
+from incerta.nn.solvers import constrained_conjugate_gradient
 
 COULOMB = 14.399645478425668  # eV Å / e^2 (Hartree * Bohr)
 
 
 def gaussian_coulomb_matrix(positions: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
-    """(n, n) interaction of Gaussian charges in eV/e^2 for one molecule (no periodic images)."""
-    n = positions.shape[0]
+    """(..., n, n) interaction of Gaussian charges in eV/e^2 for molecules (no periodic images);
+    positions (..., n, 3) Å, widths (..., n) Å."""
+    n = positions.shape[-2]
     eye = torch.eye(n, dtype=positions.dtype, device=positions.device)
-    difference = positions.unsqueeze(1) - positions.unsqueeze(0)
+    difference = positions.unsqueeze(-2) - positions.unsqueeze(-3)
     distance = torch.sqrt((difference**2).sum(-1) + eye)  # 1 on the diagonal avoids 0/0
-    gamma = torch.sqrt(width.unsqueeze(1) ** 2 + width.unsqueeze(0) ** 2)
+    gamma = torch.sqrt(width.unsqueeze(-1) ** 2 + width.unsqueeze(-2) ** 2)
     off_diagonal = torch.erf(distance / (math.sqrt(2.0) * gamma)) / distance * (1 - eye)
-    return COULOMB * (off_diagonal + torch.diag(1.0 / (width * math.sqrt(math.pi))))
+    return COULOMB * (off_diagonal + torch.diag_embed(1.0 / (width * math.sqrt(math.pi))))
+
+
+def equilibrate_molecules(positions: torch.Tensor, width: torch.Tensor, hardness: torch.Tensor, chi: torch.Tensor,
+                          batch: torch.Tensor, total_charge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Charges (n,) e and electrostatic energies (n,) eV of the atoms of B molecules (``batch``
+    (n,) their structure index, ``total_charge`` (B,) e) by one batched bordered solve; a
+    structure without atoms here gets none."""
+    num_graphs = total_charge.shape[0]
+    counts = torch.bincount(batch, minlength=num_graphs)
+    size = int(counts.max())
+    slot = torch.arange(batch.numel(), device=batch.device) - (torch.cumsum(counts, 0) - counts)[batch]
+    pad = lambda values, fill: values.new_full((num_graphs, size, *values.shape[1:]), fill).index_put((batch, slot), values)
+    present = pad(torch.ones_like(chi), 0.0)  # (B, size) 1 for an atom, 0 for padding
+    coulomb = gaussian_coulomb_matrix(pad(positions, 0.0), pad(width, 1.0))
+    coulomb = coulomb * present.unsqueeze(-1) * present.unsqueeze(-2)
+    system = chi.new_zeros(num_graphs, size + 1, size + 1)
+    system[:, :size, :size] = coulomb + torch.diag_embed(pad(hardness, 1.0))  # padding: q = 0
+    system[:, :size, size] = present
+    system[:, size, :size] = present
+    system[:, size, size] = (counts == 0).to(chi.dtype)  # no atoms: a trivial row
+    rhs = torch.cat([pad(-chi, 0.0), (total_charge.to(chi.dtype) * (counts > 0)).unsqueeze(1)], dim=1)
+    padded = torch.linalg.solve(system, rhs)[:, :size]
+    potential = torch.einsum("bij,bj->bi", coulomb, padded)
+    return padded[batch, slot], 0.5 * padded[batch, slot] * potential[batch, slot]
+
+
+def equilibrate_cell(positions: torch.Tensor, cell: torch.Tensor, width: torch.Tensor, hardness: torch.Tensor,
+                     chi: torch.Tensor, total_charge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Charges (n,) e and electrostatic energies (n,) eV of one periodic cell, by conjugate
+    gradients with the particle-mesh Ewald operator."""
+    coulomb = PeriodicCoulomb(positions, cell, width)
+    charges = constrained_conjugate_gradient(lambda q: coulomb(q) + hardness * q, -chi, total_charge.to(chi.dtype),
+                                             coulomb.self_energy + hardness)
+    return charges, 0.5 * charges * coulomb(charges)
 
 
 class ChargeEquilibration(Block):
@@ -66,25 +107,18 @@ class ChargeEquilibration(Block):
     def forward(self, data: Data) -> Data:
         chi = self.electronegativity(data[K.NODE_FEATURES]).squeeze(-1)
         species, batch, cell, total_charge = data[K.SPECIES], data[K.BATCH], data[K.CELL], data[K.TOTAL_CHARGE]
-        hardness, width = self.hardness()[species], self.width()[species]
-        charges = torch.zeros_like(chi)
-        energies = torch.zeros_like(chi)
-        for b in range(cell.shape[0]):
-            index = torch.nonzero(batch == b).flatten()
-            positions = data[K.POSITIONS][index]
-            if bool(data[K.PBC][b].any()):
-                matrix = periodic_coulomb_matrix(positions, cell[b], width[index])
-            else:
-                matrix = gaussian_coulomb_matrix(positions, width[index])
-            n = index.numel()
-            system = torch.zeros(n + 1, n + 1, dtype=chi.dtype, device=chi.device)
-            system[:n, :n] = matrix + torch.diag(hardness[index])
-            system[:n, n] = 1.0
-            system[n, :n] = 1.0
-            rhs = torch.cat([-chi[index], total_charge[b].to(chi.dtype).view(1)])
-            solution = torch.linalg.solve(system, rhs)
-            q = solution[:n]
-            charges = charges.index_put((index,), q)
-            energies = energies.index_put((index,), 0.5 * q * (matrix @ q))
-        dipole = segment_sum(charges.unsqueeze(-1) * data[K.POSITIONS], batch, cell.shape[0])
+        positions, hardness, width = data[K.POSITIONS], self.hardness()[species], self.width()[species]
+        periodic = data[K.PBC].any(dim=1)  # (B,)
+        charges, energies = torch.zeros_like(chi), torch.zeros_like(chi)
+        molecular = ~periodic[batch]
+        if bool(molecular.any()):
+            solved = equilibrate_molecules(positions[molecular], width[molecular], hardness[molecular], chi[molecular],
+                                           batch[molecular], total_charge)
+            charges, energies = (t.index_put((molecular,), s) for t, s in zip((charges, energies), solved))
+        for graph in torch.nonzero(periodic).flatten().tolist():
+            atoms = batch == graph
+            solved = equilibrate_cell(positions[atoms], cell[graph], width[atoms], hardness[atoms], chi[atoms],
+                                      total_charge[graph])
+            charges, energies = (t.index_put((atoms,), s) for t, s in zip((charges, energies), solved))
+        dipole = segment_sum(charges.unsqueeze(-1) * positions, batch, cell.shape[0])
         return {K.ATOMIC_CHARGES: charges, K.DIPOLE: dipole, K.ELECTROSTATIC_ENERGIES: energies}
