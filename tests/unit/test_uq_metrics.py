@@ -120,3 +120,33 @@ def test_per_element_force_maps_undo_an_inverted_species_order(rng):
     assert m.spearman(score, error) < 0 < m.spearman(sigma, error)
     again = Calibration.from_json(calibration.to_json())
     np.testing.assert_allclose(again.atom_sigma(torch.as_tensor(score), torch.as_tensor(numbers)).numpy(), sigma)
+
+
+def test_stress_map_recovers_the_per_component_error(rng):
+    """Structures of 8 atoms whose stress components err with standard deviation
+    0.3 * sqrt(sum sigma_i^2) / V^(2/3): the fitted map gives that back, and survives JSON."""
+    structures, atoms = 400, 8
+    score = rng.uniform(0.05, 0.5, structures * atoms)  # scale map: calibrated sigma_i = 2 * score
+    calibration = Calibration.fit(score, synthetic_forces(rng, 2.0 * score), score[:structures],
+                                  rng.normal(size=structures), "std")
+    structure = np.repeat(np.arange(structures), atoms)
+    volume = rng.uniform(100.0, 400.0, structures)
+    sigma_atoms = 2.0 * score
+    expected = 0.3 * np.sqrt(np.bincount(structure, sigma_atoms**2)) / volume ** (2 / 3)
+    errors = rng.normal(size=(structures, 3, 3)) * expected[:, None, None]
+    errors = 0.5 * (errors + errors.transpose(0, 2, 1)) * np.where(np.eye(3), 1.0, np.sqrt(2.0))  # symmetric, same spread
+    calibration.fit_stress(score, np.full(structures * atoms, 29), structure, volume, errors)
+    again = Calibration.from_json(calibration.to_json())
+    predicted = again.stress_sigma(torch.as_tensor(sigma_atoms), torch.as_tensor(structure), torch.as_tensor(volume))
+    assert again.stress.c1 == pytest.approx(1.0, abs=0.1)
+    np.testing.assert_allclose(predicted.numpy(), expected, rtol=0.15)
+
+
+def test_no_stress_map_without_enough_periodic_structures(rng):
+    score = rng.uniform(0.1, 1.0, 80)
+    calibration = Calibration.fit(score, synthetic_forces(rng, score), score[:10], rng.normal(size=10), "std")
+    errors = np.full((10, 3, 3), np.nan)
+    errors[:3] = 0.01
+    calibration.fit_stress(score, np.full(80, 29), np.repeat(np.arange(10), 8), np.full(10, 100.0), errors)
+    assert calibration.stress is None
+    assert Calibration.from_json(calibration.to_json()).stress is None

@@ -20,7 +20,7 @@ from incerta.train.checkpoint import load_potential
 from incerta.uq.model import Aggregate, UncertainPotential
 from incerta.uq.store import has_uncertainty, load_uncertain_potential
 
-UNCERTAINTY_KEYS = (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY)
+UNCERTAINTY_KEYS = (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY, K.STRESS_UNCERTAINTY)
 
 
 class IncertaCalculator(Calculator):
@@ -33,7 +33,10 @@ class IncertaCalculator(Calculator):
 
     * ``forces_uncertainty`` (N,) eV/Å: predicted RMS of each atom's force error;
     * ``energy_uncertainty`` eV: predicted standard deviation of the energy error;
-    * ``structure_uncertainty`` eV/Å: max (or ``aggregate``) of ``forces_uncertainty``.
+    * ``structure_uncertainty`` eV/Å: max (or ``aggregate``) of ``forces_uncertainty``;
+    * ``stress_uncertainty`` (6,) eV/Å^3, Voigt order like ``stress``: predicted RMS error of
+      each stress component (one value for all six), for periodic cells when the calibration
+      data had stress.
 
     With ``annotate=True`` the uncertainties, once computed, are also copied into
     ``atoms.arrays`` / ``atoms.info``, so ``ase.io.write(..., format="extxyz")`` keeps them.
@@ -125,6 +128,11 @@ class IncertaCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a periodic cell (atoms.pbc)")
         if wanted & set(UNCERTAINTY_KEYS) and not self.has_uncertainty:
             raise PropertyNotImplementedError("this model has no uncertainty attached; run `incerta uq fit` first")
+        if K.STRESS_UNCERTAINTY in wanted and not (periodic and self.model.calibration.stress is not None):
+            raise PropertyNotImplementedError(
+                "stress_uncertainty needs a periodic cell and a model calibrated on validation data with stress "
+                f"(this structure is {'periodic' if periodic else 'not periodic'}; the calibration has "
+                f"{'a' if self.model.calibration.stress is not None else 'no'} stress map)")
         graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, model_dtype(self.potential))
         self._check_periodic_domain(graph)
         uncertain = bool(wanted & set(UNCERTAINTY_KEYS))
@@ -149,7 +157,11 @@ class IncertaCalculator(Calculator):
             self.results[K.FORCES_UNCERTAINTY] = as_np(outputs[K.FORCES_UNCERTAINTY])
             self.results[K.ENERGY_UNCERTAINTY] = float(outputs[K.ENERGY_UNCERTAINTY][0].detach())
             self.results[K.STRUCTURE_UNCERTAINTY] = float(outputs[K.STRUCTURE_UNCERTAINTY][0].detach())
+            if K.STRESS_UNCERTAINTY in outputs:
+                self.results[K.STRESS_UNCERTAINTY] = np.full(6, float(outputs[K.STRESS_UNCERTAINTY][0].detach()))
             if self.annotate and atoms is not None:
                 atoms.arrays[K.FORCES_UNCERTAINTY] = np.array(self.results[K.FORCES_UNCERTAINTY])
                 atoms.info[K.ENERGY_UNCERTAINTY] = self.results[K.ENERGY_UNCERTAINTY]
                 atoms.info[K.STRUCTURE_UNCERTAINTY] = self.results[K.STRUCTURE_UNCERTAINTY]
+                if K.STRESS_UNCERTAINTY in self.results:
+                    atoms.info[K.STRESS_UNCERTAINTY] = self.results[K.STRESS_UNCERTAINTY]

@@ -54,6 +54,7 @@ DISPERSION_ENERGIES = "dispersion_energies"
 FORCES_UNCERTAINTY = "forces_uncertainty"
 ENERGY_UNCERTAINTY = "energy_uncertainty"
 STRUCTURE_UNCERTAINTY = "structure_uncertainty"
+STRESS_UNCERTAINTY = "stress_uncertainty"
 ATOM_SCORE = "atom_score"
 ENERGY_SCORE = "energy_score"
 
@@ -89,6 +90,9 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(FORCES_UNCERTAINTY, "(N,)", "eV/Å", "Calibrated uncertainty: predicted RMS of each atom's force-error vector."),
     KeySpec(ENERGY_UNCERTAINTY, "(B,)", "eV", "Calibrated uncertainty: predicted standard deviation of the energy error."),
     KeySpec(STRUCTURE_UNCERTAINTY, "(B,)", "eV/Å", "Aggregate (max, mean or sum) of forces_uncertainty over a structure."),
+    KeySpec(STRESS_UNCERTAINTY, "(B,)", "eV/Å^3", "Calibrated uncertainty: predicted RMS error of one stress component "
+            "(the calculator gives it for each of the six, Voigt order); periodic cells with a stress calibration only, "
+            "NaN otherwise. 1 eV/Å^3 = 160.2 GPa."),
     KeySpec(ATOM_SCORE, "(N,)", "method", "Raw per-atom score of an uncertainty method, before calibration."),
     KeySpec(ENERGY_SCORE, "(B,)", "method", "Raw per-structure score of an uncertainty method, before calibration."),
 )

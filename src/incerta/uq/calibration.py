@@ -18,6 +18,12 @@ Maps (``kind``):
 * ``isotonic``: sigma^2 = monotone fit of the squared error against u (scikit-learn);
   flexible but flat beyond the range of validation scores.
 
+Stress: every method's calibrated per-atom force uncertainties sigma_i give one raw stress
+score per periodic structure, u = sqrt(sum_i sigma_i^2) / V^(2/3) (eV/Å^3: the virial
+(1/V) sum_i r_i x dF_i with |r_i| ~ V^(1/3)), mapped by a power law fitted to the stress
+errors of periodic validation structures (the 6 Voigt components; sigma is per component).
+Without enough such structures there is no stress map and no stress uncertainty.
+
 Force maps are fitted per element when the validation data hold at least
 ``MIN_ATOMS_PER_SPECIES`` atoms of it (one global map otherwise, and for elements the
 calibration never saw): force errors differ by element (hydrogen's are smaller), and a
@@ -41,6 +47,16 @@ from incerta.config.uncertainty import CalibrationKind
 
 ScoreKind = Literal["std", "log-density"]
 MIN_ATOMS_PER_SPECIES = 50
+#: periodic validation structures with stress labels needed for a stress map
+MIN_STRESS_STRUCTURES = 10
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def stress_score(atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    """Raw stress score (B,) eV/Å^3 from calibrated per-atom force uncertainties (N,) eV/Å,
+    the structure of each atom (N,) and the cell volumes (B,) Å^3."""
+    squared = torch.zeros_like(volume).index_add(0, batch, atom_sigma.pow(2))
+    return squared.sqrt() / volume.pow(2.0 / 3.0)
 
 
 @dataclass
@@ -109,15 +125,18 @@ def _fit(score: np.ndarray, squared: np.ndarray, dof: int, kind: CalibrationKind
 
 @dataclass
 class Calibration:
-    """Maps for per-atom force uncertainty (eV/Å) and per-structure energy uncertainty (eV).
+    """Maps for per-atom force uncertainty (eV/Å), per-structure energy uncertainty (eV) and,
+    where periodic validation data had stress, per-component stress uncertainty (eV/Å^3).
 
     ``forces`` is the global force map; ``forces_by_species`` holds per-element maps
-    (atomic number -> map) that take precedence where present.
+    (atomic number -> map) that take precedence where present; ``stress`` maps
+    :func:`stress_score` to the RMS of the six Voigt error components (None: no stress map).
     """
 
     forces: ScoreMap
     energy: ScoreMap
     forces_by_species: dict[int, ScoreMap] = field(default_factory=dict)
+    stress: ScoreMap | None = None
 
     @classmethod
     def fit(
@@ -149,6 +168,26 @@ class Calibration:
             forces_by_species=by_species,
         )
 
+    def fit_stress(self, atom_scores: np.ndarray, numbers: np.ndarray, structure: np.ndarray, volume: np.ndarray,
+                   stress_errors: np.ndarray) -> None:
+        """Fit the stress map on periodic structures: per-atom raw scores (N,), atomic numbers
+        (N,), structure index of each atom (N,), volumes (B,) Å^3 (NaN for molecules) and
+        stress errors (B, 3, 3) eV/Å^3 (NaN where unknown). Too few such structures: no map."""
+        errors = np.asarray(stress_errors, dtype=float).reshape(-1, 3, 3)
+        usable = np.isfinite(errors).all(axis=(1, 2)) & np.isfinite(volume)
+        if usable.sum() < MIN_STRESS_STRUCTURES:
+            self.stress = None
+            return
+        sigma = self.atom_sigma(torch.as_tensor(atom_scores, dtype=torch.float64), torch.as_tensor(numbers))
+        score = stress_score(sigma, torch.as_tensor(structure, dtype=torch.long),
+                             torch.as_tensor(np.where(usable, volume, 1.0))).numpy()[usable]
+        voigt = np.stack([errors[usable][:, i, j] for i, j in VOIGT], axis=1)
+        self.stress = _fit(score, np.sum(voigt**2, axis=1), 6, "power", "std")
+
+    def stress_sigma(self, atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+        """Per-component stress uncertainty (B,) eV/Å^3 (the map predicts the RMS over 6 components)."""
+        return self.stress(stress_score(atom_sigma, batch, volume)) / np.sqrt(6.0)
+
     def atom_sigma(self, scores: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """Per-atom force uncertainty (N,) eV/Å from raw scores (N,) of atoms with ``numbers`` (N,)."""
         sigma = self.forces(scores)
@@ -160,10 +199,13 @@ class Calibration:
 
     def to_json(self) -> str:
         return json.dumps({"forces": asdict(self.forces), "energy": asdict(self.energy),
-                           "forces_by_species": {str(z): asdict(m) for z, m in self.forces_by_species.items()}})
+                           "forces_by_species": {str(z): asdict(m) for z, m in self.forces_by_species.items()},
+                           "stress": asdict(self.stress) if self.stress is not None else None})
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
         by_species = {int(z): ScoreMap(**m) for z, m in data.get("forces_by_species", {}).items()}
-        return cls(forces=ScoreMap(**data["forces"]), energy=ScoreMap(**data["energy"]), forces_by_species=by_species)
+        stress = ScoreMap(**data["stress"]) if data.get("stress") else None
+        return cls(forces=ScoreMap(**data["forces"]), energy=ScoreMap(**data["energy"]), forces_by_species=by_species,
+                   stress=stress)

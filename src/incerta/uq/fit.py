@@ -26,13 +26,18 @@ from incerta.uq.store import save_uncertainty
 
 
 def calibrate(method: UncertaintyMethod, graphs: Sequence[AtomicGraph], kind: CalibrationKind | None = None) -> Calibration:
-    """Fit the score -> error maps of ``method`` on labelled (validation) graphs."""
+    """Fit the score -> error maps of ``method`` on labelled (validation) graphs (a stress map
+    too when at least ``MIN_STRESS_STRUCTURES`` periodic ones have stress labels)."""
     arrays = collect(method, graphs)
-    return Calibration.fit(
+    calibration = Calibration.fit(
         arrays["atom_score"], arrays["forces_pred"] - arrays["forces_ref"],
         arrays["energy_score"], arrays["energy_pred"] - arrays["energy_ref"],
         method.score_kind, kind or method.default_calibration, numbers=arrays["numbers"],
     )
+    if "stress_ref" in arrays:
+        calibration.fit_stress(arrays["atom_score"], arrays["numbers"], arrays["structure"], arrays["volume"],
+                               arrays["stress_pred"] - arrays["stress_ref"])
+    return calibration
 
 
 def run_splits(model: str | Path) -> Splits:

@@ -34,7 +34,8 @@ class UncertainPotential(nn.Module):
     Outputs of B structures with N atoms (keys of :mod:`incerta.data.keys`): ``energy`` (B,)
     eV, ``forces`` (N, 3) eV/Å, ``forces_uncertainty`` (N,) eV/Å, ``energy_uncertainty`` (B,)
     eV, ``structure_uncertainty`` (B,) eV/Å (``aggregate`` of the atoms), the raw scores
-    ``atom_score`` (N,) and ``energy_score`` (B,), and ``stress`` / ``energies`` where given.
+    ``atom_score`` (N,) and ``energy_score`` (B,), ``stress`` / ``energies`` where given, and
+    ``stress_uncertainty`` (B,) eV/Å^3 per component with stress and a stress calibration.
 
     >>> from incerta.data import default
     >>> from incerta.data.graph import collate
@@ -92,6 +93,11 @@ class UncertainPotential(nn.Module):
         }
         if raw.stress is not None:
             out[K.STRESS] = raw.stress
+            if self.calibration.stress is not None:
+                periodic = graph.pbc.all(dim=1)
+                volume = torch.where(periodic, torch.linalg.det(graph.cell).abs(), 1.0)
+                sigma = self.calibration.stress_sigma(sigma_atoms, graph.batch, volume)
+                out[K.STRESS_UNCERTAINTY] = torch.where(periodic, sigma, torch.nan)
         if raw.energies is not None:
             out[K.ATOMIC_ENERGIES] = raw.energies
         if not bool(known.all()):
@@ -103,9 +109,11 @@ def _flag_unknown(out: dict[str, torch.Tensor], graph: AtomicGraph, known: torch
     """NaN predictions and infinite uncertainty for structures with unknown elements."""
     bad_structures = torch.zeros(graph.num_graphs, dtype=torch.bool).index_fill(0, graph.batch[~known], True)
     bad_atoms = bad_structures[graph.batch]
-    for key in (K.ENERGY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY):
-        fill = torch.nan if key == K.ENERGY else torch.inf
-        out[key] = out[key].detach().masked_fill(bad_structures, fill)
+    for key in (K.ENERGY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY, K.STRESS_UNCERTAINTY, K.STRESS):
+        if key in out:
+            fill = torch.nan if key in (K.ENERGY, K.STRESS) else torch.inf
+            mask = bad_structures.view(-1, *[1] * (out[key].dim() - 1))
+            out[key] = out[key].detach().masked_fill(mask, fill)
     out[K.FORCES] = out[K.FORCES].detach().masked_fill(bad_atoms.unsqueeze(1), torch.nan)
     out[K.FORCES_UNCERTAINTY] = out[K.FORCES_UNCERTAINTY].detach().masked_fill(~known, torch.inf)
     if K.ATOMIC_ENERGIES in out:

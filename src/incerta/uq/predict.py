@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from incerta.data import keys as K
-from incerta.data.graph import AtomicGraph, batches
+import torch
+
+from incerta.data.graph import AtomicGraph, batches, known_rows
 from incerta.uq.base import UncertaintyMethod
 from incerta.uq.model import UncertainPotential
 
@@ -16,23 +18,33 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
     """Predictions, raw scores (and calibrated uncertainties) as flat numpy arrays.
 
     Per atom (N): atom_score, forces_pred/forces_ref (N, 3), numbers, structure (index of
-    the structure); per structure (B): energy_score, energy_pred, energy_ref, n_atoms; with a
-    calibrated :class:`UncertainPotential` also forces_uncertainty (N,), energy_uncertainty
-    and structure_uncertainty (B,).
+    the structure); per structure (B): energy_score, energy_pred, energy_ref, n_atoms, volume
+    (Å^3, NaN unless periodic); with a calibrated :class:`UncertainPotential` also
+    forces_uncertainty (N,), energy_uncertainty and structure_uncertainty (B,). When any graph
+    has a stress label: stress_pred and stress_ref (B, 3, 3) eV/Å^3 (NaN where unknown), and
+    stress_uncertainty (B,) from a potential with a stress calibration.
     """
     parts: dict[str, list[np.ndarray]] = {}
     offset = 0
     as_np = lambda t: t.detach().double().cpu().numpy()
+    with_stress = any(g.stress is not None and bool(known_rows(g.stress).any()) for g in graphs)
     for batch in batches(graphs, batch_size):
         if isinstance(predictor, UncertainPotential):
-            out = predictor(batch)
+            out = predictor(batch, compute_stress=with_stress)
             row = {"energy_pred": out["energy"], "forces_pred": out["forces"], "atom_score": out["atom_score"],
                    "energy_score": out["energy_score"]}
-            row.update({k: out[k] for k in (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY)})
+            row.update({k: out[k] for k in (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY,
+                                            K.STRESS_UNCERTAINTY) if k in out})
+            stress = out.get(K.STRESS)
         else:
-            raw = predictor(batch)
+            raw = predictor(batch, compute_stress=with_stress)
             row = {"energy_pred": raw.energy, "forces_pred": raw.forces, "atom_score": raw.atom_score,
                    "energy_score": raw.energy_score}
+            stress = raw.stress
+        if with_stress:
+            row["stress_pred"] = stress
+            row["stress_ref"] = batch.stress if batch.stress is not None else torch.full_like(stress, torch.nan)
+        row["volume"] = torch.where(batch.pbc.all(dim=1), torch.linalg.det(batch.cell).abs(), torch.nan)
         row = {k: as_np(v) for k, v in row.items()}
         row["n_atoms"] = as_np(batch.num_atoms)
         row["numbers"] = batch.numbers.cpu().numpy()

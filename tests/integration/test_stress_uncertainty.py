@@ -1,0 +1,78 @@
+"""Stress uncertainty on periodic copper labelled by EMT: calibrated on validation stress
+errors, larger where the stress errors are, and returned by the calculator in Voigt form."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from incerta import IncertaCalculator
+from incerta.config import RunConfig
+from incerta.config.sources import prepare_splits
+from incerta.data.frame import Frame
+from incerta.data.oracles import EMTOracle
+from incerta.models.predict import graphs_for
+from incerta.train.run import train_run
+from incerta.uq import metrics as uq_metrics
+from incerta.uq.base import FitSettings
+from incerta.uq.calibration import VOIGT
+from incerta.uq.fit import fit_uncertainty
+from incerta.uq.predict import collect
+from incerta.uq.store import load_uncertain_potential
+
+
+def copper_frames(count: int, rattle: float, strain: float, seed: int) -> list[Frame]:
+    """8-atom copper cells, randomly strained (up to ``strain``) and rattled (``rattle`` Å), with EMT labels."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(count):
+        atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+        deformation = np.eye(3) + strain * rng.uniform(-1, 1, (3, 3))
+        atoms.set_cell(atoms.cell.array @ deformation, scale_atoms=True)
+        atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
+        frames.append(EMTOracle().label(Frame.from_atoms(atoms, source=f"copper {seed}:{k}")))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def stress_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stress")
+    ase.io.write(folder / "copper.xyz", [f.to_atoms() for f in copper_frames(60, 0.08, 0.02, seed=0)], format="extxyz")
+    config = RunConfig.model_validate({
+        "seed": 0,
+        "data": {"train": str(folder / "copper.xyz"), "n_val": 20},
+        "model": {"cutoff": 4.0, "l_max": 1, "num_channels": 8, "num_layers": 2, "radial_hidden": [16],
+                  "readout_hidden": 8, "dtype": "float64"},
+        "training": {"epochs": 15, "lr": 0.01, "batch_size": 5, "stress_weight": 100.0, "progress": False},
+    })
+    train_run(config, folder / "run")
+    splits = prepare_splits(config.data, config.seed)
+    model = folder / "run" / "model"
+    fit_uncertainty(model, "gmm", splits.train, splits.validation, settings=FitSettings(progress=False))
+    return model
+
+
+def test_stress_uncertainty_is_calibrated_and_ranks_errors(stress_model):
+    uncertain = load_uncertain_potential(stress_model)
+    assert uncertain.calibration.stress is not None, "validation frames had stress: a stress map is fitted"
+    inside, beyond = copper_frames(20, 0.08, 0.02, seed=1), copper_frames(20, 0.25, 0.05, seed=2)
+    arrays = collect(uncertain, graphs_for(uncertain.potential, inside + beyond))
+    errors = arrays["stress_pred"] - arrays["stress_ref"]
+    components = np.stack([errors[:, i, j] for i, j in VOIGT], axis=1)  # (B, 6) eV/Å^3
+    sigma = arrays["stress_uncertainty"]
+    assert np.all(np.isfinite(sigma)) and np.all(sigma > 0)
+    assert uq_metrics.spearman(sigma, np.sqrt(np.mean(components**2, axis=1))) > 0.4
+    assert sigma[20:].mean() > 1.5 * sigma[:20].mean(), "larger displacements: larger stress uncertainty"
+    z_squared = np.mean((components[:20] / sigma[:20, None]) ** 2)
+    assert 0.5 < z_squared < 2.0, f"calibrated where validation was drawn, got mean z^2 {z_squared:.2f}"
+
+
+def test_calculator_returns_stress_uncertainty_in_voigt_form(stress_model):
+    atoms = copper_frames(1, 0.1, 0.02, seed=3)[0].to_atoms()
+    atoms.calc = IncertaCalculator(stress_model)
+    sigma = atoms.calc.get_property("stress_uncertainty", atoms)
+    assert sigma.shape == (6,) and np.all(sigma == sigma[0]) and sigma[0] > 0
+    assert atoms.get_stress().shape == (6,)
+    np.testing.assert_allclose(atoms.info["stress_uncertainty"], sigma)
