@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from incerta.data import keys as K
 import torch
 
+from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches, known_rows
 from incerta.uq.base import UncertaintyMethod
 from incerta.uq.model import UncertainPotential
