@@ -7,7 +7,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
 from incerta.data.frame import Frame
-from incerta.data.oracles import ASEOracle, EMTOracle, OracleFailure
+from incerta.data.oracles import ASEOracle, EMTOracle, OracleFailure, TBLiteOracle
 
 
 class ChargedCalculator(Calculator):
@@ -50,3 +50,21 @@ def test_stress_kept_for_periodic_frames_only():
     assert np.abs(labelled.stress).max() > 1e-3
     cluster = Frame.from_atoms(molecule("H2O"))
     assert EMTOracle().label(cluster).stress is None, "a molecule has no stress"
+
+
+def test_tblite_labels_periodic_cells_with_a_consistent_stress():
+    """GFN1-xTB on an 8-atom silicon cell (tblite's periodic, Gamma-point-only path): the
+    stress it returns is the strain derivative of its energy (isotropic strain, finite differences)."""
+    silicon = bulk("Si", "diamond", a=5.43, cubic=True)
+    silicon.rattle(0.05, seed=1)
+    oracle = TBLiteOracle(method="GFN1-xTB")
+    labelled = oracle.label(Frame.from_atoms(silicon))
+    assert labelled.stress is not None and np.allclose(labelled.stress, labelled.stress.T, atol=1e-10)
+    volume, h = silicon.get_volume(), 1e-4
+    energies = []
+    for sign in (1, -1):
+        strained = silicon.copy()
+        strained.set_cell(silicon.cell.array * (1 + sign * h), scale_atoms=True)
+        energies.append(oracle.label(Frame.from_atoms(strained)).energy)
+    pressure_derivative = (energies[0] - energies[1]) / (2 * h) / volume  # = trace(stress)
+    assert np.trace(labelled.stress) == pytest.approx(pressure_derivative, rel=1e-4)

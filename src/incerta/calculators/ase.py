@@ -12,7 +12,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from incerta.data import keys as K
 from incerta.data.frame import Frame
-from incerta.data.graph import crosses_boundary, frame_to_graph
+from incerta.data.graph import AtomicGraph, crosses_boundary, frame_to_graph
 from incerta.data.validation import DataError, frame_problems
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, model_dtype
@@ -99,7 +99,7 @@ class IncertaCalculator(Calculator):
             )
             self._warned_state = True
 
-    def _check_periodic_domain(self, graph) -> None:
+    def _check_periodic_domain(self, graph: AtomicGraph) -> None:
         """A model trained on molecules only, given atoms that see periodic images: warn once."""
         if self.potential.spec.trained_on_periodic is False and not self._warned_periodic and crosses_boundary(graph):
             warnings.warn(

@@ -55,6 +55,7 @@ VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 def stress_score(atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
     """Raw stress score (B,) eV/Å^3 from calibrated per-atom force uncertainties (N,) eV/Å,
     the structure of each atom (N,) and the cell volumes (B,) Å^3."""
+    volume = volume.to(atom_sigma.dtype)
     squared = torch.zeros_like(volume).index_add(0, batch, atom_sigma.pow(2))
     return squared.sqrt() / volume.pow(2.0 / 3.0)
 
