@@ -90,6 +90,6 @@ class EvidentialUncertainty(UncertaintyMethod):
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
         out, (v, alpha, beta) = self._outputs(graph, compute_stress)
         variance = beta / (v * (alpha - 1))  # epistemic variance per force component
-        energy_variance = torch.zeros(graph.num_graphs, dtype=variance.dtype).index_add(0, graph.batch, variance)
+        energy_variance = torch.zeros(graph.num_graphs, dtype=variance.dtype, device=variance.device).index_add(0, graph.batch, variance)
         return UncertainOutput(out[K.ENERGY], out[K.FORCES], (3 * variance).sqrt(), energy_variance.sqrt(),
                                out.get(K.STRESS), out[K.ATOMIC_ENERGIES])

@@ -27,7 +27,7 @@ def latent_features(potential: Potential, graphs: Sequence[AtomicGraph], key: st
     chunks = []
     with torch.no_grad():
         for batch in batches(graphs, 32):
-            chunks.append(potential(batch, compute_forces=False)[key].double().numpy())
+            chunks.append(potential(batch, compute_forces=False)[key].double().cpu().numpy())
     return np.concatenate(chunks)
 
 

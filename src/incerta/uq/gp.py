@@ -121,7 +121,7 @@ class SVGPUncertainty(UncertaintyMethod):
         if getattr(self, "_cache_state", None) != state:
             with torch.no_grad():
                 inducing = strategy.inducing_points.clone()
-                eye = torch.eye(len(inducing), dtype=inducing.dtype)
+                eye = torch.eye(len(inducing), dtype=inducing.dtype, device=inducing.device)
                 cholesky = torch.linalg.cholesky(self._rbf(inducing, inducing) + strategy.jitter_val * eye)
                 inverse = torch.linalg.solve_triangular(cholesky, eye, upper=False)
                 q = strategy.variational_distribution  # N(m, S) of the whitened inducing values
@@ -130,7 +130,7 @@ class SVGPUncertainty(UncertaintyMethod):
         inducing, weights, correction = self._cache
         cross = self._rbf(z, inducing)
         with torch.no_grad():  # predictions detach the uncertainty: no graph for it
-            jitter = strategy.jitter_val * torch.eye(len(z), dtype=z.dtype)
+            jitter = strategy.jitter_val * torch.eye(len(z), dtype=z.dtype, device=z.device)
             covariance = self._rbf(z, z) + jitter + cross @ correction @ cross.T
         return self.gp.mean_module.constant + cross @ weights, covariance
 
@@ -176,7 +176,7 @@ class SVGPUncertainty(UncertaintyMethod):
         self.energy_scale = self.potential.scale_shift.scale.detach().double().clone()
         features, _ = self._atom_data(graphs, from_gp=False)
         self.center, self.spread = features.mean(0), features.std(0) + 1e-6
-        z = ((features - self.center) / self.spread).numpy()
+        z = ((features - self.center) / self.spread).cpu().numpy()
         count = min(self.num_inducing, max(len(z) // 4, 1))
         centres = MiniBatchKMeans(count, random_state=seed, n_init=3).fit(z).cluster_centers_
         sample = z[np.random.default_rng(seed).choice(len(z), size=min(len(z), 1000), replace=False)]

@@ -50,13 +50,13 @@ class LLPRUncertainty(UncertaintyMethod):
         phi = out[K.LAST_LAYER_FEATURES]
         jacobian = position_jacobian(phi.sum(0), inputs.positions, batched=graph.num_graphs == 1)
         augmented = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
-        g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype).index_add(0, graph.batch, augmented)
+        g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, graph.batch, augmented)
         grads = derivatives(out[K.ENERGY], inputs, create_graph=False)
         return out, g.detach().double(), jacobian.detach().double().permute(1, 2, 0), grads
 
     def _curvature(self, graphs: Sequence[AtomicGraph]) -> torch.Tensor:
         size = self.inverse.shape[0]
-        curvature = torch.zeros(size, size, dtype=torch.float64)
+        curvature = torch.zeros(size, size, dtype=torch.float64, device=self.inverse.device)
         for batch in batches(graphs, 16):
             _, g, jacobian, _ = self._features(batch)
             n_atoms = batch.num_atoms.double()
@@ -73,17 +73,17 @@ class LLPRUncertainty(UncertaintyMethod):
 
     def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
         curvature = self._curvature(train)
-        identity = torch.eye(curvature.shape[0], dtype=torch.float64)
+        identity = torch.eye(curvature.shape[0], dtype=torch.float64, device=curvature.device)
         mean_diagonal = float(torch.diagonal(curvature).mean())
         features = []
         for batch in batches(validation, 16):
             _, _, jacobian, grads = self._features(batch)
             features.append((jacobian, torch.linalg.norm(grads[K.FORCES].detach() - batch.forces, dim=1)))
-        errors = np.concatenate([e.numpy() for _, e in features])
+        errors = np.concatenate([e.cpu().numpy() for _, e in features])
         choices = {}
         for relative in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
             inverse = torch.linalg.inv(curvature + relative * mean_diagonal * identity)
-            scores = np.concatenate([self._atom_scores(j, inverse).numpy() for j, _ in features])
+            scores = np.concatenate([self._atom_scores(j, inverse).cpu().numpy() for j, _ in features])
             choices[relative] = (spearman(scores, errors), inverse)
         best = max(choices, key=lambda r: choices[r][0])
         self.inverse = choices[best][1]

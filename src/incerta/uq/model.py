@@ -107,7 +107,7 @@ class UncertainPotential(nn.Module):
 
 def _flag_unknown(out: dict[str, torch.Tensor], graph: AtomicGraph, known: torch.Tensor) -> None:
     """NaN predictions and infinite uncertainty for structures with unknown elements."""
-    bad_structures = torch.zeros(graph.num_graphs, dtype=torch.bool).index_fill(0, graph.batch[~known], True)
+    bad_structures = torch.zeros(graph.num_graphs, dtype=torch.bool, device=known.device).index_fill(0, graph.batch[~known], True)
     bad_atoms = bad_structures[graph.batch]
     for key in (K.ENERGY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY, K.STRESS_UNCERTAINTY, K.STRESS):
         if key in out:

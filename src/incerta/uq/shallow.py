@@ -53,7 +53,7 @@ class ShallowEnsemble(UncertaintyMethod):
         species = self.potential.species_index(graph.numbers)
         scale_shift = self.potential.scale_shift
         atomic = scale_shift.scale * self.heads(out[K.LAST_LAYER_FEATURES]) + scale_shift.shift[species].unsqueeze(1)
-        return torch.zeros(graph.num_graphs, self.num_heads, dtype=atomic.dtype).index_add(0, graph.batch, atomic)
+        return torch.zeros(graph.num_graphs, self.num_heads, dtype=atomic.dtype, device=atomic.device).index_add(0, graph.batch, atomic)
 
     def loss(self, batch: AtomicGraph) -> torch.Tensor:
         inputs = differentiable_inputs(batch, forces=True, stress=False)
