@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from incerta.config import ConfigError, load_config
 
@@ -69,3 +70,14 @@ def test_frame_selection_is_validated(tmp_path):
     assert config.data.train[0].select == "10:20"
     with pytest.raises(ConfigError, match=r"not a slice"):
         load_config(write(tmp_path, "data: {train: {path: t.xyz, select: 'first ten'}}\n"))
+
+
+def test_md_settings_policy_and_old_name():
+    from incerta.config.active import MDSection
+    from incerta.config.md import MDSettings
+
+    assert MDSettings().on_flag == "stop" and MDSection().on_flag == "rewind", "a user's run stops; AL explores"
+    assert MDSection.model_validate({"on_threshold": "branch"}).on_flag == "rewind"
+    assert MDSection.model_validate({"on_threshold": "stop"}).on_flag == "stop"
+    with pytest.raises(ValidationError, match="ensemble"):
+        MDSettings.model_validate({"ensemble": "nph"})
