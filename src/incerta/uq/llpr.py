@@ -12,6 +12,13 @@ the force vector), energy variance = g_b^T (C + s I)^-1 g_b. The Jacobians take 
 vector-Jacobian product per last-layer feature (see :func:`~incerta.models.derivatives.position_jacobian`). The regulariser
 s is chosen on validation data (best rank correlation with force errors); calibration
 fixes the overall scale.
+
+With ``rank = k`` the force variance keeps the k leading directions of the weights'
+posterior, (C + s I)^-1 ~ P P^T with P = U_k Lambda_k^(1/2) (eigenvectors u and eigenvalues
+lambda of the phi block): the last-layer weights perturbed along each column of P give k
+force perturbations dF_k = -d(P_k^T sum_i phi_i)/dr, and the atom's variance is
+sum_k |dF_ik|^2: k vector-Jacobian products instead of H, exact when k = H (test), a
+deterministic version of propagating posterior samples of the weights like an ensemble.
 """
 
 from __future__ import annotations
@@ -34,21 +41,40 @@ class LLPRUncertainty(UncertaintyMethod):
 
     name = "llpr"
 
-    def __init__(self, potential: Potential, energy_weight: float = 0.01, forces_weight: float = 0.99) -> None:
+    def __init__(self, potential: Potential, energy_weight: float = 0.01, forces_weight: float = 0.99,
+                 rank: int | None = 8) -> None:
         super().__init__(frozen(potential))
         size = potential.spec.readout_hidden + 1
         self.energy_weight, self.forces_weight = energy_weight, forces_weight
+        self.rank = min(rank, size - 1) if rank is not None else None
         self.register_buffer("inverse", torch.eye(size, dtype=torch.float64))
+        if self.rank is not None:
+            self.register_buffer("projection", torch.zeros(size - 1, self.rank, dtype=torch.float64))
 
     def options(self) -> dict:
-        return {"energy_weight": self.energy_weight, "forces_weight": self.forces_weight}
+        return {"energy_weight": self.energy_weight, "forces_weight": self.forces_weight, "rank": self.rank}
 
-    def _features(self, graph: AtomicGraph, compute_stress: bool = False):
-        """Outputs, per-structure g (B, H+1), Jacobian dg/dr (N, 3, H) and force/stress derivatives."""
+    @classmethod
+    def rebuild(cls, potential: Potential, options: dict) -> LLPRUncertainty:
+        """Methods saved before ``rank`` existed used the exact propagation."""
+        return cls(potential, **{"rank": None, **options})
+
+    def _set_inverse(self, inverse: torch.Tensor) -> None:
+        """Store (C + s I)^-1 and, with a rank, the projection P (H, k) of its phi block."""
+        self.inverse = inverse
+        if self.rank is not None:
+            values, vectors = torch.linalg.eigh(inverse[:-1, :-1])  # ascending
+            leading = slice(len(values) - self.rank, None)
+            self.projection = vectors[:, leading] * values[leading].clamp_min(0).sqrt()
+
+    def _features(self, graph: AtomicGraph, compute_stress: bool = False, exact: bool = True):
+        """Outputs, per-structure g (B, H+1), Jacobian (N, 3, H) of the features (``exact``) or
+        of their k projections (N, 3, k), and force/stress derivatives."""
         inputs = differentiable_inputs(graph, forces=True, stress=compute_stress)
         out = self.potential.evaluate(inputs.graph)
         phi = out[K.LAST_LAYER_FEATURES]
-        jacobian = position_jacobian(phi.sum(0), inputs.positions, batched=graph.num_graphs == 1)
+        summed = phi.sum(0) if exact else phi.sum(0) @ self.projection.to(phi.dtype)
+        jacobian = position_jacobian(summed, inputs.positions, batched=graph.num_graphs == 1)
         augmented = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
         g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, graph.batch, augmented)
         grads = derivatives(out[K.ENERGY], inputs, create_graph=False)
@@ -86,11 +112,14 @@ class LLPRUncertainty(UncertaintyMethod):
             scores = np.concatenate([self._atom_scores(j, inverse).cpu().numpy() for j, _ in features])
             choices[relative] = (spearman(scores, errors), inverse)
         best = max(choices, key=lambda r: choices[r][0])
-        self.inverse = choices[best][1]
-        return {"regulariser_relative": best, "validation_spearman": {str(k): v[0] for k, v in choices.items()}}
+        self._set_inverse(choices[best][1])
+        return {"regulariser_relative": best, "validation_spearman": {str(k): v[0] for k, v in choices.items()},
+                "rank": self.rank}
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
-        out, g, jacobian, grads = self._features(graph, compute_stress)
+        exact = self.rank is None
+        out, g, jacobian, grads = self._features(graph, compute_stress, exact)
         energy = torch.einsum("bh,hk,bk->b", g, self.inverse, g).clamp_min(0).sqrt()
-        return UncertainOutput(out[K.ENERGY].detach(), grads[K.FORCES], self._atom_scores(jacobian, self.inverse),
-                               energy, grads.get(K.STRESS), out[K.ATOMIC_ENERGIES].detach())
+        atom = self._atom_scores(jacobian, self.inverse) if exact else jacobian.pow(2).sum(dim=(1, 2)).sqrt()
+        return UncertainOutput(out[K.ENERGY].detach(), grads[K.FORCES], atom, energy, grads.get(K.STRESS),
+                               out[K.ATOMIC_ENERGIES].detach())
