@@ -66,15 +66,21 @@ def _nonfinite(field: str, values: np.ndarray) -> list[str]:
     return [f"atom {bad[0][0]}: {field} contain {values[tuple(bad[0])]} ({len(bad)} non-finite values)"]
 
 
+#: Å; the neighbour search for overlaps uses at least this radius: vesin's cell grid for a
+#: 0.1 Å radius made the check 12 ms for 15 atoms (0.16 ms at 2 Å, then filtered)
+OVERLAP_SEARCH_RADIUS = 2.0
+
+
 def _overlaps(frame: Frame, min_distance: float) -> list[str]:
     if min_distance <= 0:
         return []
-    edges, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, min_distance)
-    if edges.shape[1] == 0:
+    edges, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, max(min_distance, OVERLAP_SEARCH_RADIUS))
+    distances = np.linalg.norm(frame.positions[edges[1]] - frame.positions[edges[0]] + shifts @ frame.cell, axis=1)
+    close = np.flatnonzero(distances < min_distance)
+    if close.size == 0:
         return []
-    i, j = edges[:, 0]
-    d = np.linalg.norm(frame.positions[j] - frame.positions[i] + shifts[0] @ frame.cell)
-    return [f"atoms {i} and {j} overlap: {d:.3f} Å apart (minimum allowed {min_distance} Å)"]
+    i, j = edges[:, close[0]]
+    return [f"atoms {i} and {j} overlap: {distances[close[0]]:.3f} Å apart (minimum allowed {min_distance} Å)"]
 
 
 def check_frames(
