@@ -74,10 +74,15 @@ class LLPRUncertainty(UncertaintyMethod):
         out = self.potential.evaluate(inputs.graph)
         phi = out[K.LAST_LAYER_FEATURES]
         summed = phi.sum(0) if exact else phi.sum(0) @ self.projection.to(phi.dtype)
-        jacobian = position_jacobian(summed, inputs.positions, batched=graph.num_graphs == 1)
+        if compute_stress:
+            jacobian = position_jacobian(summed, inputs.positions, batched=graph.num_graphs == 1)
+            grads = derivatives(out[K.ENERGY], inputs, create_graph=False)
+        else:  # the forces ride along as one more row of the same batched backward
+            rows = position_jacobian(torch.cat([out[K.ENERGY].sum().unsqueeze(0), summed]), inputs.positions,
+                                     batched=graph.num_graphs == 1)
+            jacobian, grads = rows[1:], {K.FORCES: -rows[0]}
         augmented = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
         g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, graph.batch, augmented)
-        grads = derivatives(out[K.ENERGY], inputs, create_graph=False)
         return out, g.detach().double(), jacobian.detach().double().permute(1, 2, 0), grads
 
     def _curvature(self, graphs: Sequence[AtomicGraph]) -> torch.Tensor:
