@@ -7,7 +7,8 @@ import csv
 import ase.io
 import numpy as np
 import pytest
-from ase import units
+import torch
+from ase import Atoms, units
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
@@ -15,10 +16,12 @@ from ase.md.verlet import VelocityVerlet
 
 from conftest import make_model
 from incerta.calculators.ase import IncertaCalculator
+from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score
 from incerta.calculators.md import LOG_COLUMNS, make_dynamics, run_watched_md
 from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data.frame import Frame
+from incerta.data.graph import frame_to_graph
 from incerta.data.oracles import EMTOracle
 from incerta.models.predict import graphs_for
 from incerta.uq.base import FitSettings
@@ -150,3 +153,35 @@ def test_uncertainty_is_computed_only_when_asked(watched_model, ethanol):
     sigma = ethanol.calc.get_property("forces_uncertainty", ethanol)
     assert sigma.shape == (len(ethanol),) and np.all(sigma > 0)
     np.testing.assert_allclose(ethanol.arrays["forces_uncertainty"], sigma)
+
+
+def test_biased_forces_are_the_gradient_of_the_biased_energy(watched_model, ethanol):
+    calculator = UncertaintyBiasedCalculator(watched_model, watched_model.method, strength=0.5, reference=(0.0, 1.0))
+    ethanol.calc = calculator
+    forces = ethanol.get_forces()
+    graph = frame_to_graph(Frame.from_atoms(ethanol), watched_model.potential.spec.cutoff).to(dtype=torch.float64)
+    score = float(density_score(watched_model.method, graph.positions, graph))
+    assert calculator.results["bias_energy"] == pytest.approx(-0.5 * np.log1p(np.log1p(np.exp(score))))
+    plain = IncertaCalculator(watched_model).get_forces(ethanol)
+    assert np.abs(forces - plain).max() > 1e-3, "the bias changes the forces"
+    h = 1e-5
+    for atom, axis in ((0, 0), (3, 1), (8, 2)):
+        moved = []
+        for sign in (1, -1):
+            probe = ethanol.copy()
+            probe.positions[atom, axis] += sign * h
+            moved.append(calculator.get_potential_energy(probe))
+        assert forces[atom, axis] == pytest.approx(-(moved[0] - moved[1]) / (2 * h), abs=1e-5)
+
+
+def test_a_run_driven_into_overlapping_atoms_stops_and_keeps_its_log(model, tmp_path):
+    """A hot H2 (the small random model barely binds it) collides within a few steps: the
+    driver ends the run with the calculator's message, after the rows it had."""
+    dimer = Atoms("H2", positions=[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    settings = MDSettings(ensemble="nve", temperature_K=2e4, timestep_fs=0.5, steps=200, check_every=2)
+    run = run_watched_md(dimer, IncertaCalculator(model), settings, log=tmp_path / "log.csv", progress=False)
+    assert run.error is not None and "overlap" in run.error and run.steps_done < 200
+    with open(tmp_path / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(run.log) >= 2
+    assert rows[-1]["event"].startswith("stopped:") and rows[-2]["event"] == ""

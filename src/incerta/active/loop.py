@@ -91,6 +91,11 @@ class ActiveLearning:
             training.epochs = self.section.epochs_per_iteration
         return RunConfig(seed=self.config.seed, data=data, model=self.config.model, training=training)
 
+    def training_frames(self) -> list[Frame]:
+        """The initial training frames plus every label so far (what the density bias and the attack avoid)."""
+        frames = read_frames(self.out / "initial_train.xyz")
+        return frames + (read_frames(self.state.labels_path) if self.state.labels_path.exists() else [])
+
     # steps -----------------------------------------------------------------------------
     def train(self, iteration: int) -> Path:
         """Train (resumably) and attach a calibrated uncertainty; returns the model folder."""
@@ -122,11 +127,11 @@ class ActiveLearning:
         keys_path = path.with_suffix(".json")
         if not keys_path.exists():
             uncertain = load_uncertain_potential(model)
-            if source.source == "md":
+            if source.source in ("md", "biased-md"):
                 made = md_candidates(uncertain, self.starts, source, self.section.selection.threshold, iteration,
-                                     self.config.seed, self.progress)
+                                     self.config.seed, self.progress, self.training_frames())
             else:
-                made = attack_candidates(uncertain.potential, read_frames(self.out / "initial_train.xyz"), self.starts,
+                made = attack_candidates(uncertain.potential, self.training_frames(), self.starts,
                                          source, iteration, self.config.seed)
             _write_frames(path, [f for _, f in made])
             atomic_write_text(keys_path, json.dumps([k for k, _ in made]))

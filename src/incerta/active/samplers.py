@@ -1,4 +1,4 @@
-"""Candidate structures for active learning: a pool, model-driven MD, or an uncertainty attack."""
+"""Candidate structures for active learning: a pool, model-driven MD (biased or not), or an uncertainty attack."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from ase import units
 
 from incerta.calculators.ase import IncertaCalculator
+from incerta.calculators.bias import UncertaintyBiasedCalculator, score_reference
 from incerta.calculators.md import run_watched_md
 from incerta.config.active import AttackSection, CandidateSection
 from incerta.data import keys as K
@@ -30,12 +31,21 @@ def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
 
 
 def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection, threshold: float,
-                  iteration: int, seed: int, progress: bool) -> list[Candidate]:
-    """Frames flagged by uncertainty-watched MD from each starting structure."""
+                  iteration: int, seed: int, progress: bool, train_frames: Sequence[Frame] = ()) -> list[Candidate]:
+    """Frames flagged by uncertainty-watched MD from each starting structure; with source
+    ``biased-md`` the MD runs on the energy tilted by a density bias fitted on ``train_frames``."""
     flagged = []
     per_start = max(1, section.max_candidates // max(len(starts), 1))
+    if section.source == "biased-md":
+        density = GMMUncertainty(model.potential)
+        train_graphs = graphs_for(model.potential, train_frames)
+        density.fit(train_graphs, [], FitSettings(seed=seed, progress=False))
+        reference = score_reference(density, train_graphs)
+        make_calculator = lambda: UncertaintyBiasedCalculator(model, density, section.md.bias_eV, reference, annotate=False)
+    else:
+        make_calculator = lambda: IncertaCalculator(model, annotate=False)
     for index, start in enumerate(starts):
-        run = run_watched_md(start.to_atoms(), IncertaCalculator(model, annotate=False), section.md, threshold,
+        run = run_watched_md(start.to_atoms(), make_calculator(), section.md, threshold,
                              max_flagged=per_start, seed=seed + 7919 * iteration + index, progress=progress)
         flagged += [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {index}") for atoms in run.flagged]
     return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]

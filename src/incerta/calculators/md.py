@@ -25,6 +25,7 @@ from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
 from incerta.data.md_sampling import initial_velocities, labelled_copy, langevin
+from incerta.data.validation import DataError
 
 LOG_COLUMNS = (
     "step", "time_fs", "potential_energy_eV", "kinetic_energy_eV", "total_energy_eV", "temperature_K",
@@ -36,12 +37,14 @@ LOG_COLUMNS = (
 class WatchedMD:
     """Result: log rows (``LOG_COLUMNS``; pressure and volume NaN for a molecule, uncertainties
     NaN without an uncertainty method), the flagged frames (with their uncertainties), the
-    step where the run stopped on a flag (None if it ran to the end) and the integrator steps done."""
+    step where the run stopped on a flag (None if it ran to the end), the integrator steps done,
+    and, when the structure became invalid (e.g. overlapping atoms), the error that ended the run."""
 
     log: list[dict[str, float | str]] = field(default_factory=list)
     flagged: list[Atoms] = field(default_factory=list)
     stopped_at: int | None = None
     steps_done: int = 0
+    error: str | None = None
 
 
 def make_dynamics(atoms: Atoms, settings: MDSettings, rng: np.random.Generator) -> MolecularDynamics:
@@ -107,7 +110,9 @@ def run_watched_md(
     event is a row's ``event``. ``max_flagged`` stops any run after that many flags. The log
     (CSV, flushed at every row) and the trajectory (every ``write_every`` steps, format from the
     suffix: .xyz / .extxyz or .traj) are written as the run goes; both files are started anew.
-    Uncertainties are computed only at checks and written frames.
+    Uncertainties are computed only at checks and written frames. A structure the calculator
+    refuses (overlapping atoms) ends the run with a logged ``stopped`` event and ``error``;
+    everything before it is kept.
     """
     watched = calculator.has_uncertainty
     if threshold is not None and not watched:
@@ -133,7 +138,15 @@ def run_watched_md(
         while step < settings.steps:
             chunk = min(settings.check_every - step % settings.check_every,
                         settings.write_every - step % settings.write_every, settings.steps - step)
-            dynamics.run(chunk)
+            try:
+                dynamics.run(chunk)
+            except DataError as err:  # e.g. atoms driven onto each other: the model cannot go on
+                result.error = f"between steps {step} and {step + chunk}: {err}"
+                result.log.append({**dict.fromkeys(LOG_COLUMNS, np.nan), "step": step + chunk,
+                                   "event": f"stopped: {result.error}"})
+                if writer is not None:
+                    writer.writerow(result.log[-1])
+                break
             step += chunk
             time_fs += chunk * settings.timestep_fs
             bar.update(chunk)

@@ -335,7 +335,9 @@ def md(
             atomic_write(out / "flagged.xyz", lambda path: ase.io.write(path, result.flagged, format="extxyz"))
     except USER_ERRORS as err:
         fail(err)
-    last = result.log[-1]
+    if result.error:
+        console.print(f"[bold yellow]MD stopped early[/] {escape(result.error)}", highlight=False)
+    last = next((row for row in reversed(result.log) if not str(row["event"]).startswith("stopped:")), result.log[-1])
     console.print(f"{result.steps_done} steps" + (f", stopped on a flag at step {result.stopped_at}" if result.stopped_at else "")
                   + f"; final T {last['temperature_K']:.0f} K; {len(result.flagged)} flagged frames"
                   + (f" in {out / 'flagged.xyz'}" if result.flagged else "") + f"; log {out / 'log.csv'}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from incerta.config.data import DataSource
 from incerta.config.md import FlagPolicy, MDSettings
@@ -26,6 +26,9 @@ class MDSection(MDSettings):
     run goes back to the last frame below the threshold and keeps exploring."""
 
     on_flag: FlagPolicy = "rewind"
+    bias_eV: float = Field(0.2, gt=0, description="source biased-md: strength k (eV) of the bias -k log(1 + softplus(S - "
+                           "S0) / s), S the log-sum-exp of the atoms' GMM negative log-likelihoods under the training "
+                           "features, S0 and s its mean and spread over the training structures")
 
 
 class AttackSection(Schema):
@@ -41,7 +44,9 @@ class AttackSection(Schema):
 class CandidateSection(Schema):
     """Where candidates come from."""
 
-    source: Literal["pool", "md", "attack"] = "pool"
+    source: Literal["pool", "md", "biased-md", "attack"] = Field(
+        "pool", description="pool; md (model-driven MD watched by the uncertainty); biased-md (the same MD pushed "
+        "towards unfamiliar environments, Zaverkin et al. 2024); attack (gradient ascent on the uncertainty)")
     pool: list[DataSource] = Field([], description="frames to choose from (source: pool)")
     structures: list[DataSource] = Field([], description="starting structures (source: md or attack)")
     max_candidates: int = Field(100, ge=1, description="per iteration (md / attack)")
@@ -49,6 +54,12 @@ class CandidateSection(Schema):
     attack: AttackSection = AttackSection()
 
     _lists = field_validator("pool", "structures", mode="before")(as_list)
+
+    @model_validator(mode="after")
+    def _biased_md_at_fixed_cell(self) -> CandidateSection:
+        if self.source == "biased-md" and self.md.ensemble == "npt":
+            raise ValueError("biased-md runs at fixed cell (the bias has no stress): use md.ensemble nvt or nve")
+        return self
 
 
 class SelectionSection(Schema):

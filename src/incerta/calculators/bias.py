@@ -1,0 +1,83 @@
+"""Uncertainty-biased MD: a calculator whose energy surface is tilted towards what the model has not seen.
+
+After Zaverkin et al. 2024 ("uncertainty-biased molecular dynamics") and van der Oord et al.
+2023 ("hyperactive learning"): exploration for active learning adds to the potential energy a
+bias -k log(1 + softplus(S(r) - S0) / s), where S is the log-sum-exp over atoms of each
+atom's negative log-likelihood under a Gaussian mixture of the training set's latent features
+(the same score the uncertainty attack climbs), S0 its mean and s its spread over the training
+structures. The logarithm keeps the bias from running away: S grows like a squared distance
+far from the data, and a bias linear in S tore molecules apart within 20 steps (measured on
+acetylacetone), while this one adds about k per e-fold of unfamiliarity. Its forces k dS/dr push atoms towards unfamiliar environments, so
+MD reaches the rare, high-error regions in fewer steps than unbiased MD at the same
+temperature. The biased energies and forces drive the exploration only: the frames it finds
+are labelled by the reference, never by this calculator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import all_changes
+
+from incerta.calculators.ase import IncertaCalculator
+from incerta.data import keys as K
+from incerta.data.frame import Frame
+from incerta.data.graph import AtomicGraph, frame_to_graph
+from incerta.models.predict import model_dtype
+from incerta.uq.gmm import GMMUncertainty
+
+BIAS_ENERGY = "bias_energy"
+
+
+def density_score(density: GMMUncertainty, positions: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
+    """S (scalar): log-sum-exp over atoms of the GMM negative log-likelihood of their features."""
+    out = density.potential.evaluate(replace(graph, positions=positions))
+    return torch.logsumexp(density.negative_log_likelihood(out[K.NODE_FEATURES]), dim=0)
+
+
+def score_reference(density: GMMUncertainty, graphs: Sequence[AtomicGraph]) -> tuple[float, float]:
+    """Mean and standard deviation of S over the (training) structures: S0 and s of the bias."""
+    with torch.no_grad():
+        scores = [float(density_score(density, g.positions, g)) for g in graphs]
+    return float(np.mean(scores)), max(float(np.std(scores)), 1e-6)
+
+
+def bias_energy(score: torch.Tensor, strength: float, reference: tuple[float, float]) -> torch.Tensor:
+    """-k log(1 + softplus(S - S0) / s) in eV."""
+    mean, spread = reference
+    return -strength * torch.log1p(torch.nn.functional.softplus(score - mean) / spread)
+
+
+class UncertaintyBiasedCalculator(IncertaCalculator):
+    """:class:`IncertaCalculator` with the energy E + :func:`bias_energy` (eV) and its forces (eV/Å);
+    ``strength`` k in eV, ``density`` a GMM fitted on the training structures' features,
+    ``reference`` (S0, s) from :func:`score_reference` on them.
+
+    ``bias_energy`` (eV) holds the bias. Uncertainties, per-atom energies and the stress stay those of
+    the unbiased model (the bias has no cell term: use it at fixed cell, NVE or NVT).
+    """
+
+    implemented_properties = [*IncertaCalculator.implemented_properties, BIAS_ENERGY]  # noqa: RUF012
+
+    def __init__(self, model, density: GMMUncertainty, strength: float, reference: tuple[float, float],
+                 **kwargs) -> None:
+        super().__init__(model, **kwargs)
+        self.density = density.to(self.device)
+        self.strength, self.reference = strength, reference
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        frame = Frame.from_atoms(self.atoms, source="atoms")
+        graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, model_dtype(self.potential))
+        positions = graph.positions.detach().requires_grad_(True)
+        energy = bias_energy(density_score(self.density, positions, graph), self.strength, self.reference)
+        (gradient,) = torch.autograd.grad(energy, positions)
+        bias = float(energy.detach())
+        self.results["energy"] += bias
+        self.results["free_energy"] += bias
+        self.results["forces"] = self.results["forces"] - gradient.detach().cpu().double().numpy()
+        self.results[BIAS_ENERGY] = bias
