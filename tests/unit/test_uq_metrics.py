@@ -150,3 +150,23 @@ def test_no_stress_map_without_enough_periodic_structures(rng):
     calibration.fit_stress(score, np.full(80, 29), np.repeat(np.arange(10), 8), np.full(10, 100.0), errors)
     assert calibration.stress is None
     assert Calibration.from_json(calibration.to_json()).stress is None
+
+
+def test_conformal_calibration_covers_heavy_tailed_errors(rng):
+    """Multivariate-t force errors (3 degrees of freedom) scaled by the score: the conformal map
+    holds its coverage on held-out atoms; on Gaussian errors it agrees with the likelihood scale."""
+    from scipy.stats import chi2
+
+    from incerta.uq.calibration import CONFORMAL_LEVEL
+
+    score = rng.uniform(0.05, 0.5, 20000)
+    heavy = synthetic_forces(rng, score) * np.sqrt(3 / rng.chisquare(3, size=20000))[:, None]
+    fit, held = slice(0, 10000), slice(10000, None)
+    radius = np.sqrt(chi2.ppf(CONFORMAL_LEVEL, 3) / 3)
+    calibration = Calibration.fit(score[fit], heavy[fit], score[fit], rng.normal(size=10000), "std", "conformal")
+    covered = np.linalg.norm(heavy[held], axis=1) <= radius * calibration.forces(score[held])
+    assert covered.mean() == pytest.approx(CONFORMAL_LEVEL, abs=0.01)
+    gaussian = synthetic_forces(rng, 2.0 * score)
+    factors = [np.exp(Calibration.fit(score, gaussian, score, rng.normal(size=20000), "std", kind).forces.c0)
+               for kind in ("conformal", "scale")]
+    assert factors[0] == pytest.approx(factors[1], rel=0.03) and factors[1] == pytest.approx(2.0, rel=0.03)

@@ -166,7 +166,7 @@ def uq_fit(
     val: list[Path] = typer.Option([], "--val", help="Validation data for calibration (default: the run split)."),
     epochs: int = typer.Option(FitSection().epochs, help="Epochs for methods that train (ledl, shallow, svgp, lnk)."),
     lr: float = typer.Option(FitSection().lr, help="Learning rate for methods that train."),
-    calibration: str | None = typer.Option(None, help="scale, power or isotonic (default: by score type)."),
+    calibration: str | None = typer.Option(None, help="scale, power, isotonic or conformal (90 % intervals hold on data like the validation set; default: by score type)."),
     options: list[str] = typer.Option([], "--option", "-O", help="Method option, e.g. -O heads=4"),
     seed: int = typer.Option(0),
 ) -> None:

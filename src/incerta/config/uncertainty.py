@@ -8,7 +8,7 @@ from pydantic import Field
 
 from incerta.config.schema import Schema
 
-CalibrationKind = Literal["scale", "power", "isotonic"]
+CalibrationKind = Literal["scale", "power", "isotonic", "conformal"]
 
 
 class FitSection(Schema):
