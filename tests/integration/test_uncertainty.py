@@ -126,6 +126,21 @@ def test_method_on_real_data(method, fitted, tests, base_run):
     assert far > np.max(arrays["300K"]["structure_uncertainty"])
 
 
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+
+
+@GPU
+@pytest.mark.parametrize("method", POST_TRAINING)
+def test_every_method_gives_the_same_numbers_on_the_gpu(method, fitted, tests):
+    """float64 on CPU and on CUDA: energies, forces, stress-free uncertainties to 1e-6."""
+    model = load_uncertain_potential(fitted(method)).double()
+    graphs = graphs_for(model.potential, tests["600K"][:4])
+    on_cpu = collect(model, graphs)
+    on_gpu = collect(model.to("cuda"), [g.to("cuda") for g in graphs])
+    for key in ("energy_pred", "forces_pred", "forces_uncertainty", "energy_uncertainty"):
+        np.testing.assert_allclose(on_gpu[key], on_cpu[key], rtol=1e-6, atol=1e-9, err_msg=key)
+
+
 def test_unseen_element_is_flagged_not_predicted(fitted):
     model = fitted("gmm")
     uncertain = load_uncertain_potential(model)

@@ -161,3 +161,19 @@ def test_training_gradients_through_periodic_charge_equilibration():
     down = float(loss())
     assert abs(float(gradient[k])) > 1e-6
     assert float(gradient[k]) == pytest.approx((up - down) / (2 * delta), rel=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+@pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "cell"])
+def test_charge_equilibration_gives_the_same_numbers_on_the_gpu(periodic):
+    from incerta.data.frame import Frame
+    from incerta.data.graph import frame_to_graph
+
+    model = charged_model(global_attention=False, dispersion="pbe")
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True) if periodic else molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=4)
+    graph = frame_to_graph(Frame.from_atoms(with_state(atoms, 1.0, 0.0)), model.spec.cutoff).to(dtype=torch.float64)
+    on_cpu = model(graph, compute_forces=True, compute_stress=periodic, create_graph=False)
+    on_gpu = model.to("cuda")(graph.to("cuda"), compute_forces=True, compute_stress=periodic, create_graph=False)
+    for key in ("energy", "forces", "charges", *(("stress",) if periodic else ())):
+        np.testing.assert_allclose(on_gpu[key].detach().cpu(), on_cpu[key].detach(), rtol=1e-6, atol=1e-9, err_msg=key)
