@@ -54,6 +54,19 @@ def make_model(l_max: int = 2, cutoff: float = 4.0, species=(1, 6, 8, 14), seed:
     return model
 
 
+def emt_ethanol_frames(count: int, rattle: float) -> list:
+    """``count`` rattled ethanol molecules labelled by ASE's EMT (cheap, real labels), as frames."""
+    from incerta.data.frame import Frame
+    from incerta.data.oracles import EMTOracle
+
+    frames = []
+    for seed in range(count):
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(rattle, seed=seed)
+        frames.append(EMTOracle().label(Frame.from_atoms(atoms, source=f"rattled {seed}")))
+    return frames
+
+
 @pytest.fixture(params=[0, 1, 2, 3], ids=lambda degree: f"lmax{degree}")
 def model_any_lmax(request) -> Potential:
     return make_model(l_max=request.param)

@@ -126,7 +126,7 @@ def test_demo_model_works_in_ase_and_evaluate(demo_run, tmp_path):
     direct = predict(load_potential(demo_run.out / "model"), atoms)
     assert atoms.get_potential_energy() == pytest.approx(direct["energy"], abs=1e-6)
     np.testing.assert_allclose(atoms.get_forces(), direct["forces"], atol=1e-6)
-    assert atoms.calc.results["forces_uncertainty"].shape == (len(atoms),)
+    assert atoms.calc.get_property("forces_uncertainty", atoms).shape == (len(atoms),)
     out = tmp_path / "errors.json"
     result = runner.invoke(app, ["evaluate", str(demo_run.out / "model"), str(default.path("test_300K")),
                                  str(default.path("test_600K")), "--json", str(out)])
@@ -176,7 +176,7 @@ def test_user_errors_are_messages_not_tracebacks(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "no-model"), str(default.path("test_300K"))])
     assert result.exit_code == 2 and "no such model" in result.output
     result = runner.invoke(app, ["uq", "fit", str(tmp_path / "no-model"), "--method", "gmm", "--calibration", "bogus"])
-    assert result.exit_code == 2 and "calibration: Input should be 'scale', 'power' or 'isotonic'" in result.output
+    assert result.exit_code == 2 and "calibration: Input should be 'scale', 'power', 'isotonic' or 'conformal'" in result.output
 
 
 def test_evaluate_names_the_frame_with_an_unknown_element(demo_run, tmp_path):

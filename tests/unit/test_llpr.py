@@ -7,12 +7,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from ase.build import molecule
 
-from conftest import make_model
-from incerta.data.frame import Frame
+from conftest import emt_ethanol_frames, make_model
 from incerta.data.graph import collate
-from incerta.data.oracles import EMTOracle
 from incerta.models.predict import graphs_for
 from incerta.uq.base import FitSettings
 from incerta.uq.llpr import LLPRUncertainty
@@ -21,12 +18,7 @@ from incerta.uq.llpr import LLPRUncertainty
 @pytest.fixture(scope="module")
 def fitted_exact():
     model = make_model()  # readout_hidden = 8
-    frames = []
-    for seed in range(14):
-        atoms = molecule("CH3CH2OH")
-        atoms.rattle(0.1, seed=seed)
-        frames.append(EMTOracle().label(Frame.from_atoms(atoms, source=f"rattled {seed}")))
-    graphs = graphs_for(model, frames)
+    graphs = graphs_for(model, emt_ethanol_frames(14, 0.1))
     exact = LLPRUncertainty(model, rank=None)
     exact.fit(graphs[:8], graphs[8:], FitSettings(progress=False))
     return exact, graphs

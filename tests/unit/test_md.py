@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms, units
-from ase.build import bulk, molecule
+from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from conftest import make_model
+from conftest import emt_ethanol_frames, make_model
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score
 from incerta.calculators.md import LOG_COLUMNS, make_dynamics, run_watched_md
@@ -22,7 +22,6 @@ from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data.frame import Frame
 from incerta.data.graph import frame_to_graph
-from incerta.data.oracles import EMTOracle
 from incerta.models.predict import graphs_for
 from incerta.uq.base import FitSettings
 from incerta.uq.fit import calibrate
@@ -49,12 +48,7 @@ def test_nve_conserves_energy(model, ethanol):
 def watched_model() -> UncertainPotential:
     """The tiny model with a GMM attached, calibrated on EMT-labelled rattled ethanol."""
     model = make_model()
-    frames = []
-    for seed in range(24):
-        atoms = molecule("CH3CH2OH")
-        atoms.rattle(0.08, seed=seed)
-        frames.append(EMTOracle().label(Frame.from_atoms(atoms, source=f"rattled {seed}")))
-    graphs = graphs_for(model, frames)
+    graphs = graphs_for(model, emt_ethanol_frames(24, 0.08))
     method = GMMUncertainty(model)
     method.fit(graphs[:16], graphs[16:], FitSettings(progress=False))
     return UncertainPotential(method, calibrate(method, graphs[16:]))
