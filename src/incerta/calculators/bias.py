@@ -5,12 +5,14 @@ After Zaverkin et al. 2024 ("uncertainty-biased molecular dynamics") and van der
 bias -k log(1 + softplus(S(r) - S0) / s), where S is the log-sum-exp over atoms of each
 atom's negative log-likelihood under a Gaussian mixture of the training set's latent features
 (the same score the uncertainty attack climbs), S0 its mean and s its spread over the training
-structures. The logarithm keeps the bias from running away: S grows like a squared distance
-far from the data, and a bias linear in S tore molecules apart within 20 steps (measured on
-acetylacetone), while this one adds about k per e-fold of unfamiliarity. Its forces k dS/dr push atoms towards unfamiliar environments, so
-MD reaches the rare, high-error regions in fewer steps than unbiased MD at the same
-temperature. The biased energies and forces drive the exploration only: the frames it finds
-are labelled by the reference, never by this calculator.
+structures. The logarithm limits the bias: S grows like a squared distance far from the
+data, and with a bias linear in S the atoms of acetylacetone (AL's first model) flew
+thousands of Å apart within tens of steps; with this one, about k per e-fold of
+unfamiliarity, they stayed within a few Å at k = 0.2 eV, though a bond could still break
+(the right k is for the active-learning benchmark to set). Its forces push atoms towards
+unfamiliar environments, so MD reaches rare, high-error regions in fewer steps than unbiased
+MD at the same temperature. The biased energies and forces drive the exploration only: the
+frames it finds are labelled by the reference, never by this calculator.
 """
 
 from __future__ import annotations
