@@ -216,7 +216,7 @@ def test_biased_md_reaches_less_familiar_structures(first_iteration, acac_slices
         for _ in range(6):
             dynamics.run(20)
             graph = graphs_for(uncertain.potential, [Frame.from_atoms(atoms)])[0]
-            trace.append(float(density_score(density, graph.positions, graph)))
+            trace.append(float(density_score(density, graph)))
         scores[strength] = np.mean(trace[3:])
     assert scores[0.2] > 2 * scores[0.0], scores
 

@@ -154,7 +154,7 @@ def test_biased_forces_are_the_gradient_of_the_biased_energy(watched_model, etha
     ethanol.calc = calculator
     forces = ethanol.get_forces()
     graph = frame_to_graph(Frame.from_atoms(ethanol), watched_model.potential.spec.cutoff).to(dtype=torch.float64)
-    score = float(density_score(watched_model.method, graph.positions, graph))
+    score = float(density_score(watched_model.method, graph))
     assert calculator.results["bias_energy"] == pytest.approx(-0.5 * np.log1p(np.log1p(np.exp(score))))
     plain = IncertaCalculator(watched_model).get_forces(ethanol)
     assert np.abs(forces - plain).max() > 1e-3, "the bias changes the forces"
@@ -166,6 +166,21 @@ def test_biased_forces_are_the_gradient_of_the_biased_energy(watched_model, etha
             probe.positions[atom, axis] += sign * h
             moved.append(calculator.get_potential_energy(probe))
         assert forces[atom, axis] == pytest.approx(-(moved[0] - moved[1]) / (2 * h), abs=1e-5)
+
+
+def test_biased_stress_is_the_strain_derivative_of_the_biased_energy(watched_model, silicon):
+    """The bias depends on the cell through the edge vectors: its stress is part of the total,
+    so NPT on the biased surface is consistent (isotropic strain, finite differences)."""
+    calculator = UncertaintyBiasedCalculator(watched_model, watched_model.method, strength=0.5, reference=(0.0, 1.0))
+    plain = IncertaCalculator(watched_model).get_stress(silicon)[:3]  # Voigt: the diagonal first
+    stress = calculator.get_stress(silicon)[:3]
+    energies, h = [], 1e-5
+    for sign in (1, -1):
+        strained = silicon.copy()
+        strained.set_cell(silicon.cell.array * (1 + sign * h), scale_atoms=True)
+        energies.append(calculator.get_potential_energy(strained))
+    assert stress.sum() == pytest.approx((energies[0] - energies[1]) / (2 * h) / silicon.get_volume(), abs=1e-7)
+    assert abs((stress - plain).sum()) > 1e-5, "the bias has a stress"
 
 
 def test_a_run_driven_into_overlapping_atoms_stops_and_keeps_its_log(model, tmp_path):

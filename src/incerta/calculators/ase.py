@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
@@ -114,6 +115,14 @@ class IncertaCalculator(Calculator):
     def has_uncertainty(self) -> bool:
         return isinstance(self.model, UncertainPotential)
 
+    def predict(self, graph: AtomicGraph, periodic: bool, uncertain: bool) -> dict[str, torch.Tensor]:
+        """The model's outputs for one checked structure; the uncertainty pass only when ``uncertain``."""
+        if uncertain:
+            return self.model(graph, compute_stress=periodic)
+        if self.has_uncertainty:
+            return self.model.predict(graph, compute_stress=periodic)
+        return self.model(graph, compute_forces=True, compute_stress=periodic, create_graph=False)
+
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         frame = Frame.from_atoms(self.atoms, source="atoms")
@@ -136,12 +145,7 @@ class IncertaCalculator(Calculator):
         graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, model_dtype(self.potential))
         self._check_periodic_domain(graph)
         uncertain = bool(wanted & set(UNCERTAINTY_KEYS))
-        if uncertain:
-            outputs = self.model(graph, compute_stress=periodic)
-        elif self.has_uncertainty:
-            outputs = self.model.predict(graph, compute_stress=periodic)
-        else:
-            outputs = self.model(graph, compute_forces=True, compute_stress=periodic, create_graph=False)
+        outputs = self.predict(graph, periodic, uncertain)
         as_np = lambda t: t.detach().cpu().double().numpy()
         energy = float(outputs[K.ENERGY][0].detach())
         self.results = {"energy": energy, "free_energy": energy, "forces": as_np(outputs[K.FORCES])}

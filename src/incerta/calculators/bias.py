@@ -18,7 +18,6 @@ frames it finds are labelled by the reference, never by this calculator.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -27,24 +26,23 @@ from ase.calculators.calculator import all_changes
 
 from incerta.calculators.ase import IncertaCalculator
 from incerta.data import keys as K
-from incerta.data.frame import Frame
-from incerta.data.graph import AtomicGraph, frame_to_graph
-from incerta.models.predict import model_dtype
+from incerta.data.graph import AtomicGraph
+from incerta.models.derivatives import derivatives, differentiable_inputs
 from incerta.uq.gmm import GMMUncertainty
 
 BIAS_ENERGY = "bias_energy"
 
 
-def density_score(density: GMMUncertainty, positions: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
+def density_score(density: GMMUncertainty, graph: AtomicGraph) -> torch.Tensor:
     """S (scalar): log-sum-exp over atoms of the GMM negative log-likelihood of their features."""
-    out = density.potential.evaluate(replace(graph, positions=positions))
+    out = density.potential.evaluate(graph)
     return torch.logsumexp(density.negative_log_likelihood(out[K.NODE_FEATURES]), dim=0)
 
 
 def score_reference(density: GMMUncertainty, graphs: Sequence[AtomicGraph]) -> tuple[float, float]:
     """Mean and standard deviation of S over the (training) structures: S0 and s of the bias."""
     with torch.no_grad():
-        scores = [float(density_score(density, g.positions, g)) for g in graphs]
+        scores = [float(density_score(density, g)) for g in graphs]
     return float(np.mean(scores)), max(float(np.std(scores)), 1e-6)
 
 
@@ -55,12 +53,13 @@ def bias_energy(score: torch.Tensor, strength: float, reference: tuple[float, fl
 
 
 class UncertaintyBiasedCalculator(IncertaCalculator):
-    """:class:`IncertaCalculator` with the energy E + :func:`bias_energy` (eV) and its forces (eV/Å);
-    ``strength`` k in eV, ``density`` a GMM fitted on the training structures' features,
-    ``reference`` (S0, s) from :func:`score_reference` on them.
+    """:class:`IncertaCalculator` with the energy E + :func:`bias_energy` (eV) and its forces
+    (eV/Å) and, for cells, stress (eV/Å^3, the bias's strain derivative included, so NPT stays
+    consistent); ``strength`` k in eV, ``density`` a GMM fitted on the training structures'
+    features, ``reference`` (S0, s) from :func:`score_reference` on them.
 
-    ``bias_energy`` (eV) holds the bias. Uncertainties, per-atom energies and the stress stay those of
-    the unbiased model (the bias has no cell term: use it at fixed cell, NVE or NVT).
+    ``bias_energy`` (eV) holds the bias; uncertainties and per-atom energies stay the model's.
+    The bias is evaluated on the calculator's own graph: one more forward and backward per call.
     """
 
     implemented_properties = [*IncertaCalculator.implemented_properties, BIAS_ENERGY]  # noqa: RUF012
@@ -71,15 +70,16 @@ class UncertaintyBiasedCalculator(IncertaCalculator):
         self.density = density.to(self.device)
         self.strength, self.reference = strength, reference
 
+    def predict(self, graph: AtomicGraph, periodic: bool, uncertain: bool) -> dict[str, torch.Tensor]:
+        outputs = dict(super().predict(graph, periodic, uncertain))
+        inputs = differentiable_inputs(graph, forces=True, stress=periodic)
+        bias = bias_energy(density_score(self.density, inputs.graph), self.strength, self.reference)
+        for key, value in derivatives(bias.unsqueeze(0), inputs, create_graph=False).items():
+            outputs[key] = outputs[key] + value
+        outputs[K.ENERGY] = outputs[K.ENERGY] + bias.detach()
+        self._bias = float(bias.detach())
+        return outputs
+
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        frame = Frame.from_atoms(self.atoms, source="atoms")
-        graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, model_dtype(self.potential))
-        positions = graph.positions.detach().requires_grad_(True)
-        energy = bias_energy(density_score(self.density, positions, graph), self.strength, self.reference)
-        (gradient,) = torch.autograd.grad(energy, positions)
-        bias = float(energy.detach())
-        self.results["energy"] += bias
-        self.results["free_energy"] += bias
-        self.results["forces"] = self.results["forces"] - gradient.detach().cpu().double().numpy()
-        self.results[BIAS_ENERGY] = bias
+        self.results[BIAS_ENERGY] = self._bias

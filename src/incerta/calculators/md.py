@@ -130,6 +130,13 @@ def run_watched_md(
     if writer is not None:
         writer.writeheader()
     result = WatchedMD()
+
+    def record(row: dict[str, float | str]) -> None:
+        result.log.append(row)
+        if writer is not None:
+            writer.writerow(row)
+            handle.flush()
+
     time_fs, step = 0.0, 0
     safe = (atoms.positions.copy(), atoms.cell.array.copy(), time_fs, step)
     bar = tqdm(total=settings.steps, desc=f"MD {settings.ensemble} {settings.temperature_K:.0f} K", unit="step",
@@ -142,10 +149,7 @@ def run_watched_md(
                 dynamics.run(chunk)
             except DataError as err:  # e.g. atoms driven onto each other: the model cannot go on
                 result.error = f"between steps {step} and {step + chunk}: {err}"
-                result.log.append({**dict.fromkeys(LOG_COLUMNS, np.nan), "step": step + chunk,
-                                   "event": f"stopped: {result.error}"})
-                if writer is not None:
-                    writer.writerow(result.log[-1])
+                record({**dict.fromkeys(LOG_COLUMNS, np.nan), "step": step + chunk, "event": f"stopped: {result.error}"})
                 break
             step += chunk
             time_fs += chunk * settings.timestep_fs
@@ -173,10 +177,7 @@ def run_watched_md(
                     row["event"] = f"flagged: continue (max uncertainty {sigma.max():.4g} eV/Å)"
                 else:
                     row["event"] = f"flagged: rewind to step {safe[3]} (time {safe[2]:g} fs), new velocities"
-            result.log.append(row)
-            if writer is not None:
-                writer.writerow(row)
-                handle.flush()
+            record(row)
             if flagged and result.stopped_at is not None:
                 break
             if flagged and settings.on_flag == "rewind":

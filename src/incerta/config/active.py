@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from incerta.config.data import DataSource
 from incerta.config.md import FlagPolicy, MDSettings
@@ -54,12 +54,6 @@ class CandidateSection(Schema):
     attack: AttackSection = AttackSection()
 
     _lists = field_validator("pool", "structures", mode="before")(as_list)
-
-    @model_validator(mode="after")
-    def _biased_md_at_fixed_cell(self) -> CandidateSection:
-        if self.source == "biased-md" and self.md.ensemble == "npt":
-            raise ValueError("biased-md runs at fixed cell (the bias has no stress): use md.ensemble nvt or nve")
-        return self
 
 
 class SelectionSection(Schema):

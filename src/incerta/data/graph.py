@@ -86,6 +86,11 @@ def frame_to_graph(frame: Frame, cutoff: float) -> AtomicGraph:
 PARTIAL_LABELS = {"stress": ("structure", (3, 3)), "dipole": ("structure", (3,)), "atomic_charges": ("atom", ())}
 
 
+def cell_volumes(graph: AtomicGraph) -> torch.Tensor:
+    """(B,) cell volumes in Å^3, NaN for structures not periodic in all three directions."""
+    return torch.where(graph.pbc.all(dim=1), torch.linalg.det(graph.cell).abs(), torch.nan)
+
+
 def crosses_boundary(graph: AtomicGraph) -> bool:
     """Whether any atom of ``graph`` has a neighbour across a periodic boundary (an image)."""
     return bool(graph.edge_shifts.abs().sum() > 0)

@@ -198,7 +198,7 @@ class Calibration:
             return
         sigma = self.atom_sigma(torch.as_tensor(atom_scores, dtype=torch.float64), torch.as_tensor(numbers))
         score = stress_score(sigma, torch.as_tensor(structure, dtype=torch.long),
-                             torch.as_tensor(np.where(usable, volume, 1.0))).numpy()[usable]
+                             torch.as_tensor(volume)).numpy()[usable]  # NaN for molecules
         voigt = np.stack([errors[usable][:, i, j] for i, j in VOIGT], axis=1)
         self.stress = _fit(score, np.sum(voigt**2, axis=1), 6, "power", "std")
 

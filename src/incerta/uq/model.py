@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from incerta.data import keys as K
-from incerta.data.graph import AtomicGraph
+from incerta.data.graph import AtomicGraph, cell_volumes
 from incerta.models.potential import Potential
 from incerta.uq.base import UncertaintyMethod
 from incerta.uq.calibration import Calibration
@@ -94,10 +94,7 @@ class UncertainPotential(nn.Module):
         if raw.stress is not None:
             out[K.STRESS] = raw.stress
             if self.calibration.stress is not None:
-                periodic = graph.pbc.all(dim=1)
-                volume = torch.where(periodic, torch.linalg.det(graph.cell).abs(), 1.0)
-                sigma = self.calibration.stress_sigma(sigma_atoms, graph.batch, volume)
-                out[K.STRESS_UNCERTAINTY] = torch.where(periodic, sigma, torch.nan)
+                out[K.STRESS_UNCERTAINTY] = self.calibration.stress_sigma(sigma_atoms, graph.batch, cell_volumes(graph))
         if raw.energies is not None:
             out[K.ATOMIC_ENERGIES] = raw.energies
         if not bool(known.all()):

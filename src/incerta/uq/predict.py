@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from incerta.data import keys as K
-from incerta.data.graph import AtomicGraph, batches, known_rows
+from incerta.data.graph import AtomicGraph, batches, cell_volumes, known_rows
 from incerta.uq.base import UncertaintyMethod
 from incerta.uq.model import UncertainPotential
 
@@ -43,7 +43,7 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
         if with_stress:
             row["stress_pred"] = stress
             row["stress_ref"] = batch.stress if batch.stress is not None else torch.full_like(stress, torch.nan)
-        row["volume"] = torch.where(batch.pbc.all(dim=1), torch.linalg.det(batch.cell).abs(), torch.nan)
+        row["volume"] = cell_volumes(batch)
         row = {k: as_np(v) for k, v in row.items()}
         row["n_atoms"] = as_np(batch.num_atoms)
         row["numbers"] = batch.numbers.cpu().numpy()
