@@ -27,6 +27,8 @@ class Block(nn.Module):
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     energy_key: str | None = None
+    #: the declarations are for :func:`check_blocks`; TorchScript (model export) skips them
+    __jit_ignored_attributes__ = ("reads", "writes", "energy_key", "irreps_in", "irreps_out")
 
     def __init__(self) -> None:
         super().__init__()

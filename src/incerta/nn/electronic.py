@@ -25,8 +25,9 @@ from incerta.nn.block import Block, Data
 
 def segment_sum(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
     """Sum rows of ``values`` (N, ...) per structure -> (B, ...)."""
-    out = torch.zeros((num_graphs, *values.shape[1:]), dtype=values.dtype, device=values.device)
-    return out.index_add(0, batch, values)
+    shape = list(values.shape)
+    shape[0] = num_graphs
+    return torch.zeros(shape, dtype=values.dtype, device=values.device).index_add(0, batch, values)
 
 
 class StateEmbedding(nn.Module):

@@ -1,8 +1,7 @@
 """Per-atom energy readout and the per-species shift/scale that restores physical units."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
+from typing import List
 
 import torch
 from e3nn import o3
@@ -20,10 +19,11 @@ class EnergyReadout(Block):
     """
 
     writes = (K.ATOMIC_READOUT, K.LAST_LAYER_FEATURES)
+    extra_inputs: List[str]  # noqa: UP006 (TorchScript reads this class annotation; no __future__ import here)
 
     def __init__(self, num_features: int, hidden: int, extra_inputs: Sequence[str] = ()) -> None:
         super().__init__()
-        self.extra_inputs = tuple(extra_inputs)
+        self.extra_inputs = list(extra_inputs)
         self.reads = (K.NODE_FEATURES, *self.extra_inputs)
         self.irreps_in = {K.NODE_FEATURES: o3.Irreps(f"{num_features}x0e")}
         self.hidden = nn.Linear(num_features + len(self.extra_inputs), hidden)
@@ -33,8 +33,8 @@ class EnergyReadout(Block):
 
     def forward(self, data: Data) -> Data:
         features = data[K.NODE_FEATURES]
-        if self.extra_inputs:
-            features = torch.cat([features, *[data[key].unsqueeze(-1) for key in self.extra_inputs]], dim=-1)
+        for key in self.extra_inputs:
+            features = torch.cat([features, data[key].unsqueeze(-1)], dim=-1)
         last_layer = torch.nn.functional.silu(self.hidden(features))
         return {K.ATOMIC_READOUT: self.output(last_layer).squeeze(-1), K.LAST_LAYER_FEATURES: last_layer}
 

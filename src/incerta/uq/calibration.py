@@ -86,19 +86,34 @@ class ScoreMap:
         """t(u): log u for std-like scores, log softplus(u - u0) for log-density scores."""
         if not isinstance(score, torch.Tensor):
             return self.transform(torch.as_tensor(np.asarray(score, dtype=float))).numpy()
-        if self.score_kind == "std":
-            return score.clamp_min(1e-30).log()
-        return torch.nn.functional.softplus(score - self.offset).clamp_min(1e-30).log()
+        return transform_score(score, self.score_kind == "log-density", self.offset)
+
+    def knots(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The isotonic knots (x, y) as tensors with the dtype and device of ``like`` (empty otherwise)."""
+        as_t = lambda values: torch.tensor(values, dtype=like.dtype, device=like.device)
+        return as_t(self.knots_x), as_t(self.knots_y)
 
     def __call__(self, score: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """sigma for raw ``score`` (any shape); differentiable for torch tensors."""
         if not isinstance(score, torch.Tensor):
             return self(torch.as_tensor(np.asarray(score, dtype=float))).numpy()
-        if self.kind == "isotonic":
-            x = torch.tensor(self.knots_x, dtype=score.dtype, device=score.device)
-            y = torch.tensor(self.knots_y, dtype=score.dtype, device=score.device)
-            return _interpolate(score, x, y).clamp_min(1e-30).sqrt()
-        return torch.exp(self.c0 + self.c1 * self.transform(score))
+        return map_score(score, self.kind == "isotonic", self.score_kind == "log-density", self.c0, self.c1,
+                         self.offset, *self.knots(score))
+
+
+def transform_score(score: torch.Tensor, log_density: bool, offset: float) -> torch.Tensor:
+    """t(u) of :class:`ScoreMap` (TorchScript-compatible, for exported models)."""
+    if not log_density:
+        return score.clamp_min(1e-30).log()
+    return torch.nn.functional.softplus(score - offset).clamp_min(1e-30).log()
+
+
+def map_score(score: torch.Tensor, isotonic: bool, log_density: bool, c0: float, c1: float, offset: float,
+              knots_x: torch.Tensor, knots_y: torch.Tensor) -> torch.Tensor:
+    """sigma of :class:`ScoreMap` for raw ``score`` (TorchScript-compatible, for exported models)."""
+    if isotonic:
+        return _interpolate(score, knots_x, knots_y).clamp_min(1e-30).sqrt()
+    return torch.exp(c0 + c1 * transform_score(score, log_density, offset))
 
 
 def _interpolate(value: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
-from incerta.uq.model import aggregate_atoms
 
 
 def latent_features(potential: Potential, graphs: Sequence[AtomicGraph], key: str = K.NODE_FEATURES) -> np.ndarray:
@@ -67,27 +66,35 @@ class GMMUncertainty(UncertaintyMethod):
 
     def negative_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
         """(N, C) latent features -> (N,) NLL under the mixture."""
-        z = (features.double() - self.center) / self.scale
-        diff = z.unsqueeze(1) - self.means  # (N, M, C)
-        projected = torch.einsum("nmc,mcd->nmd", diff, self.precision_cholesky)
-        log_det = torch.log(torch.diagonal(self.precision_cholesky, dim1=1, dim2=2)).sum(-1)
-        log_prob = -0.5 * projected.pow(2).sum(-1) + log_det - 0.5 * z.shape[-1] * math.log(2 * math.pi)
-        return -torch.logsumexp(log_prob + self.log_weights, dim=1)
+        return mixture_nll(features, self.center, self.scale, self.log_weights, self.means, self.precision_cholesky)
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
         out = self.potential(graph, compute_forces=True, compute_stress=compute_stress, create_graph=False)
         nll = self.negative_log_likelihood(out[K.NODE_FEATURES])
-        return UncertainOutput(out[K.ENERGY], out[K.FORCES], nll, segment_logsumexp(nll, graph), out.get(K.STRESS),
-                               out[K.ATOMIC_ENERGIES])
+        energy_score = segment_logsumexp(nll, graph.batch, graph.num_graphs)
+        return UncertainOutput(out[K.ENERGY], out[K.FORCES], nll, energy_score, out.get(K.STRESS), out[K.ATOMIC_ENERGIES])
 
 
-def segment_logsumexp(values: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
-    """log sum_i exp(values_i) over the atoms of each structure: (N,) -> (B,).
+def mixture_nll(features: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, log_weights: torch.Tensor,
+                means: torch.Tensor, precision_cholesky: torch.Tensor) -> torch.Tensor:
+    """(N, C) features -> (N,) NLL under a full-covariance mixture of M components fitted to the
+    standardised features (features - center) / scale: log_weights (M,), means (M, C) and the
+    Cholesky factors of the precisions (M, C, C), all float64 (TorchScript-compatible)."""
+    z = (features.double() - center) / scale
+    projected = torch.einsum("nmc,mcd->nmd", z.unsqueeze(1) - means, precision_cholesky)
+    log_det = torch.log(torch.diagonal(precision_cholesky, dim1=1, dim2=2)).sum(-1)
+    log_prob = -0.5 * projected.pow(2).sum(-1) + log_det - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+    return -torch.logsumexp(log_prob + log_weights, dim=1)
+
+
+def segment_logsumexp(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """log sum_i exp(values_i) over the atoms of each of ``num_graphs`` structures: (N,) -> (B,)
+    (TorchScript-compatible).
 
     With per-atom variances proportional to exp(NLL_i), this is the log of the energy
     variance of independent atoms; calibration then fits its scale and power.
     """
-    peak = aggregate_atoms(values.detach(), graph.batch, graph.num_graphs, "max")
-    shifted = torch.exp(values - peak[graph.batch])
-    total = torch.zeros_like(peak).index_add(0, graph.batch, shifted)
+    peak = torch.full((num_graphs,), -torch.inf, dtype=values.dtype, device=values.device)
+    peak = peak.scatter_reduce(0, batch, values.detach(), reduce="amax", include_self=True)
+    total = torch.zeros_like(peak).index_add(0, batch, torch.exp(values - peak[batch]))
     return torch.log(total) + peak

@@ -63,9 +63,14 @@ class LLPRUncertainty(UncertaintyMethod):
         """Store (C + s I)^-1 and, with a rank, the projection P (H, k) of its phi block."""
         self.inverse = inverse
         if self.rank is not None:
-            values, vectors = torch.linalg.eigh(inverse[:-1, :-1])  # ascending
-            leading = slice(len(values) - self.rank, None)
-            self.projection = vectors[:, leading] * values[leading].clamp_min(0).sqrt()
+            self.projection = self.posterior_factor(self.rank)
+
+    def posterior_factor(self, rank: int | None = None) -> torch.Tensor:
+        """P (H, k) with P P^T the best rank-k approximation of the phi block of (C + s I)^-1
+        (all H directions, so exact, for ``rank=None``)."""
+        values, vectors = torch.linalg.eigh(self.inverse[:-1, :-1])  # ascending
+        leading = slice(0 if rank is None else len(values) - rank, None)
+        return vectors[:, leading] * values[leading].clamp_min(0).sqrt()
 
     def _features(self, graph: AtomicGraph, compute_stress: bool = False, exact: bool = True):
         """Outputs, per-structure g (B, H+1), Jacobian (N, 3, H) of the features (``exact``) or
