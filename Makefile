@@ -14,7 +14,7 @@ $(PY):
 # torch first (the pinned CPU wheel), then the project: an unpinned torch pulls CUDA.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test,docs]"
+	$(PY) -m pip install --quiet -e ".[test,docs,engines]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -67,6 +67,22 @@ def emt_ethanol_frames(count: int, rattle: float) -> list:
     return frames
 
 
+def copper_frames(count: int, rattle: float, strain: float, seed: int) -> list:
+    """8-atom copper cells, randomly strained (up to ``strain``) and rattled (``rattle`` Å), with EMT labels."""
+    from incerta.data.frame import Frame
+    from incerta.data.oracles import EMTOracle
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(count):
+        atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
+        deformation = np.eye(3) + strain * rng.uniform(-1, 1, (3, 3))
+        atoms.set_cell(atoms.cell.array @ deformation, scale_atoms=True)
+        atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
+        frames.append(EMTOracle().label(Frame.from_atoms(atoms, source=f"copper {seed}:{k}")))
+    return frames
+
+
 @pytest.fixture(params=[0, 1, 2, 3], ids=lambda degree: f"lmax{degree}")
 def model_any_lmax(request) -> Potential:
     return make_model(l_max=request.param)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
-from ase.build import bulk
+
+from conftest import copper_frames
 
 from incerta import IncertaCalculator
 from incerta.config import RunConfig
 from incerta.config.sources import prepare_splits
-from incerta.data.frame import Frame
-from incerta.data.oracles import EMTOracle
 from incerta.models.predict import graphs_for
 from incerta.train.run import train_run
 from incerta.uq import metrics as uq_metrics
@@ -21,19 +20,6 @@ from incerta.uq.calibration import VOIGT
 from incerta.uq.fit import fit_uncertainty
 from incerta.uq.predict import collect
 from incerta.uq.store import load_uncertain_potential
-
-
-def copper_frames(count: int, rattle: float, strain: float, seed: int) -> list[Frame]:
-    """8-atom copper cells, randomly strained (up to ``strain``) and rattled (``rattle`` Å), with EMT labels."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for k in range(count):
-        atoms = bulk("Cu", "fcc", a=3.6).repeat(2)
-        deformation = np.eye(3) + strain * rng.uniform(-1, 1, (3, 3))
-        atoms.set_cell(atoms.cell.array @ deformation, scale_atoms=True)
-        atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
-        frames.append(EMTOracle().label(Frame.from_atoms(atoms, source=f"copper {seed}:{k}")))
-    return frames
 
 
 @pytest.fixture(scope="module")

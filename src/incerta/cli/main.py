@@ -344,6 +344,27 @@ def md(
                   + (f"; trajectory {trajectory}" if trajectory else ""))
 
 
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Model folder (its attached uncertainty is exported too)."),
+    out: Path = typer.Option(Path("model.pt"), "--out", "-o", help="The metatomic model file to write."),
+    uncertainty: bool = typer.Option(True, help="Export the attached uncertainty method (gmm or llpr)."),
+    dtype: str = typer.Option("float32", help="float32 or float64: the precision the engine runs the model in."),
+) -> None:
+    """Write a metatomic model file for MD engines (LAMMPS pair_style metatomic, i-PI, ASE,
+    TorchSim): energy, forces and stress by the engine's autograd, energy_uncertainty and
+    incerta::forces_uncertainty (eV/Å per atom)."""
+    from incerta.calculators.metatomic import ExportError, export_model
+
+    if dtype not in ("float32", "float64"):
+        fail(ConfigError(f"--dtype must be float32 or float64, not '{dtype}'"))
+    try:
+        path = export_model(model, out, uncertainty=uncertainty, dtype=dtype)
+    except (*USER_ERRORS, ExportError) as err:
+        fail(err)
+    console.print(f"wrote {path}", highlight=False)
+
+
 data_app = typer.Typer(help="Make and inspect data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
