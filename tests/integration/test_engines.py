@@ -19,9 +19,9 @@ import torch
 from ase import units
 from ase.build import bulk, molecule
 from ase.md.verlet import VelocityVerlet
-from conftest import copper_frames, emt_ethanol_frames, make_model
 from typer.testing import CliRunner
 
+from conftest import copper_frames, emt_ethanol_frames, make_model
 from incerta import IncertaCalculator
 from incerta.calculators.metatomic import ExportError, export_model
 from incerta.cli.main import app

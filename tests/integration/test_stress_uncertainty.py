@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from conftest import copper_frames
-
 from incerta import IncertaCalculator
 from incerta.config import RunConfig
 from incerta.config.sources import prepare_splits

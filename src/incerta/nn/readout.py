@@ -1,7 +1,6 @@
 """Per-atom energy readout and the per-species shift/scale that restores physical units."""
 
 from collections.abc import Sequence
-from typing import List
 
 import torch
 from e3nn import o3
@@ -19,7 +18,7 @@ class EnergyReadout(Block):
     """
 
     writes = (K.ATOMIC_READOUT, K.LAST_LAYER_FEATURES)
-    extra_inputs: List[str]  # noqa: UP006 (TorchScript reads this class annotation; no __future__ import here)
+    extra_inputs: list[str]  # TorchScript reads this class annotation: no __future__ import in this module
 
     def __init__(self, num_features: int, hidden: int, extra_inputs: Sequence[str] = ()) -> None:
         super().__init__()
