@@ -28,6 +28,7 @@ import copy
 import json
 import math
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import torch
 from ase.data import chemical_symbols
@@ -85,7 +86,7 @@ class ExportedForceMaps(nn.Module):
     """Per-atom raw scores (N,) and atomic numbers (N,) -> force sigma (N,) eV/Å, per element
     where the calibration has a map for it (:meth:`Calibration.atom_sigma`)."""
 
-    numbers: list[int]
+    numbers: List[int]
 
     def __init__(self, calibration: Calibration) -> None:
         super().__init__()
@@ -109,8 +110,8 @@ class GMMScores(nn.Module):
         for name in ("center", "scale", "log_weights", "means", "precision_cholesky"):
             self.register_buffer(name, getattr(method, name).clone())
 
-    def forward(self, data: dict[str, torch.Tensor], positions: torch.Tensor, batch: torch.Tensor,
-                num_graphs: int) -> list[torch.Tensor]:
+    def forward(self, data: Dict[str, torch.Tensor], positions: torch.Tensor, batch: torch.Tensor,
+                num_graphs: int) -> List[torch.Tensor]:
         nll = mixture_nll(data[K.NODE_FEATURES], self.center, self.scale, self.log_weights, self.means,
                           self.precision_cholesky)
         energy_score = segment_logsumexp(nll, batch, num_graphs)
@@ -127,8 +128,8 @@ class LLPRScores(nn.Module):
         self.register_buffer("inverse", method.inverse.clone())
         self.register_buffer("projection", method.posterior_factor(method.rank).clone())
 
-    def forward(self, data: dict[str, torch.Tensor], positions: torch.Tensor, batch: torch.Tensor,
-                num_graphs: int) -> list[torch.Tensor]:
+    def forward(self, data: Dict[str, torch.Tensor], positions: torch.Tensor, batch: torch.Tensor,
+                num_graphs: int) -> List[torch.Tensor]:
         phi = data[K.LAST_LAYER_FEATURES]
         projected = phi.sum(0) @ self.projection.to(phi.dtype)
         squares = torch.zeros_like(positions)
@@ -146,7 +147,7 @@ class LLPRScores(nn.Module):
 
 def _tensor_map(values: torch.Tensor, samples: Labels, name: str) -> TensorMap:
     """One-block TensorMap of ``values`` (rows, 1) with one property named ``name``."""
-    block = TensorBlock(values=values, samples=samples, components=torch.jit.annotate(list[Labels], []),
+    block = TensorBlock(values=values, samples=samples, components=torch.jit.annotate(List[Labels], []),
                         properties=Labels([name], torch.zeros((1, 1), dtype=torch.int32, device=values.device)))
     return TensorMap(keys=Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=values.device)), blocks=[block])
 
@@ -156,7 +157,7 @@ class MetatomicPotential(nn.Module):
     systems are batched into one graph, the potential's blocks run in order, and each
     requested output is returned as a TensorMap (see the module docstring)."""
 
-    energy_terms: list[str]
+    energy_terms: List[str]
 
     def __init__(self, potential: Potential, uncertain: UncertainPotential | None, dtype: torch.dtype) -> None:
         super().__init__()
@@ -181,10 +182,10 @@ class MetatomicPotential(nn.Module):
         self.energy_map = ExportedScoreMap(calibration.energy) if calibration is not None else nn.Identity()
         self.stress_map = ExportedScoreMap(calibration.stress) if self.has_stress_map else nn.Identity()
 
-    def requested_neighbor_lists(self) -> list[NeighborListOptions]:
+    def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [NeighborListOptions(cutoff=self.cutoff, full_list=True, strict=True)]
 
-    def requested_inputs(self) -> dict[str, ModelOutput]:
+    def requested_inputs(self) -> Dict[str, ModelOutput]:
         if not self.state_inputs:
             return {}
         return {"charge": ModelOutput(unit="e", sample_kind="system"),
@@ -196,11 +197,12 @@ class MetatomicPotential(nn.Module):
         index = self.species_lookup[torch.where(known, numbers, torch.zeros_like(numbers))]
         unknown = (~known) | (index < 0)
         if bool(unknown.any()):
-            raise ValueError(f"incerta: element(s) with atomic number {torch.jit.annotate(list[int], torch.unique(numbers[unknown]).tolist())} not in the model; its predictions for them "
-                             "would be meaningless")
+            unseen = torch.jit.annotate(List[int], torch.unique(numbers[unknown]).tolist())
+            raise ValueError(f"incerta: element(s) with atomic number {unseen} not in the model; its predictions for "
+                             "them would be meaningless")
         return index
 
-    def _inputs(self, systems: list[System], positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _inputs(self, systems: List[System], positions: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The potential's input keys for all systems batched into one graph."""
         numbers, batch, edges, shifts, cells, pbcs, charges, spins = [], [], [], [], [], [], [], []
         offset = 0
@@ -230,8 +232,8 @@ class MetatomicPotential(nn.Module):
             K.SPECIES_ONE_HOT: nn.functional.one_hot(species, self.num_species).to(positions.dtype),
         }
 
-    def forward(self, systems: list[System], outputs: dict[str, ModelOutput],
-                selected_atoms: Labels | None = None) -> dict[str, TensorMap]:
+    def forward(self, systems: List[System], outputs: Dict[str, ModelOutput],
+                selected_atoms: Optional[Labels] = None) -> Dict[str, TensorMap]:
         device = systems[0].positions.device
         num_graphs = len(systems)
         uncertain = ("energy_uncertainty" in outputs or self.forces_output in outputs
@@ -257,7 +259,7 @@ class MetatomicPotential(nn.Module):
         atom_samples = Labels(["system", "atom"], torch.stack([system_index, atom_index], dim=1)[selected])
         system_samples = Labels(["system"], torch.arange(num_graphs, dtype=torch.int32, device=device).unsqueeze(1))
 
-        results: dict[str, TensorMap] = {}
+        results: Dict[str, TensorMap] = {}
         if "energy" in outputs:
             if outputs["energy"].sample_kind == "atom":
                 results["energy"] = _tensor_map(atomic[selected].unsqueeze(1), atom_samples, "energy")
@@ -268,15 +270,15 @@ class MetatomicPotential(nn.Module):
             results.update(self._uncertainties(data, positions, outputs, selected, atom_samples, system_samples))
         return results
 
-    def _uncertainties(self, data: dict[str, torch.Tensor], positions: torch.Tensor, outputs: dict[str, ModelOutput],
-                       selected: torch.Tensor, atom_samples: Labels, system_samples: Labels) -> dict[str, TensorMap]:
+    def _uncertainties(self, data: Dict[str, torch.Tensor], positions: torch.Tensor, outputs: Dict[str, ModelOutput],
+                       selected: torch.Tensor, atom_samples: Labels, system_samples: Labels) -> Dict[str, TensorMap]:
         """The calibrated uncertainty outputs that ``outputs`` asks for."""
         if not self.has_uncertainty:
             raise ValueError("incerta: this model was exported without an uncertainty method")
         batch, num_graphs, dtype = data[K.BATCH], data[K.CELL].shape[0], positions.dtype
         scores = [score.detach() for score in self.scores(data, positions, batch, num_graphs)]
         atom_score, energy_score, share = scores[0], scores[1], scores[2]
-        results: dict[str, TensorMap] = {}
+        results: Dict[str, TensorMap] = {}
         sigma = self.force_maps(atom_score, data[K.NUMBERS])
         if self.forces_output in outputs:
             results[self.forces_output] = _tensor_map(
@@ -307,7 +309,7 @@ def _check_exportable(potential: Potential, uncertain: UncertainPotential | None
     for name, block in potential.blocks:
         try:
             e3nn_jit.script(copy.deepcopy(block))
-        except Exception as err:
+        except Exception as err:  # TorchScript raises many types; each is reported
             reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             problems.append(f"block '{name}' ({type(block).__name__}) cannot be compiled by TorchScript: {reason}")
     if uncertain is not None and uncertain.method.name not in EXPORTABLE_METHODS:
