@@ -135,8 +135,26 @@ def test_exported_model_rejects_an_element_it_never_saw(exported):
     atoms = molecule("CH3CH2OH")
     atoms[0].symbol = "Si"
     atoms.calc = MetatomicCalculator(exported["gmm"][1], uncertainty_threshold=None)
-    with pytest.raises(Exception, match=r"atomic type '14'|atomic number \[14\] not in the model"):
+    with pytest.raises(Exception, match="does not support the atomic type '14'"):
         atoms.get_potential_energy()
+
+
+def test_exported_model_takes_the_total_charge_and_spin_from_the_engine(tmp_path):
+    from metatomic_ase import MetatomicCalculator
+
+    potential = make_model(l_max=1, species=SPECIES, electronic_embedding=True).float()
+    engine = MetatomicCalculator(export_model(potential, tmp_path / "charged.pt"), uncertainty_threshold=None)
+    reference = IncertaCalculator(potential)
+    energies = {}
+    for charge, unpaired in ((0, 0), (1, 1)):
+        atoms = molecule("CH3CH2OH")
+        atoms.info.update(charge=charge, spin=unpaired)
+        expected = reference.get_potential_energy(atoms)
+        atoms.info["spin_multiplicity"] = unpaired + 1  # metatomic's convention
+        atoms.calc = engine
+        energies[charge] = atoms.get_potential_energy()
+        assert energies[charge] == pytest.approx(expected, abs=1e-5)
+    assert abs(energies[1] - energies[0]) > 1e-3, "the charge and spin reach the model"
 
 
 def ethanol_replicas(count: int) -> list:

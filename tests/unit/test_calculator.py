@@ -99,3 +99,16 @@ def test_training_statistics_record_periodic_images(silicon, ethanol):
 
     assert not statistics([ethanol]).periodic
     assert statistics([ethanol, silicon]).periodic
+
+
+def test_a_new_total_charge_on_the_same_geometry_is_recomputed(ethanol):
+    from conftest import make_model
+
+    ethanol.calc = IncertaCalculator(make_model(l_max=1, electronic_embedding=True))
+    ethanol.info.update(charge=0, spin=0)
+    neutral = ethanol.get_potential_energy()
+    ethanol.info.update(charge=1, spin=1)
+    cation = ethanol.get_potential_energy()
+    assert abs(cation - neutral) > 1e-4, "the cached neutral energy must not be returned for the cation"
+    ethanol.info.update(charge=0, spin=0)
+    assert ethanol.get_potential_energy() == pytest.approx(neutral)

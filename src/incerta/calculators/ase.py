@@ -22,6 +22,8 @@ from incerta.uq.model import Aggregate, UncertainPotential
 from incerta.uq.store import has_uncertainty, load_uncertain_potential
 
 UNCERTAINTY_KEYS = (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY, K.STRESS_UNCERTAINTY)
+#: ``atoms.info`` keys of the total charge and spin (unpaired electrons), as :meth:`Frame.from_atoms` reads them
+STATE_KEYS = {"charge": ("charge", "total_charge"), "spin": ("spin", "total_spin")}
 
 
 class IncertaCalculator(Calculator):
@@ -90,8 +92,7 @@ class IncertaCalculator(Calculator):
         """A model trained with total charge/spin needs them; warn once when they are missing."""
         if not self.potential.spec.electronic_embedding or self._warned_state:
             return
-        missing = [name for name, keys in (("charge", ("charge", "total_charge")), ("spin", ("spin", "total_spin")))
-                   if not any(k in atoms.info for k in keys)]
+        missing = [name for name, keys in STATE_KEYS.items() if not any(k in atoms.info for k in keys)]
         if missing:
             warnings.warn(
                 f"this model takes the total charge and spin as inputs, but atoms.info has no {' or '.join(missing)}; "
@@ -110,6 +111,15 @@ class IncertaCalculator(Calculator):
                 stacklevel=3,
             )
             self._warned_periodic = True
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes (positions, numbers, cell, pbc, ...) and a changed total charge or spin in
+        ``atoms.info``: they are model inputs, so a new value must not return the cached result."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and any(self.atoms.info.get(key) != atoms.info.get(key)
+                                          for keys in STATE_KEYS.values() for key in keys):
+            changes.append("info")
+        return changes
 
     @property
     def has_uncertainty(self) -> bool:

@@ -28,7 +28,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Final, List, Optional
 
 import torch
 from ase.data import chemical_symbols
@@ -45,6 +45,7 @@ from metatomic.torch import (
 from torch import nn
 
 from incerta.data import keys as K
+from incerta.data.graph import cell_volumes
 from incerta.models.potential import Potential
 from incerta.nn.electronic import segment_sum
 from incerta.train.checkpoint import load_potential
@@ -105,6 +106,8 @@ class GMMScores(nn.Module):
     """Raw GMM scores: per-atom NLL of the node features (N,), the per-structure log-sum-exp (B,)
     and each atom's share of its structure's energy variance (N,)."""
 
+    needs_position_gradients = False
+
     def __init__(self, method: GMMUncertainty) -> None:
         super().__init__()
         for name in ("center", "scale", "log_weights", "means", "precision_cholesky"):
@@ -122,6 +125,8 @@ class LLPRScores(nn.Module):
     """Raw LLPR scores: per-atom force-variance score (N,) from the k posterior directions P
     (one vector-Jacobian product each), per-structure energy score (B,) and each atom's share
     of its structure's energy variance (N,)."""
+
+    needs_position_gradients = True
 
     def __init__(self, method: LLPRUncertainty) -> None:
         super().__init__()
@@ -158,32 +163,34 @@ class MetatomicPotential(nn.Module):
     requested output is returned as a TensorMap (see the module docstring)."""
 
     energy_terms: List[str]
+    #: constants to TorchScript: without a method the uncertainty code is not compiled
+    has_uncertainty: Final[bool]
+    has_stress_map: Final[bool]
 
-    def __init__(self, potential: Potential, uncertain: UncertainPotential | None, dtype: torch.dtype) -> None:
+    def __init__(self, potential: Potential, blocks: nn.ModuleList, uncertain: UncertainPotential | None) -> None:
+        """``blocks``: the potential's blocks, scripted (:func:`scripted_blocks`), in its dtype."""
         super().__init__()
-        potential = copy.deepcopy(potential).to(dtype).eval()
-        self.blocks = nn.ModuleList([block for _, block in potential.blocks])
+        self.blocks = blocks
         self.energy_terms = list(potential.energy_terms)
         self.register_buffer("species_lookup", potential.species_lookup.clone())
         self.num_species = len(potential.spec.species)
-        self.cutoff = float(potential.spec.cutoff)
+        self.neighbors = NeighborListOptions(cutoff=float(potential.spec.cutoff), full_list=True, strict=True)
         self.state_inputs = bool(potential.spec.electronic_embedding)
         self.has_uncertainty = uncertain is not None
         self.forces_output, self.stress_output = FORCES_UNCERTAINTY_OUTPUT, STRESS_UNCERTAINTY_OUTPUT
-        self.has_stress_map = uncertain is not None and uncertain.calibration.stress is not None
-        if uncertain is None:
-            self.scores = nn.Identity()
-        elif isinstance(uncertain.method, GMMUncertainty):
-            self.scores = GMMScores(uncertain.method)
-        else:
-            self.scores = LLPRScores(uncertain.method)
         calibration = uncertain.calibration if uncertain is not None else None
+        self.has_stress_map = calibration is not None and calibration.stress is not None
+        if uncertain is None:
+            self.scores, self.scores_need_gradients = nn.Identity(), False
+        else:
+            scores = GMMScores(uncertain.method) if isinstance(uncertain.method, GMMUncertainty) else LLPRScores(uncertain.method)
+            self.scores, self.scores_need_gradients = scores, scores.needs_position_gradients
         self.force_maps = ExportedForceMaps(calibration) if calibration is not None else nn.Identity()
         self.energy_map = ExportedScoreMap(calibration.energy) if calibration is not None else nn.Identity()
         self.stress_map = ExportedScoreMap(calibration.stress) if self.has_stress_map else nn.Identity()
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
-        return [NeighborListOptions(cutoff=self.cutoff, full_list=True, strict=True)]
+        return [self.neighbors]
 
     def requested_inputs(self) -> Dict[str, ModelOutput]:
         if not self.state_inputs:
@@ -191,23 +198,12 @@ class MetatomicPotential(nn.Module):
         return {"charge": ModelOutput(unit="e", sample_kind="system"),
                 "spin_multiplicity": ModelOutput(unit="", sample_kind="system")}
 
-    def _species(self, numbers: torch.Tensor) -> torch.Tensor:
-        """Atomic numbers (N,) -> species indices (N,); an element the model never saw is an error."""
-        known = (numbers >= 0) & (numbers < self.species_lookup.shape[0])
-        index = self.species_lookup[torch.where(known, numbers, torch.zeros_like(numbers))]
-        unknown = (~known) | (index < 0)
-        if bool(unknown.any()):
-            unseen = torch.jit.annotate(List[int], torch.unique(numbers[unknown]).tolist())
-            raise ValueError(f"incerta: element(s) with atomic number {unseen} not in the model; its predictions for "
-                             "them would be meaningless")
-        return index
-
     def _inputs(self, systems: List[System], positions: torch.Tensor) -> Dict[str, torch.Tensor]:
         """The potential's input keys for all systems batched into one graph."""
         numbers, batch, edges, shifts, cells, pbcs, charges, spins = [], [], [], [], [], [], [], []
         offset = 0
         for index, system in enumerate(systems):
-            neighbors = system.get_neighbor_list(self.requested_neighbor_lists()[0])
+            neighbors = system.get_neighbor_list(self.neighbors)
             samples = neighbors.samples
             edges.append(torch.stack([samples.column("first_atom"), samples.column("second_atom")]).long() + offset)
             shifts.append(torch.stack([samples.column("cell_shift_a"), samples.column("cell_shift_b"),
@@ -224,7 +220,7 @@ class MetatomicPotential(nn.Module):
                 spins.append(torch.zeros(1, dtype=positions.dtype, device=positions.device))
             offset += len(system)
         all_numbers = torch.cat(numbers)
-        species = self._species(all_numbers)
+        species = self.species_lookup[all_numbers]  # metatomic has checked the types against atomic_types
         return {
             K.POSITIONS: positions, K.NUMBERS: all_numbers, K.CELL: torch.stack(cells), K.PBC: torch.stack(pbcs),
             K.BATCH: torch.cat(batch), K.EDGE_INDEX: torch.cat(edges, dim=1), K.EDGE_SHIFTS: torch.cat(shifts),
@@ -239,7 +235,7 @@ class MetatomicPotential(nn.Module):
         uncertain = ("energy_uncertainty" in outputs or self.forces_output in outputs
                      or self.stress_output in outputs)
         positions = torch.cat([system.positions for system in systems])
-        if uncertain and not positions.requires_grad:
+        if uncertain and self.scores_need_gradients and not positions.requires_grad:
             positions = positions.detach().requires_grad_(True)
         data = self._inputs(systems, positions)
         for block in self.blocks:
@@ -267,14 +263,15 @@ class MetatomicPotential(nn.Module):
                 total = segment_sum(atomic * selected.to(atomic.dtype), batch, num_graphs)
                 results["energy"] = _tensor_map(total.unsqueeze(1), system_samples, "energy")
         if uncertain:
-            results.update(self._uncertainties(data, positions, outputs, selected, atom_samples, system_samples))
+            if self.has_uncertainty:
+                results.update(self._uncertainties(data, positions, outputs, selected, atom_samples, system_samples))
+            else:
+                raise ValueError("incerta: this model was exported without an uncertainty method")
         return results
 
     def _uncertainties(self, data: Dict[str, torch.Tensor], positions: torch.Tensor, outputs: Dict[str, ModelOutput],
                        selected: torch.Tensor, atom_samples: Labels, system_samples: Labels) -> Dict[str, TensorMap]:
         """The calibrated uncertainty outputs that ``outputs`` asks for."""
-        if not self.has_uncertainty:
-            raise ValueError("incerta: this model was exported without an uncertainty method")
         batch, num_graphs, dtype = data[K.BATCH], data[K.CELL].shape[0], positions.dtype
         scores = [score.detach() for score in self.scores(data, positions, batch, num_graphs)]
         atom_score, energy_score, share = scores[0], scores[1], scores[2]
@@ -294,21 +291,20 @@ class MetatomicPotential(nn.Module):
             if not self.has_stress_map:
                 raise ValueError("incerta: the calibration of this model has no stress map (no periodic validation "
                                  "structures with stress)")
-            periodic = data[K.PBC].all(dim=1)
-            volume = torch.where(periodic, torch.linalg.det(data[K.CELL].detach()).abs().double(), torch.nan)
+            volume = cell_volumes(data[K.CELL].detach(), data[K.PBC]).double()
             per_component = self.stress_map(stress_score(sigma, batch, volume)) / math.sqrt(6.0)
             results[self.stress_output] = _tensor_map(per_component.to(dtype).unsqueeze(1), system_samples,
                                                              "stress_uncertainty")
         return results
 
 
-def _check_exportable(potential: Potential, uncertain: UncertainPotential | None) -> None:
-    """Every block must compile with TorchScript and the method be exportable; otherwise an
-    :class:`ExportError` naming each one that is not."""
-    problems = []
+def scripted_blocks(potential: Potential, uncertain: UncertainPotential | None) -> nn.ModuleList:
+    """The potential's blocks compiled by TorchScript (each once, reused by the export); an
+    :class:`ExportError` naming every block that does not compile and a method that cannot be exported."""
+    problems, scripted = [], nn.ModuleList()
     for name, block in potential.blocks:
         try:
-            e3nn_jit.script(copy.deepcopy(block))
+            scripted.append(e3nn_jit.script(block))
         except Exception as err:  # TorchScript raises many types; each is reported
             reason = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             problems.append(f"block '{name}' ({type(block).__name__}) cannot be compiled by TorchScript: {reason}")
@@ -318,6 +314,7 @@ def _check_exportable(potential: Potential, uncertain: UncertainPotential | None
                         "or export without uncertainty (--no-uncertainty)")
     if problems:
         raise ExportError("the model cannot be exported to metatomic without losing a term:\n  " + "\n  ".join(problems))
+    return scripted
 
 
 def _outputs(has_uncertainty: bool, has_stress_map: bool) -> dict[str, ModelOutput]:
@@ -335,21 +332,19 @@ def _outputs(has_uncertainty: bool, has_stress_map: bool) -> dict[str, ModelOutp
 
 
 def export_model(model: str | Path | Potential | UncertainPotential, out: str | Path, *, uncertainty: bool = True,
-                 dtype: str = "float32", name: str | None = None) -> Path:
+                 dtype: str = "float32") -> Path:
     """Write ``model`` (a model folder or a loaded potential, with or without uncertainty) as a
     metatomic model file ``out``; ``uncertainty=False`` leaves the attached method out.
     Returns the path written; raises :class:`ExportError` when a term cannot be exported."""
+    name = Path(model).name if isinstance(model, (str, Path)) else "incerta potential"
     if isinstance(model, (str, Path)):
-        name = name or Path(model).name
         model = load_uncertain_potential(model) if uncertainty and has_uncertainty(model) else load_potential(model)
     uncertain = model if isinstance(model, UncertainPotential) and uncertainty else None
-    potential = model.potential if isinstance(model, UncertainPotential) else model
-    _check_exportable(potential, uncertain)
-    module = MetatomicPotential(potential, uncertain, getattr(torch, dtype))
-    e3nn_jit.compile(module)
-    has_stress_map = uncertain is not None and uncertain.calibration.stress is not None
+    potential = copy.deepcopy(model.potential if isinstance(model, UncertainPotential) else model)
+    potential = potential.to(getattr(torch, dtype)).eval()
+    module = MetatomicPotential(potential, scripted_blocks(potential, uncertain), uncertain)
     capabilities = ModelCapabilities(
-        outputs=_outputs(uncertain is not None, has_stress_map),
+        outputs=_outputs(module.has_uncertainty, module.has_stress_map),
         atomic_types=list(potential.spec.species),
         interaction_range=float(potential.spec.cutoff * potential.spec.num_layers),
         length_unit="angstrom",
@@ -359,9 +354,8 @@ def export_model(model: str | Path | Potential | UncertainPotential, out: str | 
     elements = ", ".join(chemical_symbols[z] for z in potential.spec.species)
     method = uncertain.method.name if uncertain is not None else "none"
     metadata = ModelMetadata(
-        name=name or "incerta potential",
-        description=(f"incerta {__version__} E(3)-equivariant potential for {elements}; "
-                     f"uncertainty: {method}"),
+        name=name,
+        description=f"incerta {__version__} E(3)-equivariant potential for {elements}; uncertainty: {method}",
         references={"implementation": ["incerta (this package)"]},
         extra={"incerta_version": __version__, "spec": potential.spec.model_dump_json(), "uncertainty_method": method,
                "calibration": uncertain.calibration.to_json() if uncertain is not None else json.dumps(None)},

@@ -86,9 +86,10 @@ def frame_to_graph(frame: Frame, cutoff: float) -> AtomicGraph:
 PARTIAL_LABELS = {"stress": ("structure", (3, 3)), "dipole": ("structure", (3,)), "atomic_charges": ("atom", ())}
 
 
-def cell_volumes(graph: AtomicGraph) -> torch.Tensor:
-    """(B,) cell volumes in Å^3, NaN for structures not periodic in all three directions."""
-    return torch.where(graph.pbc.all(dim=1), torch.linalg.det(graph.cell).abs(), torch.nan)
+def cell_volumes(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
+    """(B,) volumes in Å^3 of cells (B, 3, 3), NaN where ``pbc`` (B, 3) is not all True
+    (TorchScript-compatible, for exported models)."""
+    return torch.where(pbc.all(dim=1), torch.linalg.det(cell).abs(), torch.nan)
 
 
 def crosses_boundary(graph: AtomicGraph) -> bool:

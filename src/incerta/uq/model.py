@@ -94,7 +94,7 @@ class UncertainPotential(nn.Module):
         if raw.stress is not None:
             out[K.STRESS] = raw.stress
             if self.calibration.stress is not None:
-                out[K.STRESS_UNCERTAINTY] = self.calibration.stress_sigma(sigma_atoms, graph.batch, cell_volumes(graph))
+                out[K.STRESS_UNCERTAINTY] = self.calibration.stress_sigma(sigma_atoms, graph.batch, cell_volumes(graph.cell, graph.pbc))
         if raw.energies is not None:
             out[K.ATOMIC_ENERGIES] = raw.energies
         if not bool(known.all()):

@@ -43,7 +43,7 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
         if with_stress:
             row["stress_pred"] = stress
             row["stress_ref"] = batch.stress if batch.stress is not None else torch.full_like(stress, torch.nan)
-        row["volume"] = cell_volumes(batch)
+        row["volume"] = cell_volumes(batch.cell, batch.pbc)
         row = {k: as_np(v) for k, v in row.items()}
         row["n_atoms"] = as_np(batch.num_atoms)
         row["numbers"] = batch.numbers.cpu().numpy()
