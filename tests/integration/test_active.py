@@ -18,7 +18,7 @@ from ase.build import molecule
 
 from incerta.active.labelling import label_on_cluster
 from incerta.active.loop import ActiveLearning
-from incerta.active.samplers import attack_structure
+from incerta.active.samplers import attack_structure, training_density
 from incerta.active.state import RunState
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score, score_reference
@@ -26,12 +26,11 @@ from incerta.calculators.md import make_dynamics, run_watched_md
 from incerta.config import ALConfig, load_experiment
 from incerta.config.active import AttackSection
 from incerta.config.md import MDSettings
+from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.io import read_frames
 from incerta.data.oracles import PySCFOracle, TBLiteOracle
 from incerta.models.predict import graphs_for
-from incerta.uq.base import FitSettings
-from incerta.uq.gmm import GMMUncertainty
 from incerta.uq.store import load_uncertain_potential
 from incerta.utils.cluster import ClusterSpec, connect
 
@@ -201,9 +200,8 @@ def test_biased_md_reaches_less_familiar_structures(first_iteration, acac_slices
     (log-sum-exp of the atoms' GMM negative log-likelihoods under the training features);
     measured: S about 1,000 unbiased, 5,000 with k = 0.2 eV (this first model knows little)."""
     uncertain = load_uncertain_potential(first_iteration[1])
-    density = GMMUncertainty(uncertain.potential)
     train = graphs_for(uncertain.potential, read_frames(acac_slices / "initial.xyz"))
-    density.fit(train, [], FitSettings(progress=False))
+    density = training_density(uncertain.potential, train, seed=0)
     reference = score_reference(density, train)
     start = read_frames(acac_slices / "pool.xyz")[0].to_atoms()
     scores = {}
@@ -216,15 +214,14 @@ def test_biased_md_reaches_less_familiar_structures(first_iteration, acac_slices
         for _ in range(6):
             dynamics.run(20)
             graph = graphs_for(uncertain.potential, [Frame.from_atoms(atoms)])[0]
-            trace.append(float(density_score(density, graph)))
+            trace.append(float(density_score(density, uncertain.potential.evaluate(graph)[K.NODE_FEATURES])))
         scores[strength] = np.mean(trace[3:])
     assert scores[0.2] > 2 * scores[0.0], scores
 
 
 def test_uncertainty_attack_raises_uncertainty_physically(first_iteration, acac_slices):
     potential = load_uncertain_potential(first_iteration[1]).potential
-    gmm = GMMUncertainty(potential)
-    gmm.fit(graphs_for(potential, read_frames(acac_slices / "initial.xyz")), [], FitSettings(progress=False))
+    gmm = training_density(potential, graphs_for(potential, read_frames(acac_slices / "initial.xyz")), seed=0)
     settings = AttackSection(steps=30, step_size=0.02, min_distance=0.8)
     start = read_frames(acac_slices / "pool.xyz")[0]
     attacked, before, after = attack_structure(potential, gmm, start, settings, np.random.default_rng(0))

@@ -10,7 +10,7 @@ import torch
 from ase import units
 
 from incerta.calculators.ase import IncertaCalculator
-from incerta.calculators.bias import UncertaintyBiasedCalculator, score_reference
+from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score, score_reference
 from incerta.calculators.md import run_watched_md
 from incerta.config.active import AttackSection, CandidateSection
 from incerta.data import keys as K
@@ -25,6 +25,14 @@ from incerta.uq.model import UncertainPotential
 Candidate = tuple[str, Frame]
 
 
+def training_density(potential, train_graphs: Sequence[AtomicGraph], seed: int) -> GMMUncertainty:
+    """A Gaussian mixture of the training atoms' latent features under the current potential:
+    the density that biased MD and the attack push structures away from."""
+    density = GMMUncertainty(potential)
+    density.fit(train_graphs, [], FitSettings(seed=seed, progress=False))
+    return density
+
+
 def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
     """Every pool frame, keyed by its position in the pool."""
     return [(f"pool-{index}", frame) for index, frame in enumerate(pool)]
@@ -37,9 +45,8 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
     flagged = []
     per_start = max(1, section.max_candidates // max(len(starts), 1))
     if section.source == "biased-md":
-        density = GMMUncertainty(model.potential)
         train_graphs = graphs_for(model.potential, train_frames)
-        density.fit(train_graphs, [], FitSettings(seed=seed, progress=False))
+        density = training_density(model.potential, train_graphs, seed)
         reference = score_reference(density, train_graphs)
         make_calculator = lambda: UncertaintyBiasedCalculator(model, density, section.md.bias_eV, reference, annotate=False)
     else:
@@ -76,8 +83,7 @@ def attack_structure(
     def objective(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         moved: AtomicGraph = replace(graph, positions=positions)
         out = potential.evaluate(moved)
-        uncertainty = torch.logsumexp(gmm.negative_log_likelihood(out[K.NODE_FEATURES]), dim=0)
-        return uncertainty, out[K.ENERGY].sum()
+        return density_score(gmm, out[K.NODE_FEATURES]), out[K.ENERGY].sum()
 
     with torch.no_grad():
         first_score, first_energy = objective(start)
@@ -102,8 +108,7 @@ def attack_structure(
 def attack_candidates(potential, train_frames: Sequence[Frame], starts: Sequence[Frame], section: CandidateSection,
                       iteration: int, seed: int) -> list[Candidate]:
     """Structures pushed towards high uncertainty, from each start (several copies each)."""
-    gmm = GMMUncertainty(potential)
-    gmm.fit(graphs_for(potential, train_frames), [], FitSettings(seed=seed, progress=False))
+    gmm = training_density(potential, graphs_for(potential, train_frames), seed)
     rng = np.random.default_rng(seed + 104729 * iteration)
     made = []
     for index, start in enumerate(starts):

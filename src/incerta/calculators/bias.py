@@ -33,16 +33,16 @@ from incerta.uq.gmm import GMMUncertainty
 BIAS_ENERGY = "bias_energy"
 
 
-def density_score(density: GMMUncertainty, graph: AtomicGraph) -> torch.Tensor:
-    """S (scalar): log-sum-exp over atoms of the GMM negative log-likelihood of their features."""
-    out = density.potential.evaluate(graph)
-    return torch.logsumexp(density.negative_log_likelihood(out[K.NODE_FEATURES]), dim=0)
+def density_score(density: GMMUncertainty, features: torch.Tensor) -> torch.Tensor:
+    """S (scalar): log-sum-exp over the atoms of one structure of the GMM negative log-likelihood
+    of their latent features (N, C); the score the uncertainty attack climbs too."""
+    return torch.logsumexp(density.negative_log_likelihood(features), dim=0)
 
 
 def score_reference(density: GMMUncertainty, graphs: Sequence[AtomicGraph]) -> tuple[float, float]:
     """Mean and standard deviation of S over the (training) structures: S0 and s of the bias."""
     with torch.no_grad():
-        scores = [float(density_score(density, g)) for g in graphs]
+        scores = [float(density_score(density, density.potential.evaluate(g)[K.NODE_FEATURES])) for g in graphs]
     return float(np.mean(scores)), max(float(np.std(scores)), 1e-6)
 
 
@@ -73,7 +73,8 @@ class UncertaintyBiasedCalculator(IncertaCalculator):
     def predict(self, graph: AtomicGraph, periodic: bool, uncertain: bool) -> dict[str, torch.Tensor]:
         outputs = dict(super().predict(graph, periodic, uncertain))
         inputs = differentiable_inputs(graph, forces=True, stress=periodic)
-        bias = bias_energy(density_score(self.density, inputs.graph), self.strength, self.reference)
+        features = self.density.potential.evaluate(inputs.graph)[K.NODE_FEATURES]
+        bias = bias_energy(density_score(self.density, features), self.strength, self.reference)
         for key, value in derivatives(bias.unsqueeze(0), inputs, create_graph=False).items():
             outputs[key] = outputs[key] + value
         outputs[K.ENERGY] = outputs[K.ENERGY] + bias.detach()
