@@ -83,6 +83,22 @@ def copper_frames(count: int, rattle: float, strain: float, seed: int) -> list:
     return frames
 
 
+@pytest.fixture(scope="session")
+def watched_model():
+    """The tiny model with a GMM attached, calibrated on EMT-labelled rattled ethanol."""
+    from incerta.models.predict import graphs_for
+    from incerta.uq.base import FitSettings
+    from incerta.uq.fit import calibrate
+    from incerta.uq.gmm import GMMUncertainty
+    from incerta.uq.model import UncertainPotential
+
+    model = make_model()
+    graphs = graphs_for(model, emt_ethanol_frames(24, 0.08))
+    method = GMMUncertainty(model)
+    method.fit(graphs[:16], graphs[16:], FitSettings(progress=False))
+    return UncertainPotential(method, calibrate(method, graphs[16:]))
+
+
 @pytest.fixture(params=[0, 1, 2, 3], ids=lambda degree: f"lmax{degree}")
 def model_any_lmax(request) -> Potential:
     return make_model(l_max=request.param)

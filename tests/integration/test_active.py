@@ -18,13 +18,13 @@ from ase.build import molecule
 
 from incerta.active.labelling import label_on_cluster
 from incerta.active.loop import ActiveLearning
-from incerta.active.samplers import attack_structure, training_density
+from incerta.active.samplers import attack_structure, md_candidates, training_density
 from incerta.active.state import RunState
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score, score_reference
 from incerta.calculators.md import make_dynamics, run_watched_md
 from incerta.config import ALConfig, load_experiment
-from incerta.config.active import AttackSection
+from incerta.config.active import AttackSection, CandidateSection
 from incerta.config.md import MDSettings
 from incerta.data import keys as K
 from incerta.data.frame import Frame
@@ -193,6 +193,20 @@ def test_md_watcher_stops_at_the_threshold(first_iteration, acac_slices):
     assert stopped.stopped_at == 10 and len(stopped.flagged) == 1
     assert stopped.flagged[0].info["structure_uncertainty"] > threshold
     assert stopped.log[-1]["event"].startswith("flagged: stop")
+
+
+def test_md_candidates_from_batched_replicas(first_iteration, acac_slices):
+    """md.replicas: 3 copies of each of two starts run in one TorchSim batch; with a zero threshold
+    every check flags, and each replica gives its share of the candidates, named by start and replica."""
+    uncertain = load_uncertain_potential(first_iteration[1])
+    starts = read_frames(acac_slices / "pool.xyz")[:2]
+    section = CandidateSection(source="md", max_candidates=12, md={"replicas": 3, "steps": 20, "check_every": 10})
+    made = md_candidates(uncertain, starts, section, 0.0, iteration=1, seed=0, progress=False)
+    assert len(made) == 12
+    sources = [frame.source for _, frame in made]
+    assert sources.count("md iteration 1, start 1, replica 2") == 2
+    assert all(frame.energy is None and len(frame) == 15 for _, frame in made), "unlabelled acac frames"
+    assert len({frame.positions.tobytes() for _, frame in made}) == 12
 
 
 def test_biased_md_reaches_less_familiar_structures(first_iteration, acac_slices):

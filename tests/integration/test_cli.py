@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import re
 from dataclasses import dataclass
@@ -192,3 +193,21 @@ def test_evaluate_names_the_frame_with_an_unknown_element(demo_run, tmp_path):
     result = runner.invoke(app, ["evaluate", str(demo_run.out / "model"), str(path)])
     assert result.exit_code == 2
     assert "with_chlorine.xyz, frame 1: element(s) Cl not in the model" in result.output
+
+
+def test_md_runs_replicas_each_with_its_log_rows_and_trajectory(demo_run, tmp_path):
+    start = default.path("test_300K")
+    out = tmp_path / "md"
+    result = runner.invoke(app, ["md", str(demo_run.out / "model"), str(start), "--replicas", "3", "--steps", "20",
+                                 "--check-every", "10", "--trajectory", str(out / "md.xyz"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "replica 2: 20 steps" in result.output
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [(row["replica"], row["step"]) for row in rows] == [(str(k), str(s)) for s in (10, 20) for k in range(3)]
+    assert all(float(row["max_force_uncertainty_eV_per_A"]) > 0 for row in rows)
+    for replica in range(3):
+        frames = read(out / f"md.replica{replica}.xyz", ":")
+        assert [frame.info["step"] for frame in frames] == [10, 20] and "forces_uncertainty" in frames[0].arrays
+    result = runner.invoke(app, ["md", str(demo_run.out / "model"), str(start), "--replicas", "2", "--thermostat", "bussi",
+                                 "--steps", "5", "--out", str(out)])
+    assert result.exit_code == 2 and "thermostat 'bussi'" in result.output and "Traceback" not in result.output

@@ -14,7 +14,6 @@ from ase.calculators.emt import EMT
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from conftest import emt_ethanol_frames, make_model
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score
 from incerta.calculators.md import LOG_COLUMNS, make_dynamics, run_watched_md
@@ -23,11 +22,6 @@ from incerta.config.schema import ConfigError
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import frame_to_graph
-from incerta.models.predict import graphs_for
-from incerta.uq.base import FitSettings
-from incerta.uq.fit import calibrate
-from incerta.uq.gmm import GMMUncertainty
-from incerta.uq.model import UncertainPotential
 
 
 def test_nve_conserves_energy(model, ethanol):
@@ -43,16 +37,6 @@ def test_nve_conserves_energy(model, ethanol):
     potential, total = np.array(potential), np.array(total)
     assert np.ptp(potential) > 0.02, "the system must actually move on the surface"
     assert np.ptp(total) < 1e-3 * np.ptp(potential), f"total energy drifts by {np.ptp(total):.2e} eV"
-
-
-@pytest.fixture(scope="module")
-def watched_model() -> UncertainPotential:
-    """The tiny model with a GMM attached, calibrated on EMT-labelled rattled ethanol."""
-    model = make_model()
-    graphs = graphs_for(model, emt_ethanol_frames(24, 0.08))
-    method = GMMUncertainty(model)
-    method.fit(graphs[:16], graphs[16:], FitSettings(progress=False))
-    return UncertainPotential(method, calibrate(method, graphs[16:]))
 
 
 def test_driver_nve_conserves_energy_and_honours_steps(model, ethanol, tmp_path):

@@ -26,6 +26,18 @@ UNCERTAINTY_KEYS = (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCE
 STATE_KEYS = {"charge": ("charge", "total_charge"), "spin": ("spin", "total_spin")}
 
 
+def model_outputs(model: Potential | UncertainPotential, graph: AtomicGraph, stress: bool,
+                  uncertain: bool) -> dict[str, torch.Tensor]:
+    """Energy (B,) eV, forces (N, 3) eV/Å and, with ``stress``, stress (B, 3, 3) eV/Å^3 of a
+    checked graph; with ``uncertain`` (a model with an uncertainty attached) the calibrated
+    uncertainties too, otherwise without the uncertainty pass."""
+    if uncertain:
+        return model(graph, compute_stress=stress)
+    if isinstance(model, UncertainPotential):
+        return model.predict(graph, compute_stress=stress)
+    return model(graph, compute_forces=True, compute_stress=stress, create_graph=False)
+
+
 class IncertaCalculator(Calculator):
     """Energy (eV), forces (eV/Å), per-atom energies (eV), stress (eV/Å^3, periodic only).
 
@@ -127,11 +139,7 @@ class IncertaCalculator(Calculator):
 
     def predict(self, graph: AtomicGraph, periodic: bool, uncertain: bool) -> dict[str, torch.Tensor]:
         """The model's outputs for one checked structure; the uncertainty pass only when ``uncertain``."""
-        if uncertain:
-            return self.model(graph, compute_stress=periodic)
-        if self.has_uncertainty:
-            return self.model.predict(graph, compute_stress=periodic)
-        return self.model(graph, compute_forces=True, compute_stress=periodic, create_graph=False)
+        return model_outputs(self.model, graph, periodic, uncertain)
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)

@@ -65,7 +65,8 @@ def make_dynamics(atoms: Atoms, settings: MDSettings, rng: np.random.Generator) 
                     tdamp=settings.thermostat_time_fs * units.fs, pdamp=settings.barostat_time_fs * units.fs)
 
 
-def _state_row(atoms: Atoms, step: int, time_fs: float, sigma: np.ndarray | None) -> dict[str, float | str]:
+def state_row(atoms: Atoms, step: int, time_fs: float, sigma: np.ndarray | None) -> dict[str, float | str]:
+    """One log row (``LOG_COLUMNS``) of ``atoms`` (calculator attached) with its per-atom force uncertainty."""
     potential, kinetic = float(atoms.get_potential_energy()), float(atoms.get_kinetic_energy())
     periodic = bool(atoms.pbc.all())
     pressure = -float(np.mean(atoms.get_stress(include_ideal_gas=True)[:3])) / units.GPa if periodic else np.nan
@@ -79,7 +80,7 @@ def _state_row(atoms: Atoms, step: int, time_fs: float, sigma: np.ndarray | None
     }
 
 
-def _append_frame(path: Path, atoms: Atoms, sigma: np.ndarray | None, **info) -> None:
+def append_frame(path: Path, atoms: Atoms, sigma: np.ndarray | None, **info) -> None:
     """One trajectory frame with the model's energy and forces, per-atom uncertainty in
     ``arrays`` (extended XYZ) or ``info`` (ASE .traj, which keeps no custom arrays)."""
     frame = labelled_copy(atoms, **info)
@@ -159,10 +160,10 @@ def run_watched_md(
             sigma = (np.asarray(calculator.get_property(K.FORCES_UNCERTAINTY, atoms))
                      if watched and (checking or writing) else None)
             if writing:
-                _append_frame(trajectory, atoms, sigma, step=step, time_fs=time_fs)
+                append_frame(trajectory, atoms, sigma, step=step, time_fs=time_fs)
             if not checking:
                 continue
-            row = _state_row(atoms, step, time_fs, sigma)
+            row = state_row(atoms, step, time_fs, sigma)
             flagged = threshold is not None and sigma is not None and float(sigma.max()) > threshold
             if flagged:
                 frame = labelled_copy(atoms, step=step, md_temperature_K=settings.temperature_K)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import ValidationError
@@ -17,6 +18,9 @@ from incerta.config.uncertainty import FitSection
 from incerta.data.validation import DataError
 from incerta.models.potential import UnknownSpeciesError
 from incerta.utils.tensor_files import CheckpointError
+
+if TYPE_CHECKING:
+    from incerta.calculators.md import WatchedMD
 
 app = typer.Typer(
     help="Equivariant interatomic potentials with calibrated uncertainty.",
@@ -307,12 +311,15 @@ def md(
     trajectory: Path | None = typer.Option(None, help="Trajectory file (.xyz extended XYZ or .traj), with per-atom uncertainty."),
     write_every: int = typer.Option(MDSettings().write_every, help="Steps between trajectory frames."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    replicas: int = typer.Option(1, min=1, help="Copies of the structure run together in one TorchSim batch (NVE or "
+                                 "Langevin NVT), each with its own velocities and its own uncertainty watch."),
     out: Path = typer.Option(Path("md-output"), "--out", "-o", help="Folder for log.csv and flagged.xyz."),
     seed: int = typer.Option(0),
 ) -> None:
     """Uncertainty-aware MD (NVE, NVT, NPT): logs energies, temperature, pressure, volume and the
     largest and mean atomic force uncertainty, writes the trajectory, and saves flagged frames
-    (flagged.xyz) for labelling."""
+    (flagged.xyz) for labelling. With --replicas N the log has a replica column, each replica
+    its own trajectory (NAME.replicaK.xyz) and flagged frames their replica in info."""
     import ase.io
 
     from incerta.calculators.ase import IncertaCalculator
@@ -329,19 +336,35 @@ def md(
         calculator = IncertaCalculator(model, device=device)
         atoms = ase.io.read(structure, index=-1)
         out.mkdir(parents=True, exist_ok=True)
-        result = run_watched_md(atoms, calculator, settings, max_uncertainty, log=out / "log.csv",
-                                trajectory=trajectory, seed=seed)
-        if result.flagged:
-            atomic_write(out / "flagged.xyz", lambda path: ase.io.write(path, result.flagged, format="extxyz"))
+        if replicas > 1:
+            try:
+                from incerta.calculators.replicas import run_replica_md
+            except ImportError as err:
+                raise ConfigError(str(err)) from None
+            results = run_replica_md([atoms] * replicas, calculator.model, settings, max_uncertainty,
+                                     log=out / "log.csv", trajectory=trajectory, seed=seed, device=device)
+        else:
+            results = [run_watched_md(atoms, calculator, settings, max_uncertainty, log=out / "log.csv",
+                                      trajectory=trajectory, seed=seed)]
+        flagged = [frame for result in results for frame in result.flagged]
+        if flagged:
+            atomic_write(out / "flagged.xyz", lambda path: ase.io.write(path, flagged, format="extxyz"))
     except USER_ERRORS as err:
         fail(err)
+    for index, result in enumerate(results):
+        _report_md(result, f"replica {index}: " if replicas > 1 else "")
+    console.print(f"{len(flagged)} flagged frames" + (f" in {out / 'flagged.xyz'}" if flagged else "")
+                  + f"; log {out / 'log.csv'}" + (f"; trajectory {trajectory}" if trajectory and replicas == 1 else "")
+                  + (f"; trajectories {trajectory.stem}.replicaK{trajectory.suffix}" if trajectory and replicas > 1 else ""))
+
+
+def _report_md(result: WatchedMD, name: str) -> None:
+    """One line per MD run: steps, stop, final temperature, flags; an early end in yellow."""
     if result.error:
-        console.print(f"[bold yellow]MD stopped early[/] {escape(result.error)}", highlight=False)
+        console.print(f"[bold yellow]{escape(name)}MD stopped early[/] {escape(result.error)}", highlight=False)
     last = next((row for row in reversed(result.log) if not str(row["event"]).startswith("stopped:")), result.log[-1])
-    console.print(f"{result.steps_done} steps" + (f", stopped on a flag at step {result.stopped_at}" if result.stopped_at else "")
-                  + f"; final T {last['temperature_K']:.0f} K; {len(result.flagged)} flagged frames"
-                  + (f" in {out / 'flagged.xyz'}" if result.flagged else "") + f"; log {out / 'log.csv'}"
-                  + (f"; trajectory {trajectory}" if trajectory else ""))
+    console.print(f"{name}{result.steps_done} steps" + (f", stopped on a flag at step {result.stopped_at}" if result.stopped_at else "")
+                  + f"; final T {last['temperature_K']:.0f} K; {len(result.flagged)} flagged frames", highlight=False)
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from incerta.config.data import DataSource
 from incerta.config.md import FlagPolicy, MDSettings
@@ -26,6 +26,9 @@ class MDSection(MDSettings):
     run goes back to the last frame below the threshold and keeps exploring."""
 
     on_flag: FlagPolicy = "rewind"
+    replicas: int = Field(1, ge=1, description="source md: copies of each starting structure run together in one "
+                          "TorchSim batch (NVE or Langevin NVT), each with its own velocities and uncertainty watch; "
+                          "1 runs each start through ASE")
     bias_eV: float = Field(0.2, gt=0, description="source biased-md: strength k (eV) of the bias -k log(1 + softplus(S - "
                            "S0) / s), S the log-sum-exp of the atoms' GMM negative log-likelihoods under the training "
                            "features, S0 and s its mean and spread over the training structures")
@@ -54,6 +57,13 @@ class CandidateSection(Schema):
     attack: AttackSection = AttackSection()
 
     _lists = field_validator("pool", "structures", mode="before")(as_list)
+
+    @model_validator(mode="after")
+    def _replicas_need_plain_md(self) -> CandidateSection:
+        if self.md.replicas > 1 and self.source != "md":
+            raise ValueError(f"md.replicas > 1 batches the MD of source 'md'; source '{self.source}' runs one "
+                             "structure at a time (set md.replicas: 1)")
+        return self
 
 
 class SelectionSection(Schema):

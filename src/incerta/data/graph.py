@@ -81,6 +81,28 @@ def frame_to_graph(frame: Frame, cutoff: float) -> AtomicGraph:
     )
 
 
+def batched_graph(positions: torch.Tensor, numbers: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor,
+                  batch: torch.Tensor, charge: torch.Tensor, spin: torch.Tensor, cutoff: float) -> AtomicGraph:
+    """The neighbour graph of B structures held as batched tensors, as an MD engine keeps them:
+    positions (N, 3) Å, numbers (N,), cell (B, 3, 3) Å in rows, pbc (B, 3), batch (N,) with each
+    structure's atoms contiguous, charge and spin (B,). The tensors are used as given (device,
+    dtype); the neighbour lists are found per structure on the CPU."""
+    coordinates = positions.detach().cpu().double().numpy()
+    boxes, periodic = cell.detach().cpu().double().numpy(), pbc.cpu().numpy()
+    edges, shifts, start = [], [], 0
+    for index, count in enumerate(torch.bincount(batch, minlength=cell.shape[0]).tolist()):
+        pairs, images = neighbor_list(coordinates[start : start + count], boxes[index], periodic[index], cutoff)
+        edges.append(pairs + start)
+        shifts.append(images)
+        start += count
+    return AtomicGraph(
+        positions=positions, numbers=numbers.long(),
+        edge_index=torch.from_numpy(np.concatenate(edges, axis=1)).to(positions.device),
+        edge_shifts=torch.from_numpy(np.concatenate(shifts)).to(positions.device, positions.dtype),
+        cell=cell, pbc=pbc, batch=batch, charge=charge, spin=spin,
+    )
+
+
 #: labels that some structures of a batch may lack: missing entries become NaN (masked in losses
 #: and errors); per structure (B, ...) or per atom (N,), with the shape of one entry
 PARTIAL_LABELS = {"stress": ("structure", (3, 3)), "dipole": ("structure", (3,)), "atomic_charges": ("atom", ())}
