@@ -1,5 +1,6 @@
 """MD speed of an incerta model in the engines: in-process ASE, the exported metatomic model
-through metatomic's ASE calculator, and TorchSim with 1 and 8 replicas batched.
+through metatomic's ASE calculator, TorchSim with 1 and 8 replicas batched (the exported model,
+and the in-process TorchSimPotential), and ``incerta md --replicas 8``'s watched driver.
 
 Steps per second (replica-steps per second for TorchSim) of NVE / Langevin MD with energy and
 forces every step, medians over repeats after a warm-up. Systems: acetylacetone (15 atoms, the
@@ -31,6 +32,8 @@ from common import print_table, shared_data, write_results
 
 from incerta import IncertaCalculator
 from incerta.calculators.metatomic import export_model
+from incerta.calculators.replicas import TorchSimPotential, run_replica_md
+from incerta.config.md import MDSettings
 from incerta.data.frame import Frame
 from incerta.models.potential import Potential
 from incerta.models.predict import graphs_for
@@ -82,12 +85,11 @@ def ase_steps_per_second(atoms, calculator, steps: int, repeats: int) -> list[fl
     return rates
 
 
-def torchsim_steps_per_second(atoms, exported: Path, replicas: int, steps: int, repeats: int) -> list[float]:
-    """Langevin MD of ``replicas`` copies batched in TorchSim: replica-steps/s of each repeat."""
+def torchsim_steps_per_second(atoms, engine, replicas: int, steps: int, repeats: int) -> list[float]:
+    """Langevin MD of ``replicas`` copies batched in TorchSim with ``engine`` (a TorchSim model):
+    replica-steps/s of each repeat."""
     import torch_sim as ts
-    from torch_sim.models.metatomic import MetatomicModel
 
-    engine = MetatomicModel(str(exported), device="cpu", compute_stress=False)
     copies = []
     for seed in range(replicas):
         copy = atoms.copy()
@@ -107,17 +109,35 @@ def torchsim_steps_per_second(atoms, exported: Path, replicas: int, steps: int, 
     return rates
 
 
+def watched_replicas_steps_per_second(atoms, model, replicas: int, steps: int, repeats: int) -> list[float]:
+    """``incerta md --replicas``'s driver (Langevin NVT, the GMM uncertainty of every replica
+    checked every 10 steps): replica-steps/s of each repeat, set-up included."""
+    settings = MDSettings(temperature_K=TEMPERATURE_K, timestep_fs=TIMESTEP_FS, steps=max(steps, 10), check_every=10)
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run_replica_md([atoms] * replicas, model, settings, threshold=1e9, progress=False)
+        rates.append(replicas * settings.steps / (time.perf_counter() - started))
+    return rates
+
+
 def measure(name: str, atoms, steps: int, repeats: int, folder: Path) -> list[dict]:
     from metatomic_ase import MetatomicCalculator
+    from torch_sim.models.metatomic import MetatomicModel
 
     model = model_for(atoms)
     exported = export_model(model, folder / f"{name}.pt")
+    metatomic = MetatomicModel(str(exported), device="cpu", compute_stress=False)
+    native = TorchSimPotential(model)
     paths = {
         "IncertaCalculator (ASE)": lambda: ase_steps_per_second(atoms, IncertaCalculator(model), steps, repeats),
         "exported, metatomic ASE calculator": lambda: ase_steps_per_second(
             atoms, MetatomicCalculator(exported, uncertainty_threshold=None), steps, repeats),
-        "exported, TorchSim 1 replica": lambda: torchsim_steps_per_second(atoms, exported, 1, steps, repeats),
-        "exported, TorchSim 8 replicas": lambda: torchsim_steps_per_second(atoms, exported, 8, steps, repeats),
+        "exported, TorchSim 1 replica": lambda: torchsim_steps_per_second(atoms, metatomic, 1, steps, repeats),
+        "exported, TorchSim 8 replicas": lambda: torchsim_steps_per_second(atoms, metatomic, 8, steps, repeats),
+        "TorchSimPotential, 1 replica": lambda: torchsim_steps_per_second(atoms, native, 1, steps, repeats),
+        "TorchSimPotential, 8 replicas": lambda: torchsim_steps_per_second(atoms, native, 8, steps, repeats),
+        "incerta md --replicas 8 (watched)": lambda: watched_replicas_steps_per_second(atoms, model, 8, steps, repeats),
     }
     rows = []
     for path, run in paths.items():
@@ -146,14 +166,18 @@ def main() -> None:
         in_process = rate["IncertaCalculator (ASE)"]
         ratios[name] = {
             "torchsim_8_over_sequential_ase": rate["exported, TorchSim 8 replicas"] / in_process,
+            "native_torchsim_8_over_sequential_ase": rate["TorchSimPotential, 8 replicas"] / in_process,
+            "watched_replicas_8_over_sequential_ase": rate["incerta md --replicas 8 (watched)"] / in_process,
             "best_in_process_over_exported_ase": in_process / rate["exported, metatomic ASE calculator"],
         }
     print_table("MD speed in the engines (median replica-steps/s, 2 threads, float32)",
                 ["system", "path", "replica-steps/s"],
                 [[r["system"], r["path"], round(r["replica_steps_per_s"], 2)] for r in rows])
     print_table("ratios (targets: TorchSim 8 / sequential ASE >= 4; in-process / exported <= 1.2)",
-                ["system", "TorchSim 8 / ASE", "in-process / exported"],
-                [[name, round(r["torchsim_8_over_sequential_ase"], 2), round(r["best_in_process_over_exported_ase"], 2)]
+                ["system", "exported TorchSim 8 / ASE", "TorchSimPotential 8 / ASE", "watched --replicas 8 / ASE",
+                 "in-process / exported"],
+                [[name, round(r["torchsim_8_over_sequential_ase"], 2), round(r["native_torchsim_8_over_sequential_ase"], 2),
+                  round(r["watched_replicas_8_over_sequential_ase"], 2), round(r["best_in_process_over_exported_ase"], 2)]
                  for name, r in sorted(ratios.items())])
     write_results("engines", {"rows": rows, "ratios": ratios,
                               "settings": {"timestep_fs": TIMESTEP_FS, "temperature_K": TEMPERATURE_K,

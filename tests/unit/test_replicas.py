@@ -155,7 +155,7 @@ def test_a_replica_driven_into_overlapping_atoms_stops_alone(model):
     close, apart = (Atoms("H2", positions=[[0.0, 0.0, 0.0], [d, 0.0, 0.0]]) for d in (1.0, 8.0))
     settings = MDSettings(ensemble="nve", temperature_K=2e4, timestep_fs=0.5, steps=20, check_every=2)
     collided, free = run_replica_md([close, apart], model, settings, seed=0, progress=False)
-    assert collided.error is not None and "apart (closer than 0.1 Å)" in collided.error
+    assert collided.error is not None and "apart (overlapping: closer than 0.1 Å)" in collided.error
     assert collided.steps_done < 20 and collided.log[-1]["event"].startswith("stopped:")
     assert free.error is None and free.steps_done == 20 and len(free.log) == 10
     with pytest.raises(DataError, match=r"replica 1: .*overlap"):

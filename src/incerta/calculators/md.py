@@ -8,6 +8,7 @@ uncertainties, and an explicit policy (stop, continue, rewind) when the model is
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,50 @@ def append_frame(path: Path, atoms: Atoms, sigma: np.ndarray | None, **info) -> 
     ase.io.write(path, frame, append=True)
 
 
+def start_file(path: Path) -> None:
+    """Make the folder of an output file and remove an earlier file of that name (runs start anew)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+
+
+class RowLog:
+    """The CSV log of an MD run with ``columns``: started anew, flushed at every row; keeps nothing without a path."""
+
+    def __init__(self, path: Path | None, columns: Sequence[str]) -> None:
+        self.handle, self.writer = None, None
+        if path is not None:
+            start_file(path)
+            self.handle = open(path, "w", newline="")
+            self.writer = csv.DictWriter(self.handle, fieldnames=list(columns))
+            self.writer.writeheader()
+
+    def write(self, row: dict[str, float | str]) -> None:
+        if self.writer is not None:
+            self.writer.writerow(row)
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def flag(result: WatchedMD, atoms: Atoms, sigma: np.ndarray, structure_uncertainty: float, step: int,
+         settings: MDSettings, threshold: float, max_flagged: int | None, safe: tuple, **info) -> tuple[str, str]:
+    """Keep a flagged frame (model energy and forces, per-atom ``sigma`` in eV/Å) in ``result`` and
+    decide what follows by ``settings.on_flag`` and ``max_flagged``: ("stop" | "continue" |
+    "rewind", the log event); ``safe`` is the last safe frame (positions, cell, time_fs, step)."""
+    frame = labelled_copy(atoms, step=step, md_temperature_K=settings.temperature_K, **info)
+    frame.arrays[K.FORCES_UNCERTAINTY] = sigma
+    frame.info[K.STRUCTURE_UNCERTAINTY] = structure_uncertainty
+    result.flagged.append(frame)
+    if settings.on_flag == "stop" or (max_flagged is not None and len(result.flagged) >= max_flagged):
+        result.stopped_at = step
+        return "stop", f"flagged: stop (max uncertainty {sigma.max():.4g} > {threshold:.4g} eV/Å)"
+    if settings.on_flag == "continue":
+        return "continue", f"flagged: continue (max uncertainty {sigma.max():.4g} eV/Å)"
+    return "rewind", f"flagged: rewind to step {safe[3]} (time {safe[2]:g} fs), new velocities"
+
+
 def run_watched_md(
     atoms: Atoms,
     calculator: IncertaCalculator,
@@ -122,21 +167,14 @@ def run_watched_md(
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
     dynamics = make_dynamics(atoms, settings, rng)
-    for path in (log, trajectory):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-    handle = open(log, "w", newline="") if log is not None else None
-    writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS) if handle is not None else None
-    if writer is not None:
-        writer.writeheader()
+    if trajectory is not None:
+        start_file(trajectory)
+    rows = RowLog(log, LOG_COLUMNS)
     result = WatchedMD()
 
     def record(row: dict[str, float | str]) -> None:
         result.log.append(row)
-        if writer is not None:
-            writer.writerow(row)
-            handle.flush()
+        rows.write(row)
 
     time_fs, step = 0.0, 0
     safe = (atoms.positions.copy(), atoms.cell.array.copy(), time_fs, step)
@@ -164,33 +202,23 @@ def run_watched_md(
             if not checking:
                 continue
             row = state_row(atoms, step, time_fs, sigma)
-            flagged = threshold is not None and sigma is not None and float(sigma.max()) > threshold
-            if flagged:
-                frame = labelled_copy(atoms, step=step, md_temperature_K=settings.temperature_K)
-                frame.arrays[K.FORCES_UNCERTAINTY] = sigma
-                frame.info[K.STRUCTURE_UNCERTAINTY] = float(calculator.get_property(K.STRUCTURE_UNCERTAINTY, atoms))
-                result.flagged.append(frame)
-                ends = settings.on_flag == "stop" or (max_flagged is not None and len(result.flagged) >= max_flagged)
-                if ends:
-                    row["event"] = f"flagged: stop (max uncertainty {sigma.max():.4g} > {threshold:.4g} eV/Å)"
-                    result.stopped_at = step
-                elif settings.on_flag == "continue":
-                    row["event"] = f"flagged: continue (max uncertainty {sigma.max():.4g} eV/Å)"
-                else:
-                    row["event"] = f"flagged: rewind to step {safe[3]} (time {safe[2]:g} fs), new velocities"
+            action = None
+            if threshold is not None and sigma is not None and float(sigma.max()) > threshold:
+                structure_sigma = float(calculator.get_property(K.STRUCTURE_UNCERTAINTY, atoms))
+                action, row["event"] = flag(result, atoms, sigma, structure_sigma, step, settings, threshold,
+                                            max_flagged, safe)
             record(row)
-            if flagged and result.stopped_at is not None:
+            if action == "stop":
                 break
-            if flagged and settings.on_flag == "rewind":
+            if action == "rewind":
                 atoms.set_cell(safe[1])
                 atoms.positions = safe[0]
                 time_fs = safe[2]
                 dynamics = make_dynamics(atoms, settings, rng)
-            elif not flagged:
+            elif action is None:
                 safe = (atoms.positions.copy(), atoms.cell.array.copy(), time_fs, step)
     finally:
         bar.close()
-        if handle is not None:
-            handle.close()
+        rows.close()
     result.steps_done = step
     return result

@@ -12,7 +12,6 @@ are those of :func:`~incerta.calculators.md.run_watched_md`, one per replica.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,13 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm.auto import tqdm
 
 from incerta.calculators.ase import model_outputs
-from incerta.calculators.md import LOG_COLUMNS, WatchedMD, append_frame, state_row
+from incerta.calculators.md import LOG_COLUMNS, RowLog, WatchedMD, append_frame, flag, start_file, state_row
 from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import batched_graph
-from incerta.data.md_sampling import initial_velocities, labelled_copy
+from incerta.data.md_sampling import initial_velocities
 from incerta.data.validation import DataError, frame_problems
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, model_dtype
@@ -55,6 +54,9 @@ class TorchSimPotential(ModelInterface):
     are the total charge (e) and unpaired electrons of each system, for models with an
     electronic embedding (default neutral singlets). After each call ``closest`` (B,) holds the
     shortest interatomic distance of each system in Å (inf without neighbours within the cutoff).
+    With ``full_next`` set, the next ``forward`` (an integrator's) also computes the uncertainties
+    and, for cells, the stress, and keeps every output in ``last_outputs``: a check costs one
+    uncertainty pass instead of a pass on top of the step's.
     """
 
     def __init__(self, model: Potential | UncertainPotential, device: str | torch.device = "cpu",
@@ -67,6 +69,7 @@ class TorchSimPotential(ModelInterface):
         self._compute_stress, self._compute_forces = compute_stress, True
         self.charge, self.spin = charge, spin
         self.closest = torch.empty(0)
+        self.full_next, self.last_outputs = False, {}
 
     @property
     def has_uncertainty(self) -> bool:
@@ -96,7 +99,11 @@ class TorchSimPotential(ModelInterface):
         return {key: value.detach() for key, value in outputs.items()}
 
     def forward(self, state: ts.SimState, **_) -> dict[str, torch.Tensor]:
-        outputs = self.evaluate(state)
+        if self.full_next:
+            outputs = self.evaluate(state, uncertain=self.has_uncertainty, stress=self._compute_stress or bool(state.pbc))
+            self.full_next, self.last_outputs = False, outputs
+        else:
+            outputs = self.evaluate(state)
         result = {"energy": outputs[K.ENERGY], "forces": outputs[K.FORCES]}
         if self._compute_stress:
             result["stress"] = outputs[K.STRESS]
@@ -199,20 +206,14 @@ def run_replica_md(
         templates.append(template)
     replicas = [_Replica(WatchedMD(), trajectory=None if trajectory is None else replica_path(trajectory, k))
                 for k in range(len(starts))]
-    for path in (log, *(r.trajectory for r in replicas)):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-    handle = open(log, "w", newline="") if log is not None else None
-    writer = csv.DictWriter(handle, fieldnames=REPLICA_LOG_COLUMNS) if handle is not None else None
-    if writer is not None:
-        writer.writeheader()
+    for replica in replicas:
+        if replica.trajectory is not None:
+            start_file(replica.trajectory)
+    rows = RowLog(log, REPLICA_LOG_COLUMNS)
 
     def record(replica: int, row: dict[str, float | str]) -> None:
         replicas[replica].result.log.append(row)
-        if writer is not None:
-            writer.writerow({"replica": replica, **row})
-            handle.flush()
+        rows.write({"replica": replica, **row})
 
     devices = [engine.device] if engine.device.type == "cuda" else []
     bar = tqdm(total=settings.steps, desc=f"MD {settings.ensemble} {settings.temperature_K:.0f} K, {len(starts)} replicas",
@@ -226,8 +227,7 @@ def run_replica_md(
                    seed)
     finally:
         bar.close()
-        if handle is not None:
-            handle.close()
+        rows.close()
     return [replica.result for replica in replicas]
 
 
@@ -236,11 +236,13 @@ def _drive(state, update, engine: TorchSimPotential, settings: MDSettings, thres
            record, bar, seed: int) -> None:
     """The step loop of :func:`run_replica_md`; ``active`` maps the systems of ``state`` to replicas."""
     active = list(range(len(replicas)))
-    watched = engine.has_uncertainty
     for index in active:
         replicas[index].safe = (templates[index].positions.copy(), templates[index].cell.array.copy(), 0.0, 0)
-    step = 0
+    step, writes = 0, any(r.trajectory is not None for r in replicas)
     while step < settings.steps and active:
+        checking = (step + 1) % settings.check_every == 0 or step + 1 == settings.steps
+        writing = writes and (step + 1) % settings.write_every == 0
+        engine.full_next = checking or writing
         state = update(state)
         step += 1
         bar.update(1)
@@ -251,16 +253,15 @@ def _drive(state, update, engine: TorchSimPotential, settings: MDSettings, thres
         broken = [system for system in range(len(active))
                   if not (float(closest[system]) >= min_distance and bool(torch.isfinite(energies[system])))]
         for system in broken:
-            replica = replicas[active[system]]
-            replica.result.error = (f"between steps {step - 1} and {step}: two atoms {float(closest[system]):.3g} Å "
-                                    f"apart (closer than {min_distance} Å) or a non-finite energy")
+            replica, distance = replicas[active[system]], float(closest[system])
+            replica.result.error = f"between steps {step - 1} and {step}: " + (
+                f"two atoms {distance:.3g} Å apart (overlapping: closer than {min_distance} Å)"
+                if distance < min_distance else f"a non-finite energy ({float(energies[system])})")
             record(active[system], {**dict.fromkeys(LOG_COLUMNS, np.nan), "step": step,
                                     "event": f"stopped: {replica.result.error}"})
-        checking = step % settings.check_every == 0 or step == settings.steps
-        writing = any(r.trajectory is not None for r in replicas) and step % settings.write_every == 0
         leaving, rewinding = set(broken), []
         if checking or writing:
-            outputs = engine.evaluate(state, uncertain=watched and (checking or writing), stress=bool(state.pbc))
+            outputs = engine.last_outputs
             sigmas = outputs.get(K.FORCES_UNCERTAINTY)
             for system, index in enumerate(active):
                 if system in leaving:
@@ -294,24 +295,14 @@ def _drive(state, update, engine: TorchSimPotential, settings: MDSettings, thres
 
 def _check(replica: _Replica, atoms: Atoms, sigma: np.ndarray | None, outputs, system: int, step: int,
            settings: MDSettings, threshold: float | None, max_flagged: int | None, index: int):
-    """One replica's log row at a check and what happens next: ("go" | "stop" | "rewind", row)."""
+    """One replica's log row at a check and what follows: ("continue" | "stop" | "rewind", row)."""
     row = state_row(atoms, step, replica.time_fs, sigma)
     if not (threshold is not None and sigma is not None and float(sigma.max()) > threshold):
         replica.safe = (atoms.positions.copy(), atoms.cell.array.copy(), replica.time_fs, step)
-        return "go", row
-    frame = labelled_copy(atoms, step=step, md_temperature_K=settings.temperature_K, replica=index)
-    frame.arrays[K.FORCES_UNCERTAINTY] = sigma
-    frame.info[K.STRUCTURE_UNCERTAINTY] = float(outputs[K.STRUCTURE_UNCERTAINTY][system])
-    replica.result.flagged.append(frame)
-    if settings.on_flag == "stop" or (max_flagged is not None and len(replica.result.flagged) >= max_flagged):
-        row["event"] = f"flagged: stop (max uncertainty {sigma.max():.4g} > {threshold:.4g} eV/Å)"
-        replica.result.stopped_at = step
-        return "stop", row
-    if settings.on_flag == "continue":
-        row["event"] = f"flagged: continue (max uncertainty {sigma.max():.4g} eV/Å)"
-        return "go", row
-    row["event"] = f"flagged: rewind to step {replica.safe[3]} (time {replica.safe[2]:g} fs), new velocities"
-    return "rewind", row
+        return "continue", row
+    action, row["event"] = flag(replica.result, atoms, sigma, float(outputs[K.STRUCTURE_UNCERTAINTY][system]), step,
+                                settings, threshold, max_flagged, replica.safe, replica=index)
+    return action, row
 
 
 def _rewind(state, system: int, replica: _Replica, template: Atoms, settings: MDSettings, rng: np.random.Generator) -> None:
