@@ -126,7 +126,8 @@ def test_periodic_images_consistent_with_electrostatics():
     crystal.rattle(0.05, seed=3)
     unit, double = predict(model, crystal), predict(model, crystal.repeat((1, 2, 1)))
     assert double["energy"] == pytest.approx(2 * unit["energy"], rel=1e-7)  # the PME mesh differs
-    np.testing.assert_allclose(double["forces"], np.tile(unit["forces"], (2, 1)), atol=1e-6)
+    # forces ~3e-3 eV/Å: the two meshes differ by 1.8e-6 (measured); moving the images by 2 % changes them by 3.6e-3
+    np.testing.assert_allclose(double["forces"], np.tile(unit["forces"], (2, 1)), atol=5e-6)
 
 
 def test_energy_continuous_across_the_cutoff_with_electrostatics():
