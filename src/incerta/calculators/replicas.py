@@ -288,7 +288,7 @@ def _drive(state, update, engine: TorchSimPotential, settings: MDSettings, thres
                 break
             state = state[keep]
             engine.charge, engine.spin = engine.charge[keep], engine.spin[keep]
-        if rewinding or leaving:
+        if rewinding:  # the rewound positions need their forces; the others keep theirs
             fresh = engine(state)
             state.energy, state.forces = fresh["energy"], fresh["forces"]
 
