@@ -195,3 +195,26 @@ def test_gp_prediction_cache_matches_gpytorch(fitted, tests):
     method.gp.train().eval()  # GPyTorch's own caches are dropped on a mode change, ours are not
     torch.testing.assert_close(method._fixed_posterior(z)[1], method.gp(z).lazy_covariance_matrix.to_dense(),
                                rtol=1e-6, atol=1e-9)
+
+
+def test_calibration_frames_from_a_hotter_run_anticipate_the_shift(fitted, base_run, tests, acac, tmp_path):
+    """Twenty labelled 600 K frames of another trajectory than the test set, added to the
+    calibration data: the combined score learns how fast sigma must grow away from the
+    training density, so at 600 K it keeps up with the error better than calibrated at 300 K only."""
+    run, splits = base_run
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "potential.safetensors").write_bytes((run / "model" / "potential.safetensors").read_bytes())
+    hotter = {"path": str(acac / "train_600K.xyz"), "select": "::25"}
+    settings = FitSettings(**{**FIT.model_dump(), "calibration_data": [hotter]})
+    report = fit_uncertainty(model, "combined", splits.train, splits.validation, settings=settings)
+    assert report["n_calibration_data"] == 20 and report["n_validation"] == len(splits.validation) + 20
+
+    def sigma_over_error(folder) -> float:
+        uncertain = load_uncertain_potential(folder)
+        arrays = collect(uncertain, graphs_for(uncertain.potential, tests["600K"]))
+        error = np.linalg.norm(arrays["forces_pred"] - arrays["forces_ref"], axis=1)
+        return float(arrays["forces_uncertainty"].mean() / error.mean())
+
+    plain, anticipating = sigma_over_error(fitted("combined")), sigma_over_error(model)
+    assert abs(np.log(anticipating)) < abs(np.log(plain)), (plain, anticipating)

@@ -81,3 +81,15 @@ def test_md_settings_policy_and_old_name():
     assert MDSection.model_validate({"on_threshold": "stop"}).on_flag == "stop"
     with pytest.raises(ValidationError, match="ensemble"):
         MDSettings.model_validate({"ensemble": "nph"})
+
+
+def test_shift_variants_resolve_their_calibration_data_and_keep_distinct_names(tmp_path):
+    from incerta.config import ShiftConfig, load_experiment
+
+    base = ("data: {train: t.xyz}\nshift:\n  groups: {cold: a.xyz, hot: b.xyz}\n  methods: [gmm]\n  variants:\n"
+            "    NAME: {method: lnk, fit: {calibration_data: [{path: hot.xyz, select: '::5'}]}}\n")
+    config = load_experiment(write(tmp_path, base.replace("NAME", "lnk-hot")), ShiftConfig)
+    source = config.shift.variants["lnk-hot"].fit.calibration_data[0]
+    assert source.path == (tmp_path / "hot.xyz").resolve() and source.select == "::5"
+    with pytest.raises(ConfigError, match=r"variants \['gmm'\] have the names of methods"):
+        load_experiment(write(tmp_path, base.replace("NAME", "gmm")), ShiftConfig)

@@ -131,7 +131,8 @@ class LLPRScores(nn.Module):
     def __init__(self, method: LLPRUncertainty) -> None:
         super().__init__()
         self.register_buffer("inverse", method.inverse.clone())
-        self.register_buffer("projection", method.posterior_factor(method.rank).clone())
+        factor = method.posterior_factor() if method.columns is None else method.projection
+        self.register_buffer("projection", factor.clone())
 
     def forward(self, data: Dict[str, torch.Tensor], positions: torch.Tensor, batch: torch.Tensor,
                 num_graphs: int) -> List[torch.Tensor]:

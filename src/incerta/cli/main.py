@@ -165,12 +165,15 @@ app.add_typer(uq_app, name="uq")
 @uq_app.command("fit")
 def uq_fit(
     model: Path = typer.Argument(..., help="Model folder (e.g. RUN_DIR/model) to attach the method to."),
-    method: str = typer.Option(..., "--method", "-m", help="gmm, llpr, svgp, lnk, ledl or shallow."),
+    method: str = typer.Option(..., "--method", "-m", help="gmm, llpr, svgp, lnk, ledl, shallow or combined."),
     train: list[Path] = typer.Option([], "--train", help="Training data (default: the model's run split)."),
     val: list[Path] = typer.Option([], "--val", help="Validation data for calibration (default: the run split)."),
     epochs: int = typer.Option(FitSection().epochs, help="Epochs for methods that train (ledl, shallow, svgp, lnk)."),
     lr: float = typer.Option(FitSection().lr, help="Learning rate for methods that train."),
     calibration: str | None = typer.Option(None, help="scale, power, isotonic or conformal (90 % intervals hold on data like the validation set; default: by score type)."),
+    calibrate_with: list[Path] = typer.Option(
+        [], "--calibrate-with", help="Labelled frames calibrated on besides the validation data, e.g. a few "
+        "reference-labelled frames of a short MD run hotter than the training data (anticipates the shift)."),
     options: list[str] = typer.Option([], "--option", "-O", help="Method option, e.g. -O heads=4"),
     seed: int = typer.Option(0),
 ) -> None:
@@ -182,7 +185,8 @@ def uq_fit(
     from incerta.uq.fit import fit_uncertainty, run_splits
 
     try:
-        settings = FitSettings(epochs=epochs, lr=lr, seed=seed, calibration=calibration)
+        settings = FitSettings(epochs=epochs, lr=lr, seed=seed, calibration=calibration,
+                               calibration_data=[{"path": path} for path in calibrate_with])
         parsed = {}
         for text in options:
             if "=" not in text:

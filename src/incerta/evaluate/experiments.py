@@ -31,15 +31,16 @@ from incerta.utils.files import atomic_write, atomic_write_text
 
 
 def attach_method(base_model: Path, folder: Path, method: str, splits: Splits, fit: FitSection, seed: int,
-                  progress: bool) -> dict:
-    """``folder`` = copy of ``base_model`` with ``method`` fitted and calibrated (skipped if done)."""
+                  progress: bool, options: dict | None = None) -> dict:
+    """``folder`` = copy of ``base_model`` with ``method`` (built with ``options``) fitted and
+    calibrated (skipped if done)."""
     if has_uncertainty(folder):
         return json.loads(read_uncertainty_metadata(folder)["report"])
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     shutil.copy2(base_model / MODEL_FILE, folder / MODEL_FILE)
     settings = FitSettings(**fit.model_dump(), seed=seed, progress=progress)
-    return fit_uncertainty(folder, method, splits.train, splits.validation, settings=settings)
+    return fit_uncertainty(folder, method, splits.train, splits.validation, options, settings)
 
 
 def predictions(model: Path, frames: Sequence[Frame], cache: Path, aggregate: Aggregate) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from incerta.config.experiments import ShiftConfig
+from incerta.config.experiments import MethodVariant, ShiftConfig
 from incerta.config.sources import load_source, prepare_splits
 from incerta.config.training import RunConfig
 from incerta.evaluate import plots
@@ -100,10 +100,12 @@ def run_shift(config: ShiftConfig, out: str | Path, progress: bool = True) -> Sh
     names = list(groups)
 
     models = {}
-    for method in tqdm(section.methods, desc="uncertainty methods", disable=not progress, unit="method"):
-        folder = out / "methods" / method
-        attach_method(Path(base_model), folder, method, splits, section.fit, run_config.seed, progress)
-        models[method] = folder
+    variants = {**{name: MethodVariant(method=name) for name in section.methods}, **section.variants}
+    for name, variant in tqdm(variants.items(), desc="uncertainty methods", disable=not progress, unit="method"):
+        folder = out / "methods" / name
+        attach_method(Path(base_model), folder, variant.method, splits, variant.fit or section.fit, run_config.seed,
+                      progress, variant.options)
+        models[name] = folder
     if section.ensemble > 1:
         ensemble_model = out / "ensemble" / "model"
         if not has_uncertainty(ensemble_model):

@@ -61,9 +61,11 @@ def derivatives(
     return out
 
 
-def position_jacobian(values: torch.Tensor, positions: torch.Tensor, batched: bool) -> torch.Tensor:
+def position_jacobian(values: torch.Tensor, positions: torch.Tensor, batched: bool,
+                      create_graph: bool = False) -> torch.Tensor:
     """d values_h / d positions, (H, N, 3), for a vector ``values`` (H,): one vector-Jacobian
-    product per entry; the graph is kept for more derivatives.
+    product per entry; the graph is kept for more derivatives (and the Jacobian is itself
+    differentiable with ``create_graph``, for losses on it).
 
     ``batched`` runs them as one batched backward (``is_grads_batched``), else one by one.
     Measured per structure on acac (H = 32, one thread): batched 47 ms for one structure but
@@ -73,5 +75,7 @@ def position_jacobian(values: torch.Tensor, positions: torch.Tensor, batched: bo
     """
     if batched:
         eye = torch.eye(values.numel(), dtype=values.dtype, device=values.device)
-        return torch.autograd.grad(values, positions, grad_outputs=eye, is_grads_batched=True, retain_graph=True)[0]
-    return torch.stack([torch.autograd.grad(value, positions, retain_graph=True)[0] for value in values])
+        return torch.autograd.grad(values, positions, grad_outputs=eye, is_grads_batched=True, retain_graph=True,
+                                   create_graph=create_graph)[0]
+    return torch.stack([torch.autograd.grad(value, positions, retain_graph=True, create_graph=create_graph)[0]
+                        for value in values])

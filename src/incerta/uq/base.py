@@ -30,7 +30,8 @@ class UncertainOutput:
 
     energy (B,) eV; forces (N, 3) eV/Å; atom_score (N,) and energy_score (B,) raw
     scores (unit depends on the method, see ``score_kind``); stress (B, 3, 3) when asked;
-    per-atom energies (N,) eV where the method defines them.
+    per-atom energies (N,) eV where the method defines them; the per-atom latent features
+    (N, C) the prediction used, where the method has them (density scores reuse them).
     """
 
     energy: torch.Tensor
@@ -39,6 +40,7 @@ class UncertainOutput:
     energy_score: torch.Tensor
     stress: torch.Tensor | None = None
     energies: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 class FitSettings(FitSection):

@@ -92,4 +92,4 @@ class EvidentialUncertainty(UncertaintyMethod):
         variance = beta / (v * (alpha - 1))  # epistemic variance per force component
         energy_variance = torch.zeros(graph.num_graphs, dtype=variance.dtype, device=variance.device).index_add(0, graph.batch, variance)
         return UncertainOutput(out[K.ENERGY], out[K.FORCES], (3 * variance).sqrt(), energy_variance.sqrt(),
-                               out.get(K.STRESS), out[K.ATOMIC_ENERGIES])
+                               out.get(K.STRESS), out[K.ATOMIC_ENERGIES], out[K.NODE_FEATURES])

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from incerta.config.schema import ConfigError
-from incerta.config.sources import Splits, prepare_splits
+from incerta.config.sources import Splits, load_sources, prepare_splits
 from incerta.config.training import RunConfig
 from incerta.config.uncertainty import CalibrationKind
 from incerta.data.frame import Frame
@@ -94,12 +94,16 @@ def attach_ensemble(model: str | Path, members: Sequence[Potential], validation:
 
 def _fit_and_save(model: str | Path, instance: UncertaintyMethod, train: Sequence[AtomicGraph],
                   validation: Sequence[AtomicGraph], settings: FitSettings, training_time_s: float = 0.0) -> dict:
+    """Fit, then calibrate on the validation graphs plus ``settings.calibration_data`` (which
+    the fit also sees as validation data), and save into ``model``."""
+    extra = graphs_for(instance.potential, load_sources(settings.calibration_data, ("energy", "forces")))
+    validation = [*validation, *extra]
     started = time.perf_counter()
     info = instance.fit(train, validation, settings)
     instance.eval()
     fit_time = training_time_s + time.perf_counter() - started
     fitted = calibrate(instance, validation, settings.calibration)
     report = {"method": instance.name, "fit_time_s": fit_time, "n_train": len(train), "n_validation": len(validation),
-              "calibration": fitted.forces.kind, "fit": info}
+              "n_calibration_data": len(extra), "calibration": fitted.forces.kind, "fit": info}
     save_uncertainty(model, instance, fitted, report)
     return report

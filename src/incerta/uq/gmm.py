@@ -38,31 +38,14 @@ class GMMUncertainty(UncertaintyMethod):
 
     def __init__(self, potential: Potential, n_components: int = 1, max_components: int = 12) -> None:
         super().__init__(frozen(potential))
-        dim = potential.spec.num_channels
         self.max_components = max_components
-        self.register_buffer("center", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("scale", torch.ones(dim, dtype=torch.float64))
-        self.register_buffer("log_weights", torch.zeros(n_components, dtype=torch.float64))
-        self.register_buffer("means", torch.zeros(n_components, dim, dtype=torch.float64))
-        self.register_buffer("precision_cholesky", torch.eye(dim, dtype=torch.float64).repeat(n_components, 1, 1))
+        register_mixture(self, potential.spec.num_channels, n_components)
 
     def options(self) -> dict:
         return {"n_components": int(self.log_weights.numel()), "max_components": self.max_components}
 
     def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
-        features = latent_features(self.potential, train)
-        center, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
-        z = (features - center) / scale
-        candidates = sorted({k for k in (1, 2, 3, 4, 6, 8, 10, 12, 16) if k <= self.max_components and k < len(z) // 10} | {1})
-        fits = [GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=settings.seed, n_init=1).fit(z)
-                for k in candidates]
-        bics = [m.bic(z) for m in fits]
-        best = fits[int(np.argmin(bics))]
-        to_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)
-        self.center, self.scale = to_t(center), to_t(scale)
-        self.log_weights = to_t(np.log(best.weights_))
-        self.means, self.precision_cholesky = to_t(best.means_), to_t(best.precisions_cholesky_)
-        return {"components": best.n_components, "bic": dict(zip(map(str, candidates), map(float, bics))), "atoms": len(z)}
+        return fit_mixture(self, latent_features(self.potential, train), self.max_components, settings.seed)
 
     def negative_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
         """(N, C) latent features -> (N,) NLL under the mixture."""
@@ -72,7 +55,38 @@ class GMMUncertainty(UncertaintyMethod):
         out = self.potential(graph, compute_forces=True, compute_stress=compute_stress, create_graph=False)
         nll = self.negative_log_likelihood(out[K.NODE_FEATURES])
         energy_score = segment_logsumexp(nll, graph.batch, graph.num_graphs)
-        return UncertainOutput(out[K.ENERGY], out[K.FORCES], nll, energy_score, out.get(K.STRESS), out[K.ATOMIC_ENERGIES])
+        return UncertainOutput(out[K.ENERGY], out[K.FORCES], nll, energy_score, out.get(K.STRESS), out[K.ATOMIC_ENERGIES],
+                               out[K.NODE_FEATURES])
+
+
+MIXTURE_BUFFERS = ("center", "scale", "log_weights", "means", "precision_cholesky")
+
+
+def register_mixture(module: torch.nn.Module, dim: int, n_components: int) -> None:
+    """Give ``module`` the float64 buffers of an ``n_components`` mixture on ``dim`` features:
+    the standardisation (center, scale) and the mixture (log_weights, means, precision_cholesky)."""
+    module.register_buffer("center", torch.zeros(dim, dtype=torch.float64))
+    module.register_buffer("scale", torch.ones(dim, dtype=torch.float64))
+    module.register_buffer("log_weights", torch.zeros(n_components, dtype=torch.float64))
+    module.register_buffer("means", torch.zeros(n_components, dim, dtype=torch.float64))
+    module.register_buffer("precision_cholesky", torch.eye(dim, dtype=torch.float64).repeat(n_components, 1, 1))
+
+
+def fit_mixture(module: torch.nn.Module, features: np.ndarray, max_components: int, seed: int) -> dict:
+    """Fit the mixture buffers of ``module`` (:func:`register_mixture`) to (atoms, C) features:
+    full covariances, the number of components chosen by BIC (scikit-learn); returns the fit info."""
+    center, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
+    z = (features - center) / scale
+    candidates = sorted({k for k in (1, 2, 3, 4, 6, 8, 10, 12, 16) if k <= max_components and k < len(z) // 10} | {1})
+    fits = [GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed, n_init=1).fit(z)
+            for k in candidates]
+    bics = [m.bic(z) for m in fits]
+    best = fits[int(np.argmin(bics))]
+    fitted = (center, scale, np.log(best.weights_), best.means_, best.precisions_cholesky_)
+    device = module.center.device
+    for name, value in zip(MIXTURE_BUFFERS, fitted):
+        setattr(module, name, torch.as_tensor(np.asarray(value), dtype=torch.float64, device=device))
+    return {"components": best.n_components, "bic": dict(zip(map(str, candidates), map(float, bics))), "atoms": len(z)}
 
 
 def mixture_nll(features: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, log_weights: torch.Tensor,

@@ -135,7 +135,8 @@ class SVGPUncertainty(UncertaintyMethod):
         return self.gp.mean_module.constant + cross @ weights, covariance
 
     def _predict(self, graph: AtomicGraph, forces: bool, compute_stress: bool, create_graph: bool):
-        """(energy (B,), atomic energies (N,), atom std (N,), structure std (B,), derivatives)."""
+        """(energy (B,), atomic energies (N,), atom std (N,), structure std (B,), derivatives,
+        latent features (N, C))."""
         inputs = differentiable_inputs(graph, forces=forces, stress=compute_stress)
         out = self.potential.evaluate(inputs.graph)
         gp_mean, atom_std, structure_std = self._posterior(out[K.NODE_FEATURES], graph)
@@ -145,11 +146,11 @@ class SVGPUncertainty(UncertaintyMethod):
             energy = torch.zeros_like(out[K.ENERGY]).index_add(0, graph.batch, atomic)
         else:
             atomic, energy = out[K.ATOMIC_ENERGIES], out[K.ENERGY]
-        return energy, atomic, atom_std, structure_std, derivatives(energy, inputs, create_graph)
+        return energy, atomic, atom_std, structure_std, derivatives(energy, inputs, create_graph), out[K.NODE_FEATURES]
 
     def joint_loss(self, batch: AtomicGraph) -> torch.Tensor:
         """LNK training: energy likelihood with the GP variance, plus forces of the GP mean."""
-        energy, _, _, structure_std, grads = self._predict(batch, True, False, create_graph=self.training)
+        energy, _, _, structure_std, grads, _ = self._predict(batch, True, False, create_graph=self.training)
         variance = structure_std.pow(2) + self.log_noise.exp()
         nll = 0.5 * (torch.log(2 * math.pi * variance) + (batch.energy.double() - energy.double()).pow(2) / variance)
         force_mse = (grads[K.FORCES] - batch.forces).pow(2).mean()
@@ -225,9 +226,10 @@ class SVGPUncertainty(UncertaintyMethod):
         return info
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
-        energy, atomic, atom_std, structure_std, grads = self._predict(graph, True, compute_stress, create_graph=False)
+        energy, atomic, atom_std, structure_std, grads, features = self._predict(graph, True, compute_stress,
+                                                                                 create_graph=False)
         return UncertainOutput(energy.detach(), grads[K.FORCES], atom_std.detach(), structure_std.detach(),
-                               grads.get(K.STRESS), atomic.detach())
+                               grads.get(K.STRESS), atomic.detach(), features)
 
 
 class LNKUncertainty(SVGPUncertainty):

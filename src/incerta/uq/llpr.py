@@ -19,6 +19,13 @@ lambda of the phi block): the last-layer weights perturbed along each column of 
 force perturbations dF_k = -d(P_k^T sum_i phi_i)/dr, and the atom's variance is
 sum_k |dF_ik|^2: k vector-Jacobian products instead of H, exact when k = H (test), a
 deterministic version of propagating posterior samples of the weights like an ensemble.
+
+With ``samples = M`` the columns of P are instead M draws of the last-layer weights from
+the posterior, P = L Z / sqrt(M) (L L^T the phi block of (C + s I)^-1, Z standard normal,
+drawn once at fit from the seed): the heads of an ensemble sampled from the LLPR
+posterior, propagated like the shallow ensemble's heads in one batched backward; the
+variance is then an unbiased Monte Carlo estimate of the exact one (its mean over draws
+equals it, test) instead of a truncation that is never above it.
 """
 
 from __future__ import annotations
@@ -42,27 +49,38 @@ class LLPRUncertainty(UncertaintyMethod):
     name = "llpr"
 
     def __init__(self, potential: Potential, energy_weight: float = 0.01, forces_weight: float = 0.99,
-                 rank: int | None = 8) -> None:
+                 rank: int | None = 8, samples: int | None = None) -> None:
         super().__init__(frozen(potential))
         size = potential.spec.readout_hidden + 1
         self.energy_weight, self.forces_weight = energy_weight, forces_weight
-        self.rank = min(rank, size - 1) if rank is not None else None
+        self.rank = min(rank, size - 1) if rank is not None and samples is None else None
+        self.samples = samples
         self.register_buffer("inverse", torch.eye(size, dtype=torch.float64))
-        if self.rank is not None:
-            self.register_buffer("projection", torch.zeros(size - 1, self.rank, dtype=torch.float64))
+        if self.columns is not None:
+            self.register_buffer("projection", torch.zeros(size - 1, self.columns, dtype=torch.float64))
+
+    @property
+    def columns(self) -> int | None:
+        """Columns of the projection P: the rank, the number of posterior samples, or None (exact)."""
+        return self.samples if self.samples is not None else self.rank
 
     def options(self) -> dict:
-        return {"energy_weight": self.energy_weight, "forces_weight": self.forces_weight, "rank": self.rank}
+        return {"energy_weight": self.energy_weight, "forces_weight": self.forces_weight, "rank": self.rank,
+                "samples": self.samples}
 
     @classmethod
     def rebuild(cls, potential: Potential, options: dict) -> LLPRUncertainty:
         """Methods saved before ``rank`` existed used the exact propagation."""
         return cls(potential, **{"rank": None, **options})
 
-    def _set_inverse(self, inverse: torch.Tensor) -> None:
-        """Store (C + s I)^-1 and, with a rank, the projection P (H, k) of its phi block."""
+    def _set_inverse(self, inverse: torch.Tensor, seed: int = 0) -> None:
+        """Store (C + s I)^-1 and, with a rank or samples, the projection P (H, k) of its phi block."""
         self.inverse = inverse
-        if self.rank is not None:
+        if self.samples is not None:
+            draws = torch.randn(len(inverse) - 1, self.samples, dtype=inverse.dtype,
+                                generator=torch.Generator().manual_seed(seed)).to(inverse.device)
+            self.projection = self.posterior_factor() @ draws / self.samples**0.5
+        elif self.rank is not None:
             self.projection = self.posterior_factor(self.rank)
 
     def posterior_factor(self, rank: int | None = None) -> torch.Tensor:
@@ -122,14 +140,14 @@ class LLPRUncertainty(UncertaintyMethod):
             scores = np.concatenate([self._atom_scores(j, inverse).cpu().numpy() for j, _ in features])
             choices[relative] = (spearman(scores, errors), inverse)
         best = max(choices, key=lambda r: choices[r][0])
-        self._set_inverse(choices[best][1])
+        self._set_inverse(choices[best][1], settings.seed)
         return {"regulariser_relative": best, "validation_spearman": {str(k): v[0] for k, v in choices.items()},
-                "rank": self.rank}
+                "rank": self.rank, "samples": self.samples}
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
-        exact = self.rank is None
+        exact = self.columns is None
         out, g, jacobian, grads = self._features(graph, compute_stress, exact)
         energy = torch.einsum("bh,hk,bk->b", g, self.inverse, g).clamp_min(0).sqrt()
         atom = self._atom_scores(jacobian, self.inverse) if exact else jacobian.pow(2).sum(dim=(1, 2)).sqrt()
         return UncertainOutput(out[K.ENERGY].detach(), grads[K.FORCES], atom, energy, grads.get(K.STRESS),
-                               out[K.ATOMIC_ENERGIES].detach())
+                               out[K.ATOMIC_ENERGIES].detach(), out[K.NODE_FEATURES])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from incerta.uq.base import UncertaintyMethod
+from incerta.uq.combined import CombinedUncertainty
 from incerta.uq.ensemble import DeepEnsemble
 from incerta.uq.evidential import EvidentialUncertainty
 from incerta.uq.gmm import GMMUncertainty
@@ -13,7 +14,7 @@ from incerta.uq.shallow import ShallowEnsemble
 METHODS: dict[str, type[UncertaintyMethod]] = {
     cls.name: cls
     for cls in (DeepEnsemble, GMMUncertainty, LLPRUncertainty, EvidentialUncertainty, ShallowEnsemble,
-                SVGPUncertainty, LNKUncertainty)
+                SVGPUncertainty, LNKUncertainty, CombinedUncertainty)
 }
 #: Methods attached to a trained model by ``incerta uq fit`` (ensembles come from ``train --ensemble``).
 POST_TRAINING = tuple(name for name in METHODS if name != "ensemble")

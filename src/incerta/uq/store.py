@@ -37,7 +37,7 @@ def save_uncertainty(model: str | Path, method: UncertaintyMethod, calibration: 
     """Write (atomically) the fitted method and its calibration beside the potential."""
     tensors = {
         k: v.clone() for k, v in method.state_dict().items()
-        if method.modifies_potential or not k.startswith("potential.")
+        if method.modifies_potential or "potential" not in k.split(".")[:-1]  # the base potential is saved beside
     }
     metadata = {"method": method.name, "options": json.dumps(method.options()),
                 "calibration": calibration.to_json(), "report": json.dumps(report)}

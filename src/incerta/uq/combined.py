@@ -1,0 +1,132 @@
+"""An error estimate and a density score combined into one uncertainty.
+
+Error-estimating methods (LLPR, LNK, shallow ensembles) rank errors well near the
+training data but can stay over-confident away from it; the Gaussian-mixture density of
+the latent features detects that a structure left the training distribution but does not
+say how large the error is. This method adds them as variances:
+
+    u_i^2 = s_i^2 + r^2 * softplus(NLL_i - NLL_q)
+
+s_i: the error method's raw per-atom score; NLL_i: the mixture negative log-likelihood of
+atom i's latent features (:mod:`incerta.uq.gmm`, fitted to the training atoms); NLL_q: its
+``quantile`` over the training atoms, so atoms like the training ones get (almost) nothing
+from the density and atoms beyond it get a variance growing with the excess NLL (about
+half a squared Mahalanobis distance). The weight r is fitted, with an overall scale, by
+maximising the Gaussian likelihood of the force errors of the validation frames (and of
+``calibration_data`` frames, which is what makes r measurable: frames in distribution
+carry little information on it); the usual calibration then maps u to eV/Å per element.
+The latent features are those of the error method's own prediction, so the density costs
+one mixture evaluation per atom. Energy score: the error method's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from torch import nn
+
+from incerta.config.schema import ConfigError
+from incerta.data import keys as K
+from incerta.data.graph import AtomicGraph, batches
+from incerta.models.potential import Potential
+from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod
+from incerta.uq.evidential import EvidentialUncertainty
+from incerta.uq.gmm import fit_mixture, latent_features, mixture_nll, register_mixture
+from incerta.uq.gp import LNKUncertainty, SVGPUncertainty
+from incerta.uq.llpr import LLPRUncertainty
+from incerta.uq.shallow import ShallowEnsemble
+
+#: methods whose per-atom score is a standard deviation, usable as the error part
+ERROR_METHODS: dict[str, type[UncertaintyMethod]] = {
+    cls.name: cls for cls in (LLPRUncertainty, LNKUncertainty, SVGPUncertainty, ShallowEnsemble, EvidentialUncertainty)
+}
+
+
+def fit_density_weight(score: np.ndarray, excess: np.ndarray, squared_error: np.ndarray) -> tuple[float, float]:
+    """(a, r) maximising the likelihood of 3-D force errors with |error|^2 = ``squared_error`` (N,)
+    under sigma^2 = a^2 (score^2 + r^2 excess) (per component sigma^2 / 3)."""
+    score2 = np.maximum(score, 1e-30) ** 2
+    informative = excess > 1.0
+    ratio = np.median(score2) / np.median(excess[informative]) if informative.any() else np.median(score2)
+    start = np.array([0.5 * np.log(np.mean(squared_error) / np.mean(score2)), 0.5 * np.log(ratio)])
+
+    def nll(params: np.ndarray) -> float:
+        variance = np.exp(2 * params[0]) * (score2 + np.exp(2 * params[1]) * excess)
+        return float(np.mean(1.5 * np.log(variance) + 1.5 * squared_error / variance))
+
+    bounds = [(start[0] - 20, start[0] + 20), (start[1] - 12, start[1] + 6)]
+    best = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
+    return float(np.exp(best.x[0])), float(np.exp(best.x[1]))
+
+
+class CombinedUncertainty(UncertaintyMethod):
+    """See the module docstring; ``error`` names the error method, ``error_options`` its options."""
+
+    name = "combined"
+
+    def __init__(self, potential: Potential, error: str = "lnk", error_options: dict | None = None,
+                 quantile: float = 0.99, max_components: int = 12, n_components: int = 1) -> None:
+        if error not in ERROR_METHODS:
+            raise ConfigError(f"combined: error method '{error}' is not one of {', '.join(ERROR_METHODS)}")
+        nn.Module.__init__(self)  # the potential is the error method's: held once, as error.potential
+        self.error = ERROR_METHODS[error](potential, **(error_options or {}))
+        self.error_name = error
+        self.quantile, self.max_components = quantile, max_components
+        self.modifies_potential = self.error.modifies_potential
+        self.predicts_with_potential = self.error.predicts_with_potential
+        register_mixture(self, potential.spec.num_channels, n_components)
+        self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("weight", torch.zeros((), dtype=torch.float64))
+
+    @property
+    def potential(self) -> Potential:
+        return self.error.potential
+
+    def options(self) -> dict:
+        return {"error": self.error_name, "error_options": self.error.options(), "quantile": self.quantile,
+                "max_components": self.max_components, "n_components": int(self.log_weights.numel())}
+
+    def negative_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C) latent features -> (N,) NLL under the training mixture."""
+        return mixture_nll(features, self.center, self.scale, self.log_weights, self.means, self.precision_cholesky)
+
+    def _parts(self, graph: AtomicGraph, compute_stress: bool = False) -> tuple[UncertainOutput, torch.Tensor]:
+        """The error method's output and the excess NLL (N,) of every atom."""
+        raw = self.error(graph, compute_stress=compute_stress)
+        features = raw.features
+        if features is None:
+            features = self.potential(graph, compute_forces=False)[K.NODE_FEATURES]
+        excess = nn.functional.softplus(self.negative_log_likelihood(features) - self.threshold)
+        return raw, excess
+
+    def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
+        info = {"error": self.error.fit(train, validation, settings)}
+        self.error.eval()
+        features = latent_features(self.potential, train)
+        info["density"] = fit_mixture(self, features, self.max_components, settings.seed)
+        training_nll = self.negative_log_likelihood(torch.as_tensor(features, device=self.center.device)).cpu().numpy()
+        self.threshold = torch.tensor(float(np.quantile(training_nll, self.quantile)), dtype=torch.float64,
+                                      device=self.center.device)
+        scores, excesses, squared = [], [], []
+        for batch in batches(validation, 16):
+            raw, excess = self._parts(batch)
+            scores.append(raw.atom_score.detach().double().cpu().numpy())
+            excesses.append(excess.detach().cpu().numpy())
+            squared.append((raw.forces.detach() - batch.forces).pow(2).sum(1).double().cpu().numpy())
+        score, excess = np.concatenate(scores), np.concatenate(excesses)
+        scale, ratio = fit_density_weight(score, excess, np.concatenate(squared))
+        self.weight = torch.tensor(ratio**2, dtype=torch.float64, device=self.center.device)
+        info.update({"threshold_nll": float(self.threshold), "density_weight": ratio, "scale": scale,
+                     "validation_atoms_beyond_threshold": float(np.mean(excess > 1.0))})
+        return info
+
+    def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
+        raw, excess = self._parts(graph, compute_stress)
+        score = (raw.atom_score.double().pow(2) + self.weight * excess).sqrt().to(raw.atom_score.dtype)
+        return UncertainOutput(raw.energy, raw.forces, score, raw.energy_score, raw.stress, raw.energies, raw.features)
+
+    def predict(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+        return self.error.predict(graph, compute_stress)

@@ -1,0 +1,114 @@
+"""The likelihood-trained shallow ensemble, the sampled LLPR ensemble and the combined score,
+each against an independent computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from conftest import emt_ethanol_frames, make_model
+from incerta.data import keys as K
+from incerta.data.graph import collate
+from incerta.models.derivatives import differentiable_inputs, position_jacobian
+from incerta.models.predict import graphs_for
+from incerta.train.checkpoint import save_potential
+from incerta.uq.base import FitSettings
+from incerta.uq.combined import fit_density_weight
+from incerta.uq.fit import fit_uncertainty
+from incerta.uq.llpr import LLPRUncertainty
+from incerta.uq.shallow import ShallowEnsemble, ensemble_nll
+from incerta.uq.store import load_uncertain_potential, uncertainty_file
+from incerta.utils.tensor_files import read_tensors
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return graphs_for(make_model(), emt_ethanol_frames(16, 0.1))
+
+
+def test_ensemble_nll_is_the_gaussian_likelihood():
+    generator = np.random.default_rng(0)
+    energies, forces = generator.normal(size=(3, 5)), generator.normal(size=(5, 4, 3))
+    energy_ref, forces_ref = generator.normal(size=3), generator.normal(size=(4, 3))
+    as_t = lambda a: torch.as_tensor(a)
+    got = float(ensemble_nll(as_t(energies), as_t(forces), as_t(energy_ref), as_t(forces_ref), forces_weight=1.0))
+    expected = -(norm.logpdf(energy_ref, energies.mean(1), np.sqrt(energies.var(1) + 1e-6)).sum()
+                 + norm.logpdf(forces_ref, forces.mean(0), np.sqrt(forces.var(0) + 1e-6)).sum()) / 3
+    assert got == pytest.approx(expected - 0.5 * np.log(2 * np.pi) * (3 + 12) / 3, rel=1e-10)
+
+
+def test_heads_equal_to_the_readout_reproduce_the_model(graphs):
+    method = ShallowEnsemble(make_model(), heads=4)
+    with torch.no_grad():
+        method.heads.weight.copy_(method.potential.readout.output.weight.expand(4, -1))
+        method.heads.bias.copy_(method.potential.readout.output.bias.expand(4))
+    batch = collate(graphs[:3])
+    raw = method(batch)
+    reference = method.potential(batch, compute_forces=True)
+    np.testing.assert_allclose(raw.energy, reference[K.ENERGY].detach(), rtol=1e-12)
+    np.testing.assert_allclose(raw.forces.detach(), reference[K.FORCES].detach(), atol=1e-12)
+    assert float(raw.atom_score.max()) < 1e-12
+
+
+def test_frozen_fit_uses_the_heads_own_forces_and_lowers_the_likelihood(graphs):
+    """The precomputed linear terms give the NLL of the heads' autograd energies and forces."""
+    method = ShallowEnsemble(make_model(), heads=6, init_noise=0.5)
+    terms = method._frozen_terms(graphs[:8])
+    batch = collate(graphs[:8])
+    inputs = differentiable_inputs(batch, forces=True, stress=False)
+    energies = method._head_energies(method.potential.evaluate(inputs.graph), inputs.graph)
+    forces = -position_jacobian(energies.sum(0), inputs.positions, batched=False)
+    direct = ensemble_nll(energies, forces, batch.energy, batch.forces)
+    assert float(method._frozen_nll(terms).detach()) == pytest.approx(float(direct.detach()), rel=1e-8)
+
+    info = method.fit(graphs[:12], graphs[12:], FitSettings(progress=False))
+    assert info["train_nll"] < info["train_nll_start"] - 1.0
+    raw = method(collate(graphs[12:]))
+    components = (raw.forces.detach() - collate(graphs[12:]).forces) / (raw.atom_score.detach().unsqueeze(1) / 3**0.5)
+    assert 0.2 < float(components.pow(2).mean()) < 5.0, "the heads' spread is of the size of the force errors"
+
+
+def test_sampled_llpr_is_unbiased_for_the_exact_variance(graphs):
+    exact = LLPRUncertainty(make_model(), rank=None)
+    exact.fit(graphs[:10], graphs[10:], FitSettings(progress=False))
+    batch = collate(graphs[10:])
+    reference = exact(batch).atom_score.detach().pow(2)
+    sampled = LLPRUncertainty(exact.potential, samples=32)
+    variances = []
+    for seed in range(40):
+        sampled._set_inverse(exact.inverse, seed)
+        variances.append(sampled(batch).atom_score.detach().pow(2))
+    mean = torch.stack(variances).mean(0)
+    np.testing.assert_allclose(mean, reference, rtol=0.15)
+    spread = torch.stack(variances).std(0) / reference
+    assert float(spread.mean()) > 0.05, "each draw is a different ensemble"
+
+
+def test_density_weight_recovers_the_generating_one():
+    generator = np.random.default_rng(1)
+    score, excess = generator.uniform(0.5, 2.0, 20000), generator.exponential(3.0, 20000)
+    sigma = 0.7 * np.sqrt(score**2 + 0.4**2 * excess)
+    errors = generator.normal(size=(20000, 3)) * (sigma / np.sqrt(3))[:, None]
+    scale, ratio = fit_density_weight(score, excess, np.sum(errors**2, axis=1))
+    assert scale == pytest.approx(0.7, rel=0.05) and ratio == pytest.approx(0.4, rel=0.08)
+
+
+def test_combined_score_adds_the_density_to_the_error_estimate(tmp_path):
+    frames = emt_ethanol_frames(16, 0.1)
+    save_potential(make_model(), tmp_path)
+    report = fit_uncertainty(tmp_path, "combined", frames[:10], frames[10:], {"error": "llpr", "error_options": {"rank": None}},
+                             FitSettings(progress=False))
+    assert report["fit"]["density_weight"] > 0
+    stored = read_tensors(uncertainty_file(tmp_path), "uncertainty")
+    assert not [k for k in stored if "potential" in k.split(".")], "the frozen potential is not stored again"
+
+    uncertain = load_uncertain_potential(tmp_path)
+    method = uncertain.method
+    batch = collate(graphs_for(method.potential, frames[10:]))
+    raw, error = method(batch), method.error(batch)
+    nll = method.negative_log_likelihood(error.features)
+    expected = (error.atom_score.pow(2) + method.weight * torch.nn.functional.softplus(nll - method.threshold)).sqrt()
+    np.testing.assert_allclose(raw.atom_score.detach(), expected.detach(), rtol=1e-12)
+    np.testing.assert_allclose(raw.forces.detach(), error.forces.detach())
