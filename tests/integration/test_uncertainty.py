@@ -197,10 +197,10 @@ def test_gp_prediction_cache_matches_gpytorch(fitted, tests):
                                rtol=1e-6, atol=1e-9)
 
 
-def test_calibration_frames_from_a_hotter_run_anticipate_the_shift(fitted, base_run, tests, acac, tmp_path):
+def test_calibration_frames_from_a_hotter_run_are_calibrated_on(fitted, base_run, acac, tmp_path):
     """Twenty labelled 600 K frames of another trajectory than the test set, added to the
-    calibration data: the combined score learns how fast sigma must grow away from the
-    training density, so at 600 K it keeps up with the error better than calibrated at 300 K only."""
+    calibration data: the likelihood scale of each element then makes the mean of
+    |dF|^2 / sigma^2 exactly 1 over validation + those frames (it does not without them)."""
     run, splits = base_run
     model = tmp_path / "model"
     model.mkdir()
@@ -209,12 +209,14 @@ def test_calibration_frames_from_a_hotter_run_anticipate_the_shift(fitted, base_
     settings = FitSettings(**{**FIT.model_dump(), "calibration_data": [hotter]})
     report = fit_uncertainty(model, "combined", splits.train, splits.validation, settings=settings)
     assert report["n_calibration_data"] == 20 and report["n_validation"] == len(splits.validation) + 20
+    frames = [*splits.validation, *read_frames(acac / "train_600K.xyz")[::25]]
 
-    def sigma_over_error(folder) -> float:
+    def normalised_errors(folder) -> dict[int, float]:
         uncertain = load_uncertain_potential(folder)
-        arrays = collect(uncertain, graphs_for(uncertain.potential, tests["600K"]))
-        error = np.linalg.norm(arrays["forces_pred"] - arrays["forces_ref"], axis=1)
-        return float(arrays["forces_uncertainty"].mean() / error.mean())
+        arrays = collect(uncertain, graphs_for(uncertain.potential, frames))
+        ratio = np.sum((arrays["forces_pred"] - arrays["forces_ref"]) ** 2, axis=1) / arrays["forces_uncertainty"] ** 2
+        return {int(z): float(ratio[arrays["numbers"] == z].mean()) for z in np.unique(arrays["numbers"])}
 
-    plain, anticipating = sigma_over_error(fitted("combined")), sigma_over_error(model)
-    assert abs(np.log(anticipating)) < abs(np.log(plain)), (plain, anticipating)
+    anticipating, plain = normalised_errors(model), normalised_errors(fitted("combined"))
+    assert all(v == pytest.approx(1.0, rel=1e-4) for v in anticipating.values()), anticipating
+    assert max(abs(v - 1) for v in plain.values()) > 0.05, plain

@@ -112,3 +112,14 @@ def test_combined_score_adds_the_density_to_the_error_estimate(tmp_path):
     expected = (error.atom_score.pow(2) + method.weight * torch.nn.functional.softplus(nll - method.threshold)).sqrt()
     np.testing.assert_allclose(raw.atom_score.detach(), expected.detach(), rtol=1e-12)
     np.testing.assert_allclose(raw.forces.detach(), error.forces.detach())
+
+
+def test_backbone_fine_tuning_trains_the_model_on_the_same_likelihood(graphs):
+    method = ShallowEnsemble(make_model(), heads=4, backbone=True)
+    before = method.potential.readout.hidden.weight.detach().clone()
+    batch = collate(graphs[:4])
+    start = float(method._backbone_loss(batch).detach())
+    method.fit(graphs[:12], graphs[12:], FitSettings(epochs=2, lr=0.002, batch_size=4, progress=False))
+    assert not torch.equal(before, method.potential.readout.hidden.weight), "the backbone is trained"
+    assert float(method._backbone_loss(batch).detach()) < start
+    assert method.modifies_potential and any(k.startswith("potential.") for k in method.state_dict())
