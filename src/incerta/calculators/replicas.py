@@ -181,12 +181,14 @@ def run_replica_md(
     """
     if not starts:
         raise ConfigError("no starting structure for the replicas")
-    periodic = {bool(atoms.pbc.all()) for atoms in starts} | {bool(atoms.pbc.any()) for atoms in starts}
-    if len(periodic) > 1:
+    boundaries = {tuple(atoms.pbc.tolist()) for atoms in starts}
+    if len(boundaries) > 1 or boundaries - {(False,) * 3, (True,) * 3}:
         raise ConfigError("replicas are either all molecules (pbc False) or all periodic in every direction; "
-                          f"got pbc {sorted({tuple(atoms.pbc.tolist()) for atoms in starts})}")
+                          f"got pbc {sorted(boundaries)}")
     frames = [Frame.from_atoms(atoms, source=f"replica {index}") for index, atoms in enumerate(starts)]
-    engine = TorchSimPotential(model, device, compute_stress=False)
+    engine = TorchSimPotential(model, device, compute_stress=False,
+                               charge=torch.tensor([frame.charge for frame in frames], dtype=torch.float64),
+                               spin=torch.tensor([frame.spin for frame in frames], dtype=torch.float64))
     check_species(engine.potential, frames)
     for frame in frames:
         problems = frame_problems(frame, min_distance=min_distance)
@@ -195,8 +197,6 @@ def run_replica_md(
     if threshold is not None and not engine.has_uncertainty:
         raise ConfigError("a threshold needs a model with an uncertainty attached; run `incerta uq fit` first")
     init, update = _integrator(engine, settings)
-    engine.charge = torch.tensor([frame.charge for frame in frames], dtype=torch.float64)
-    engine.spin = torch.tensor([frame.spin for frame in frames], dtype=torch.float64)
     templates, momenta = [], []
     for index, atoms in enumerate(starts):
         template = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
