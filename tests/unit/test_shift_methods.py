@@ -9,6 +9,7 @@ import torch
 from scipy.stats import norm
 
 from conftest import emt_ethanol_frames, make_model
+from incerta.config.schema import ConfigError
 from incerta.data import keys as K
 from incerta.data.graph import collate
 from incerta.models.derivatives import differentiable_inputs, position_jacobian
@@ -123,3 +124,18 @@ def test_backbone_fine_tuning_trains_the_model_on_the_same_likelihood(graphs):
     assert not torch.equal(before, method.potential.readout.hidden.weight), "the backbone is trained"
     assert float(method._backbone_loss(batch).detach()) < start
     assert method.modifies_potential and any(k.startswith("potential.") for k in method.state_dict())
+
+
+def test_combined_reuses_an_error_method_fitted_before(tmp_path):
+    frames = emt_ethanol_frames(16, 0.1)
+    first, second = tmp_path / "llpr", tmp_path / "combined"
+    for folder in (first, second):
+        save_potential(make_model(), folder)
+    fit_uncertainty(first, "llpr", frames[:10], frames[10:], {"rank": 4}, FitSettings(progress=False))
+    options = {"error": "llpr", "error_options": {"rank": 4}, "error_model": str(first)}
+    report = fit_uncertainty(second, "combined", frames[:10], frames[10:], options, FitSettings(progress=False))
+    assert report["fit"]["error"]["reused"] == str(first)
+    reused, fitted = load_uncertain_potential(second).method.error, load_uncertain_potential(first).method
+    torch.testing.assert_close(reused.projection, fitted.projection)
+    with pytest.raises(ConfigError, match="has 'llpr' attached, not 'lnk'"):
+        fit_uncertainty(second, "combined", frames[:10], frames[10:], {"error_model": str(first)}, FitSettings(progress=False))

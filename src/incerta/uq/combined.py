@@ -15,12 +15,15 @@ half a squared Mahalanobis distance). The weight r is fitted, with an overall sc
 maximising the Gaussian likelihood of the force errors of the validation frames (and of
 ``calibration_data`` frames, which is what makes r measurable: frames in distribution
 carry little information on it); the usual calibration then maps u to eV/Å per element.
+``error_model`` reuses the error method already fitted on another folder of the same base
+model (e.g. ``lnk`` attached before) instead of fitting it again.
 The latent features are those of the error method's own prediction, so the density costs
 one mixture evaluation per atom. Energy score: the error method's.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,6 +41,7 @@ from incerta.uq.gmm import fit_mixture, latent_features, mixture_nll, register_m
 from incerta.uq.gp import LNKUncertainty, SVGPUncertainty
 from incerta.uq.llpr import LLPRUncertainty
 from incerta.uq.shallow import ShallowEnsemble
+from incerta.utils.tensor_files import read_tensors
 
 #: methods whose per-atom score is a standard deviation, usable as the error part
 ERROR_METHODS: dict[str, type[UncertaintyMethod]] = {
@@ -68,12 +72,13 @@ class CombinedUncertainty(UncertaintyMethod):
     name = "combined"
 
     def __init__(self, potential: Potential, error: str = "lnk", error_options: dict | None = None,
-                 quantile: float = 0.99, max_components: int = 12, n_components: int = 1) -> None:
+                 quantile: float = 0.99, max_components: int = 12, n_components: int = 1,
+                 error_model: str | None = None) -> None:
         if error not in ERROR_METHODS:
             raise ConfigError(f"combined: error method '{error}' is not one of {', '.join(ERROR_METHODS)}")
         nn.Module.__init__(self)  # the potential is the error method's: held once, as error.potential
         self.error = ERROR_METHODS[error](potential, **(error_options or {}))
-        self.error_name = error
+        self.error_name, self.error_model = error, error_model
         self.quantile, self.max_components = quantile, max_components
         self.modifies_potential = self.error.modifies_potential
         self.predicts_with_potential = self.error.predicts_with_potential
@@ -87,7 +92,8 @@ class CombinedUncertainty(UncertaintyMethod):
 
     def options(self) -> dict:
         return {"error": self.error_name, "error_options": self.error.options(), "quantile": self.quantile,
-                "max_components": self.max_components, "n_components": int(self.log_weights.numel())}
+                "max_components": self.max_components, "n_components": int(self.log_weights.numel()),
+                "error_model": self.error_model}
 
     def negative_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
         """(N, C) latent features -> (N,) NLL under the training mixture."""
@@ -102,8 +108,20 @@ class CombinedUncertainty(UncertaintyMethod):
         excess = nn.functional.softplus(self.negative_log_likelihood(features) - self.threshold)
         return raw, excess
 
+    def _reuse_error(self) -> dict:
+        """Load the error method already fitted on ``error_model`` (a model folder with the same
+        base potential and that method attached); returns its fit report."""
+        from incerta.uq.store import read_uncertainty_metadata, uncertainty_file
+
+        metadata = read_uncertainty_metadata(self.error_model)
+        if metadata["method"] != self.error_name:
+            raise ConfigError(f"combined: {self.error_model} has '{metadata['method']}' attached, not '{self.error_name}'")
+        state = {**self.error.state_dict(), **read_tensors(uncertainty_file(self.error_model), "uncertainty")}
+        self.error.load_state_dict(state)
+        return {"reused": str(self.error_model), **json.loads(metadata["report"])}
+
     def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
-        info = {"error": self.error.fit(train, validation, settings)}
+        info = {"error": self._reuse_error() if self.error_model else self.error.fit(train, validation, settings)}
         self.error.eval()
         features = latent_features(self.potential, train)
         info["density"] = fit_mixture(self, features, self.max_components, settings.seed)
