@@ -12,6 +12,14 @@ mean uncertainty per temperature, fit time and inference time relative to the ba
 
 Measured on 2 cores shared with other benchmarks (2026-11-22/23): base model 6 min, the
 six methods 18 min, the deep ensemble's four members 81 min. A rerun reuses what is done.
+The committed results (2026-12-03, a busy machine: LNK's fit took 52 min) are of
+
+    .venv/bin/python benchmarks/uq_methods.py --set shift.max_frames=200 --set shift.ensemble=2 \
+        --set 'shift.methods=[gmm,llpr,svgp,lnk,shallow]' --set "shift.variants={combined: {method: combined,
+        options: {error_model: $PWD/benchmarks/work/uq_shift_acac/methods/lnk}}, combined-anticipating: {...,
+        fit: {calibration_data: [{path: ../../shared/data/botnet/dataset_acac/train_600K.xyz, select: '::25'}]}}}"
+
+(combined reusing the fitted LNK instead of fitting it twice more; 200 test frames per group).
 """
 
 from __future__ import annotations
