@@ -32,7 +32,6 @@ from scipy.optimize import minimize
 from torch import nn
 
 from incerta.config.schema import ConfigError
-from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod
@@ -43,7 +42,7 @@ from incerta.uq.llpr import LLPRUncertainty
 from incerta.uq.shallow import ShallowEnsemble
 from incerta.utils.tensor_files import read_tensors
 
-#: methods whose per-atom score is a standard deviation, usable as the error part
+#: methods whose per-atom score is a standard deviation and whose output carries the latent features
 ERROR_METHODS: dict[str, type[UncertaintyMethod]] = {
     cls.name: cls for cls in (LLPRUncertainty, LNKUncertainty, SVGPUncertainty, ShallowEnsemble, EvidentialUncertainty)
 }
@@ -80,8 +79,6 @@ class CombinedUncertainty(UncertaintyMethod):
         self.error = ERROR_METHODS[error](potential, **(error_options or {}))
         self.error_name, self.error_model = error, error_model
         self.quantile, self.max_components = quantile, max_components
-        self.modifies_potential = self.error.modifies_potential
-        self.predicts_with_potential = self.error.predicts_with_potential
         register_mixture(self, potential.spec.num_channels, n_components)
         self.register_buffer("threshold", torch.zeros((), dtype=torch.float64))
         self.register_buffer("weight", torch.zeros((), dtype=torch.float64))
@@ -89,6 +86,10 @@ class CombinedUncertainty(UncertaintyMethod):
     @property
     def potential(self) -> Potential:
         return self.error.potential
+
+    @property
+    def modifies_potential(self) -> bool:
+        return self.error.modifies_potential
 
     def options(self) -> dict:
         return {"error": self.error_name, "error_options": self.error.options(), "quantile": self.quantile,
@@ -102,10 +103,7 @@ class CombinedUncertainty(UncertaintyMethod):
     def _parts(self, graph: AtomicGraph, compute_stress: bool = False) -> tuple[UncertainOutput, torch.Tensor]:
         """The error method's output and the excess NLL (N,) of every atom."""
         raw = self.error(graph, compute_stress=compute_stress)
-        features = raw.features
-        if features is None:
-            features = self.potential(graph, compute_forces=False)[K.NODE_FEATURES]
-        excess = nn.functional.softplus(self.negative_log_likelihood(features) - self.threshold)
+        excess = nn.functional.softplus(self.negative_log_likelihood(raw.features) - self.threshold)
         return raw, excess
 
     def _reuse_error(self) -> dict:

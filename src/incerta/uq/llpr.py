@@ -91,22 +91,9 @@ class LLPRUncertainty(UncertaintyMethod):
         return vectors[:, leading] * values[leading].clamp_min(0).sqrt()
 
     def _features(self, graph: AtomicGraph, compute_stress: bool = False, exact: bool = True):
-        """Outputs, per-structure g (B, H+1), Jacobian (N, 3, H) of the features (``exact``) or
-        of their k projections (N, 3, k), and force/stress derivatives."""
-        inputs = differentiable_inputs(graph, forces=True, stress=compute_stress)
-        out = self.potential.evaluate(inputs.graph)
-        phi = out[K.LAST_LAYER_FEATURES]
-        summed = phi.sum(0) if exact else phi.sum(0) @ self.projection.to(phi.dtype)
-        if compute_stress:
-            jacobian = position_jacobian(summed, inputs.positions, batched=graph.num_graphs == 1)
-            grads = derivatives(out[K.ENERGY], inputs, create_graph=False)
-        else:  # the forces ride along as one more row of the same batched backward
-            rows = position_jacobian(torch.cat([out[K.ENERGY].sum().unsqueeze(0), summed]), inputs.positions,
-                                     batched=graph.num_graphs == 1)
-            jacobian, grads = rows[1:], {K.FORCES: -rows[0]}
-        augmented = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
-        g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, graph.batch, augmented)
-        return out, g.detach().double(), jacobian.detach().double().permute(1, 2, 0), grads
+        """:func:`last_layer_terms` with the Jacobian of the features (``exact``) or of their k
+        projections (N, 3, k)."""
+        return last_layer_terms(self.potential, graph, compute_stress, None if exact else self.projection)
 
     def _curvature(self, graphs: Sequence[AtomicGraph]) -> torch.Tensor:
         size = self.inverse.shape[0]
@@ -151,3 +138,26 @@ class LLPRUncertainty(UncertaintyMethod):
         atom = self._atom_scores(jacobian, self.inverse) if exact else jacobian.pow(2).sum(dim=(1, 2)).sqrt()
         return UncertainOutput(out[K.ENERGY].detach(), grads[K.FORCES], atom, energy, grads.get(K.STRESS),
                                out[K.ATOMIC_ENERGIES].detach(), out[K.NODE_FEATURES])
+
+
+def last_layer_terms(potential: Potential, graph: AtomicGraph, compute_stress: bool = False,
+                     projection: torch.Tensor | None = None):
+    """What is linear in the readout's last layer, for B structures of N atoms: the model's
+    outputs, g (B, H+1) = per-structure sums of [phi_i, 1] (float64, the last column counts
+    atoms), the position Jacobian of sum_i phi_i (N, 3, H) (float64; of its projections
+    (N, 3, k) on the columns of ``projection`` (H, k) when given) and the energy's derivatives
+    (forces, and stress when asked). The forces ride in the same backward as the Jacobian."""
+    inputs = differentiable_inputs(graph, forces=True, stress=compute_stress)
+    out = potential.evaluate(inputs.graph)
+    phi = out[K.LAST_LAYER_FEATURES]
+    summed = phi.sum(0) if projection is None else phi.sum(0) @ projection.to(phi.dtype)
+    if compute_stress:
+        jacobian = position_jacobian(summed, inputs.positions, batched=graph.num_graphs == 1)
+        grads = derivatives(out[K.ENERGY], inputs, create_graph=False)
+    else:
+        rows = position_jacobian(torch.cat([out[K.ENERGY].sum().unsqueeze(0), summed]), inputs.positions,
+                                 batched=graph.num_graphs == 1)
+        jacobian, grads = rows[1:], {K.FORCES: -rows[0]}
+    augmented = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
+    g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, graph.batch, augmented)
+    return out, g.detach().double(), jacobian.detach().double().permute(1, 2, 0), grads

@@ -33,6 +33,7 @@ from incerta.models.derivatives import derivatives, differentiable_inputs, posit
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
 from incerta.uq.finetune import train_module
+from incerta.uq.llpr import last_layer_terms
 
 #: variance floors of the likelihood, eV^2 and (eV/Å)^2 per component (1 meV and 1 meV/Å)
 ENERGY_VARIANCE_FLOOR = 1e-6
@@ -59,7 +60,6 @@ class ShallowEnsemble(UncertaintyMethod):
     def __init__(self, potential: Potential, heads: int = 8, init_noise: float = 0.1, forces_weight: float = 1.0,
                  backbone: bool = False) -> None:
         super().__init__(potential if backbone else frozen(potential))
-        self.modifies_potential = backbone  # the fine-tuned backbone is saved with the heads
         self.num_heads, self.init_noise, self.forces_weight, self.backbone = heads, init_noise, forces_weight, backbone
         source = potential.readout.output
         self.heads = nn.Linear(source.in_features, heads).to(source.weight.dtype)
@@ -67,6 +67,11 @@ class ShallowEnsemble(UncertaintyMethod):
             spread = init_noise * (source.weight.abs().mean() + 1e-2)
             self.heads.weight.copy_(source.weight.expand(heads, -1) + spread * torch.randn_like(self.heads.weight))
             self.heads.bias.copy_(source.bias.expand(heads))
+
+    @property
+    def modifies_potential(self) -> bool:
+        """The fine-tuned backbone is saved with the heads."""
+        return self.backbone
 
     def options(self) -> dict:
         return {"heads": self.num_heads, "init_noise": self.init_noise, "forces_weight": self.forces_weight,
@@ -96,18 +101,16 @@ class ShallowEnsemble(UncertaintyMethod):
         return ensemble_nll(energies, forces, batch.energy, batch.forces, self.forces_weight)
 
     def _frozen_terms(self, graphs: Sequence[AtomicGraph]) -> list[tuple[torch.Tensor, ...]]:
-        """Per batch of the frozen model: energy (B,), forces (N, 3), summed last-layer features
-        (B, H), atom counts (B,), their position Jacobian (H, N, 3) and the references."""
+        """Per batch of the frozen model (:func:`~incerta.uq.llpr.last_layer_terms`): energy (B,),
+        forces (N, 3), summed last-layer features (B, H), atom counts (B,), their position
+        Jacobian (H, N, 3) and the references, in the heads' dtype."""
         terms = []
+        dtype = self.heads.weight.dtype
         for batch in batches(graphs, 16):
-            inputs = differentiable_inputs(batch, forces=True, stress=False)
-            out = self.potential.evaluate(inputs.graph)
-            phi = out[K.LAST_LAYER_FEATURES]
-            rows = position_jacobian(torch.cat([out[K.ENERGY].sum().unsqueeze(0), phi.sum(0)]), inputs.positions,
-                                     batched=False)
-            summed = torch.zeros(batch.num_graphs, phi.shape[1], dtype=phi.dtype, device=phi.device)
-            terms.append(tuple(t.detach() for t in (out[K.ENERGY], -rows[0], summed.index_add(0, batch.batch, phi),
-                                                    batch.num_atoms.to(phi.dtype), rows[1:], batch.energy, batch.forces)))
+            out, g, jacobian, grads = last_layer_terms(self.potential, batch)
+            terms.append(tuple(t.detach().to(dtype) for t in (
+                out[K.ENERGY], grads[K.FORCES], g[:, :-1], g[:, -1], jacobian.permute(2, 0, 1), batch.energy,
+                batch.forces)))
         return terms
 
     def _frozen_nll(self, terms: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
