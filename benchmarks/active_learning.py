@@ -1,21 +1,32 @@
-"""Active learning vs random selection, and one on-the-fly MD run with GFN2-xTB labels.
+"""Active learning against the practice it replaces, then against random selection on a pool.
 
-1. Pool-based (configs/al_acac_pool.yaml): acac pool = train_300K + train_600K with known
-   labels (lookup oracle); force RMSE on the 300 K and 600 K test sets against the number
-   of labels, for uncertainty selection with two methods and for random selection, 3 seeds.
-   Goal: the error random selection reaches with its full budget is reached by uncertainty
-   selection with at most half the labels. A reference strategy, "true-error", ranks the
-   pool by each frame's actual error under the current model (known here, never in real
-   use): the ranking every uncertainty estimate aims at.
-2. Pool-based on rMD17 aspirin (train split as pool, test split for the curve).
-3. On-the-fly (configs/al_ethanol_md_xtb.yaml): MD at 600 K + GFN2-xTB labels, wall time.
+1. Exploration (the first table; issue 18): GFN2-xTB through tblite is the oracle, so labels
+   are cheap and exact. Per molecule (acetylacetone, aspirin) the reference MD of
+   al_reference.py gives 20 initial frames at 300 K and test sets at 300, 600 and 1200 K
+   (independent trajectories, never used for training or selection). At equal label budgets:
+   uniform (label the reference MD at 300/600/1200 K at a stride: what users do without active
+   learning), random-md (random frames of model-driven MD), uncertainty-md (incerta's loop:
+   model-driven MD at 300, 600 and 1200 K, its frames above a calibrated-uncertainty threshold selected
+   with farthest-point diversity) and biased-md (the same MD pushed along the gradient of the
+   GMM density score). Metrics: labels each strategy needs to reach uniform's full-budget
+   force RMSE at every test temperature, errors at the full budget, stability of 1200 K MD
+   with the final model, wall time split into oracle / training / exploration; three seeds.
+   ``labels_ratio_vs_uniform``: labels the best of uncertainty-md and biased-md needs / labels
+   uniform needs, median over seeds (None where it never reaches uniform's error).
+2. Pool-based (configs/al_acac_pool.yaml, with --pool): acac pool = train_300K + train_600K with
+   known labels (lookup oracle); force RMSE on the 300 K and 600 K test sets against the number
+   of labels, for uncertainty selection with two methods and for random selection, 3 seeds. A
+   reference strategy, "true-error", ranks the pool by each frame's actual error under the
+   current model (known here, never in real use): the ranking every uncertainty estimate aims
+   at. The same on rMD17 aspirin, and one on-the-fly MD run with GFN2-xTB labels. Without
+   --pool the last pool results are kept in the JSON.
 
 Every (study, strategy, seed) loop runs in its own process with one thread, ``--jobs`` at
 a time; its learning curve is kept in benchmarks/work/active_learning/<run>/curve.json,
 so a rerun skips finished loops.
 
-    .venv/bin/python benchmarks/active_learning.py --jobs 2       # long: ~4 h on 2 cores
-    .venv/bin/python benchmarks/active_learning.py --seeds 1 --skip-rmd17
+    .venv/bin/python benchmarks/active_learning.py --jobs 2           # exploration, ~2 h on 2 cores
+    .venv/bin/python benchmarks/active_learning.py --jobs 2 --pool    # and the pool study: +4 h
 """
 
 from __future__ import annotations
@@ -31,12 +42,74 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, WORK, print_table, shared_data, write_results
+import yaml
+from al_reference import TEMPERATURES_K, reference_sets, stable_run
+from common import RESULTS, ROOT, WORK, print_table, shared_data, write_results
 
 STRATEGIES = {"llpr": ["active.uncertainty.method=llpr"], "gmm": ["active.uncertainty.method=gmm"],
               "random": ["active.selection.strategy=random"]}
 #: not a method: selection by each pool frame's actual error (GMM fitted only for the latent features)
 REFERENCE = {"true-error": ["active.uncertainty.method=gmm"]}
+#: the exploration study's strategies, as overrides of exploration_config
+EXPLORATION = {
+    "uniform": ["active.candidates.source=pool", "active.selection.strategy=uniform"],
+    "random-md": ["active.selection.strategy=random", "active.selection.threshold=0.0"],
+    "uncertainty-md": [],
+    "biased-md": ["active.candidates.source=biased-md"],
+}
+INCERTA_STRATEGIES = ("uncertainty-md", "biased-md")
+#: what each step of the loop is counted as in the wall-time split
+PHASES = {"train": "training", "candidates": "exploration", "choose": "exploration", "label": "oracle"}
+
+
+def exploration_config(files: dict[str, Path], threshold: float, budget: int, batch: int) -> dict:
+    """The loop of the exploration study: 20 initial frames (5 for validation), GMM uncertainty,
+    model-driven MD from one start at each test temperature (300 steps, every 10th frame a
+    candidate when above the threshold), ``batch`` labels per iteration up to ``budget``."""
+    from incerta.data import default
+
+    return {
+        "seed": 0,
+        "data": {"train": str(files["initial"]), "n_val": 5, "e0s": str(default.path("isolated_atoms"))},
+        "model": {"l_max": 1, "num_channels": 32, "num_layers": 3, "cutoff": 5.0},
+        "training": {"epochs": 150, "lr": 0.01, "scheduler_patience": 5, "progress": False},
+        "active": {
+            "oracle": {"type": "tblite"},
+            "candidates": {"source": "md", "pool": [str(files["uniform_pool"])],
+                           "structures": {"path": str(files["initial"]), "select": ":1"}, "max_candidates": 90,
+                           "md": {"temperatures_K": list(TEMPERATURES_K), "steps": 300, "check_every": 10,
+                                  "on_flag": "continue"}},
+            "uncertainty": {"method": "gmm"},
+            "selection": {"threshold": threshold, "batch_size": batch, "diversity": "fps"},
+            "stop": {"max_labels": budget, "max_iterations": -(-budget // batch)},
+            "epochs_per_iteration": 40,
+            "cluster": {"workers": 1},
+            "test": [str(files[f"test_{t:.0f}K"]) for t in TEMPERATURES_K],
+        },
+    }
+
+
+def timed(loop_class: type) -> type:
+    """``loop_class`` with the wall time of its steps summed per phase (``PHASES``) in ``seconds``."""
+
+    class Timed(loop_class):
+        seconds = dict.fromkeys(PHASES.values(), 0.0)
+
+    def wrap(name: str):
+        method = getattr(loop_class, name)
+
+        def step(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self.seconds[PHASES[name]] += time.perf_counter() - started
+
+        return step
+
+    for name in PHASES:
+        setattr(Timed, name, wrap(name))
+    return Timed
 
 
 def true_error_loop():
@@ -54,30 +127,41 @@ def true_error_loop():
     return TrueErrorSelection
 
 
-def run_loop(config_path: str, overrides: list[str], folder: Path, strategy: str) -> list[dict]:
-    """One active-learning run from scratch; returns its learning curve (also kept in curve.json)."""
+def run_loop(config_path: str, overrides: list[str], folder: Path, strategy: str, stability: dict | None = None) -> dict:
+    """One active-learning run from scratch; returns its learning curve, wall time per phase and,
+    with ``stability`` ({runs, steps, temperature_K}), the 1200 K MD runs of the final model
+    (also kept in curve.json)."""
     from incerta.active.loop import ActiveLearning
     from incerta.active.report import learning_rows
+    from incerta.calculators.ase import IncertaCalculator
     from incerta.config import ALConfig, load_experiment
+    from incerta.data.io import read_frames
+    from incerta.train.checkpoint import load_potential
 
     shutil.rmtree(folder, ignore_errors=True)
     started = time.perf_counter()
-    loop_class = true_error_loop() if strategy == "true-error" else ActiveLearning
+    loop_class = timed(true_error_loop() if strategy == "true-error" else ActiveLearning)
     loop = loop_class(load_experiment(config_path, ALConfig, overrides), folder, progress=False)
     loop.run()
-    rows = learning_rows(loop.state)
-    (folder / "curve.json").write_text(json.dumps({"rows": rows, "wall_time_s": time.perf_counter() - started}))
-    return rows
+    curve = {"rows": learning_rows(loop.state), "wall_time_s": time.perf_counter() - started, "phases_s": loop.seconds}
+    if stability:
+        last = loop.state.events("trained")[-1]["iteration"]
+        potential = load_potential(loop.iteration_dir(last) / "run" / "model")
+        start = read_frames(folder / "initial_train.xyz")[0].to_atoms()
+        curve["stability"] = [stable_run(start, IncertaCalculator(potential, annotate=False), stability["temperature_K"],
+                                         stability["steps"], seed=run) for run in range(stability["runs"])]
+    (folder / "curve.json").write_text(json.dumps(curve))
+    return curve
 
 
-def run_in_process(config_path: Path, overrides: list[str], folder: Path, strategy: str) -> dict:
+def run_in_process(config_path: Path, overrides: list[str], folder: Path, strategy: str, stability: dict | None = None) -> dict:
     """run_loop in a fresh one-thread process (skipped when its curve.json exists)."""
     curve = folder / "curve.json"
     if not curve.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
+        job = json.dumps([str(config_path), overrides, str(folder), strategy, stability])
         with open(folder.parent / f"{folder.name}.log", "w") as log:
-            subprocess.run([sys.executable, __file__, "--one", json.dumps([str(config_path), overrides, str(folder), strategy])],
-                           check=True, stdout=log, stderr=subprocess.STDOUT,
+            subprocess.run([sys.executable, __file__, "--one", job], check=True, stdout=log, stderr=subprocess.STDOUT,
                            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     return json.loads(curve.read_text())
 
@@ -98,81 +182,152 @@ def error_at(rows: list[dict], key: str, labels: int) -> float:
     return next(row[key] for row in rows if row["n_labels"] >= labels)
 
 
-def summarise(curves: dict[str, list[list[dict]]]) -> dict:
-    """Per test set: random's median final error, the labels each strategy needs to reach it,
-    and each strategy's median error with half random's budget."""
-    keys = [k for k in curves["random"][0][0] if k.endswith("(meV/Å)") and not k.startswith("validation")]
+def summarise(curves: dict[str, list[list[dict]]], baseline: str) -> dict:
+    """Per test set: the ``baseline`` strategy's median final error, the labels each strategy
+    needs to reach it (per seed), and each strategy's median error at half the baseline's
+    budget and at the end."""
+    keys = [k for k in curves[baseline][0][0] if k.endswith("(meV/Å)") and not k.startswith("validation")]
     summary = {}
     for key in keys:
-        random_final = float(np.median([c[-1][key] for c in curves["random"]]))
-        budget = curves["random"][0][-1]["n_labels"]
-        summary[key] = {"random_final": random_final, "random_labels": budget}
+        target = float(np.median([c[-1][key] for c in curves[baseline]]))
+        budget = curves[baseline][0][-1]["n_labels"]
+        summary[key] = {"baseline": baseline, "baseline_final": target, "baseline_labels": budget}
         for strategy in curves:
-            summary[key][strategy] = {"labels_to_reach_random_final": [labels_to_reach(c, key, random_final) for c in curves[strategy]],
+            summary[key][strategy] = {"labels_to_reach_baseline_final": [labels_to_reach(c, key, target) for c in curves[strategy]],
                                       "at_half_budget": float(np.median([error_at(c, key, budget // 2) for c in curves[strategy]])),
                                       "final": float(np.median([c[-1][key] for c in curves[strategy]]))}
     return summary
 
 
+def labels_ratio(summary: dict, strategy: str) -> float | None:
+    """Median over seeds of (labels ``strategy`` needs to reach the baseline's final error on
+    every test set) / (the baseline's labels); None when the median seed never gets there."""
+    per_set = [s[strategy]["labels_to_reach_baseline_final"] for s in summary.values()]
+    budget = next(iter(summary.values()))["baseline_labels"]
+    ratios = [np.inf if None in seed else max(seed) / budget for seed in zip(*per_set)]
+    median = float(np.median(ratios))
+    return median if np.isfinite(median) else None
+
+
+def print_summary(name: str, results: dict) -> None:
+    table = []
+    for key, s in results["summary"].items():
+        for strategy in results["curves"]:
+            table.append([name, key, s["baseline_labels"], s["baseline_final"], strategy,
+                          str(s[strategy]["labels_to_reach_baseline_final"]), s[strategy]["at_half_budget"],
+                          s[strategy]["final"]])
+    baseline = next(iter(results["summary"].values()))["baseline"]
+    print_table(f"{name}: labels needed to reach {baseline}'s final error (median over seeds)",
+                ["study", "test set", f"{baseline} labels", f"{baseline} final", "strategy", "labels needed (per seed)",
+                 "at half budget", "final"], table)
+
+
+def exploration_runs(args: argparse.Namespace) -> list[tuple]:
+    """Reference data and one config per molecule; the runs of every strategy and seed."""
+    runs = []
+    stability = {"runs": args.stability_runs, "steps": round(args.stability_ps * 2000), "temperature_K": 1200.0}
+    for molecule in args.molecules:
+        folder = WORK / "active_learning" / "explore" / molecule
+        files = reference_sets(shared_data(), molecule, folder, initial=20, per_temperature=100, test=60)
+        config_path = folder / "config.yaml"
+        config_path.write_text(yaml.safe_dump(exploration_config(files, args.threshold, args.budget, args.batch)))
+        runs += [(f"explore_{molecule}", strategy, seed, config_path, [*overrides, f"seed={seed}"], stability)
+                 for seed in range(args.seeds) for strategy, overrides in EXPLORATION.items()]
+    return runs
+
+
+def exploration_results(name: str, curves: list[tuple[str, dict]]) -> dict:
+    """Curves, summary against uniform, 1200 K stability and wall-time split of one molecule."""
+    result: dict = {"curves": {}, "wall_time_s": {}, "phases_s": {}, "stability": {}}
+    for strategy, curve in curves:
+        result["curves"].setdefault(strategy, []).append(curve["rows"])
+        result["wall_time_s"].setdefault(strategy, []).append(curve["wall_time_s"])
+        result["phases_s"].setdefault(strategy, []).append(curve["phases_s"])
+        result["stability"].setdefault(strategy, []).extend(curve.get("stability", []))
+    result["summary"] = summarise(result["curves"], "uniform")
+    result["labels_ratio"] = {s: labels_ratio(result["summary"], s) for s in result["curves"]}
+    result["stable_fraction"] = {s: float(np.mean([r["stable"] for r in runs])) if runs else None
+                                 for s, runs in result["stability"].items()}
+    print_summary(name, result)
+    print_table(f"{name}: final model at 1200 K, wall time (median over seeds)",
+                ["strategy", "labels / uniform's (median)", "stable 1200 K runs", "oracle s", "training s", "exploration s"],
+                [[s, str(result["labels_ratio"][s]), str(result["stable_fraction"][s]),
+                  *[float(np.median([p[k] for p in result["phases_s"][s]])) for k in ("oracle", "training", "exploration")]]
+                 for s in result["curves"]])
+    return result
+
+
+def pool_study(args: argparse.Namespace) -> list[tuple]:
+    acac_config = ROOT / "configs" / "al_acac_pool.yaml"
+    runs = pool_runs("acac", acac_config, [], args.seeds, {**STRATEGIES, **REFERENCE})
+    rmd17 = shared_data() / "rmd17"
+    extra = [f"data.train={{path: {rmd17 / 'rmd17_aspirin_train_01.npz'}, select: '::50'}}", "data.e0s=null",
+             f"active.candidates.pool=[{rmd17 / 'rmd17_aspirin_train_01.npz'}]",
+             f"active.test=[{{path: {rmd17 / 'rmd17_aspirin_test_01.npz'}, select: '::4'}}]"]
+    runs += pool_runs("rmd17_aspirin", acac_config, extra, args.rmd17_seeds or args.seeds, STRATEGIES)
+    runs.append(("md_xtb", "llpr", 0, ROOT / "configs" / "al_ethanol_md_xtb.yaml", ["training.progress=false"], None))
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rmd17-seeds", type=int, help="seeds of the aspirin study (default: --seeds)")
+    parser.add_argument("--molecules", nargs="+", default=["acac", "aspirin"])
+    parser.add_argument("--budget", type=int, default=32, help="labels of each exploration loop")
+    parser.add_argument("--batch", type=int, default=8, help="labels per iteration")
+    parser.add_argument("--threshold", type=float, default=0.2, help="eV/Å: the MD's flag and the selection threshold")
+    parser.add_argument("--stability-runs", type=int, default=1, help="1200 K MD runs of each final model")
+    parser.add_argument("--stability-ps", type=float, default=1.0, help="length of each run (ps)")
+    parser.add_argument("--pool", action="store_true", help="run the pool study too (else its last results are kept)")
+    parser.add_argument("--rmd17-seeds", type=int, help="seeds of the aspirin pool study (default: --seeds)")
     parser.add_argument("--jobs", type=int, default=2, help="loops run at once (one thread each)")
-    parser.add_argument("--skip-rmd17", action="store_true")
-    parser.add_argument("--skip-md", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        config_path, overrides, folder, strategy = json.loads(args.one)
-        run_loop(config_path, overrides, Path(folder), strategy)
+        config_path, overrides, folder, strategy, stability = json.loads(args.one)
+        run_loop(config_path, overrides, Path(folder), strategy, stability)
         return
 
     started = time.perf_counter()
-    acac_config = ROOT / "configs" / "al_acac_pool.yaml"
-    runs = pool_runs("acac", acac_config, [], args.seeds, {**STRATEGIES, **REFERENCE})
-    if not args.skip_rmd17:
-        rmd17 = shared_data() / "rmd17"
-        extra = [f"data.train={{path: {rmd17 / 'rmd17_aspirin_train_01.npz'}, select: '::50'}}", "data.e0s=null",
-                 f"active.candidates.pool=[{rmd17 / 'rmd17_aspirin_train_01.npz'}]",
-                 f"active.test=[{{path: {rmd17 / 'rmd17_aspirin_test_01.npz'}, select: '::4'}}]"]
-        runs += pool_runs("rmd17_aspirin", acac_config, extra, args.rmd17_seeds or args.seeds, STRATEGIES)
-    if not args.skip_md:
-        runs.append(("md_xtb", "llpr", 0, ROOT / "configs" / "al_ethanol_md_xtb.yaml", ["training.progress=false"]))
+    runs = exploration_runs(args) + (pool_study(args) if args.pool else [])
 
     def execute(run: tuple) -> tuple:
-        name, strategy, seed, config_path, overrides = run
-        return run, run_in_process(config_path, overrides, WORK / "active_learning" / name / f"{strategy}_{seed}", strategy)
+        name, strategy, seed, config_path, overrides, stability = run
+        folder = WORK / "active_learning" / name / f"{strategy}_{seed}"
+        return run, run_in_process(config_path, [*overrides, "training.progress=false"], folder, strategy, stability)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         outcomes = list(pool.map(execute, runs))
 
-    results: dict = {"settings": {"seeds": args.seeds, "rmd17_seeds": args.rmd17_seeds or args.seeds,
-                                  "jobs": args.jobs, "threads_per_job": 1}}
-    for (name, strategy, _, _, _), curve in outcomes:
-        if name == "md_xtb":
-            results["md_xtb"] = curve
-            continue
-        results.setdefault(name, {"curves": {}, "wall_time_s": {}})
-        results[name]["curves"].setdefault(strategy, []).append(curve["rows"])
-        results[name]["wall_time_s"].setdefault(strategy, []).append(curve["wall_time_s"])
-    for name in ("acac", "rmd17_aspirin"):
-        if name not in results:
-            continue
-        results[name]["summary"] = summarise(results[name]["curves"])
-        table = []
-        for key, s in results[name]["summary"].items():
-            for strategy in results[name]["curves"]:
-                table.append([name, key, s["random_labels"], s["random_final"], strategy,
-                              str(s[strategy]["labels_to_reach_random_final"]), s[strategy]["at_half_budget"],
-                              s[strategy]["final"]])
-        print_table(f"{name}: labels needed to reach random's final error (median over seeds)",
-                    ["study", "test set", "random labels", "random final", "strategy", "labels needed (per seed)",
-                     "at half budget", "final"], table)
-    if "md_xtb" in results:
+    previous = RESULTS / "active_learning.json"
+    results: dict = json.loads(previous.read_text()) if previous.exists() and not args.pool else {}
+    results.pop("machine", None)
+    settings = {key: getattr(args, key) for key in ("seeds", "molecules", "budget", "batch", "threshold",
+                                                     "stability_runs", "stability_ps", "jobs")}
+    results["exploration"] = {"settings": {**settings, "threads_per_job": 1}}
+    by_study: dict[str, list] = {}
+    for (name, strategy, _, _, _, _), curve in outcomes:
+        by_study.setdefault(name, []).append((strategy, curve))
+    for molecule in args.molecules:
+        results["exploration"][molecule] = exploration_results(molecule, by_study[f"explore_{molecule}"])
+    results["labels_ratio_vs_uniform"] = {
+        m: min((r for s in INCERTA_STRATEGIES if (r := results["exploration"][m]["labels_ratio"][s]) is not None), default=None)
+        for m in args.molecules}
+    if args.pool:
+        results["settings"] = {"seeds": args.seeds, "rmd17_seeds": args.rmd17_seeds or args.seeds,
+                               "jobs": args.jobs, "threads_per_job": 1}
+        for name in ("acac", "rmd17_aspirin"):
+            results[name] = {"curves": {}, "wall_time_s": {}}
+            for strategy, curve in by_study[name]:
+                results[name]["curves"].setdefault(strategy, []).append(curve["rows"])
+                results[name]["wall_time_s"].setdefault(strategy, []).append(curve["wall_time_s"])
+            results[name]["summary"] = summarise(results[name]["curves"], "random")
+            print_summary(name, results[name])
+        results["md_xtb"] = by_study["md_xtb"][0][1]
         md = results["md_xtb"]
         print(f"\non-the-fly MD + GFN2-xTB: {md['rows'][-1]['n_labels']} labels, wall time {md['wall_time_s'] / 60:.1f} min")
-    results["wall_time_s"] = time.perf_counter() - started
+    print(f"\nlabels needed / uniform's, best of {', '.join(INCERTA_STRATEGIES)}: {results['labels_ratio_vs_uniform']}")
+    results["exploration"]["wall_time_s"] = time.perf_counter() - started  # with --pool: both studies
     write_results("active_learning", results)
 
 

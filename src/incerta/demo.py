@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ase.io
+
 from incerta.active.loop import ActiveLearning
-from incerta.active.report import add_al_sections
+from incerta.active.report import add_al_comparison, add_al_sections
 from incerta.config.active import ALConfig
 from incerta.config.experiments import ShiftConfig
 from incerta.config.sources import prepare_splits
 from incerta.config.training import RunConfig
 from incerta.data import default
+from incerta.data.io import read_frames
+from incerta.data.md_sampling import sample_temperatures
+from incerta.data.oracles import TBLiteOracle
 from incerta.evaluate.report import Report
 from incerta.evaluate.shift import add_shift_sections, run_shift
 from incerta.evaluate.training_report import add_training_sections
 from incerta.train.run import train_run
 from incerta.uq.fit import fit_uncertainty
 from incerta.uq.store import has_uncertainty
+from incerta.utils.files import atomic_write
 
 DEMO_SETTINGS = {
     "seed": 0,
@@ -27,6 +33,7 @@ DEMO_METHODS = ["gmm", "llpr"]
 #: the method attached to DEMO/model, so IncertaCalculator returns uncertainties
 DEMO_MODEL_METHOD = "llpr"
 TEST_GROUPS = {"300K": "test_300K", "600K": "test_600K", "1200K": "test_1200K"}
+AL_TEMPERATURES_K = (300.0, 600.0, 1200.0)
 
 
 def demo_config(epochs: int | None = None) -> RunConfig:
@@ -66,36 +73,65 @@ def run_demo(out: Path, epochs: int | None = None) -> dict:
     add_training_sections(report, run)
     report.heading("Uncertainty under temperature shift")
     add_shift_sections(report, outcome.results, outcome.arrays, list(TEST_GROUPS))
-    loop = ActiveLearning(demo_active_config(epochs), out / "active_learning")
-    loop.run()
-    report.heading("Active learning: MD at 600 K, GFN2-xTB labels for uncertain frames")
-    add_al_sections(report, loop.state)
+    report.heading("Active learning against labelling reference MD at a stride")
+    loops = {}
+    for strategy, config in demo_active_configs(reference_md(out / "active_learning"), epochs).items():
+        loops[strategy] = ActiveLearning(config, out / "active_learning" / strategy)
+        loops[strategy].run()
+    add_al_comparison(report, {strategy: loop.state for strategy, loop in loops.items()})
+    report.heading("The uncertainty-driven loop in detail")
+    add_al_sections(report, loops["uncertainty-md"].state)
     report.write()
     return run.metrics
 
 
-def demo_active_config(epochs: int | None = None) -> ALConfig:
-    """A short on-the-fly loop: 60 initial frames, model-driven MD at 600 K, tblite oracle;
-    ``epochs`` caps the training of every iteration."""
-    config = ALConfig.model_validate({
-        "seed": 0,
-        "data": {"train": {"path": str(default.path("train")), "select": ":60"}, "n_val": 10,
-                 "e0s": str(default.path("isolated_atoms"))},
-        "model": {**DEMO_SETTINGS["model"], "num_channels": 16},
-        "training": {"epochs": 30, "lr": 0.01, "scheduler_patience": 5},
-        "active": {
-            "oracle": {"type": "tblite"},
-            "candidates": {"source": "md", "structures": {"path": str(default.path("test_600K")), "select": ":1"},
-                           "max_candidates": 20, "md": {"temperature_K": 600, "steps": 200, "check_every": 10}},
-            "uncertainty": {"method": "llpr"},
-            "selection": {"threshold": 0.0, "batch_size": 5},
-            "stop": {"max_labels": 10, "max_iterations": 2},
-            "epochs_per_iteration": 10,
-            "test": [str(default.path("test_600K"))],
-        },
-    })
-    if epochs is not None:
-        config.training.epochs = min(config.training.epochs, epochs)
-        config.active.epochs_per_iteration = min(config.active.epochs_per_iteration, epochs)
-    return config
+def reference_md(folder: Path) -> Path:
+    """GFN2-xTB (tblite) MD of ethanol at each test temperature, 30 frames 10 fs apart each (made
+    once, about 10 s): the trajectory the uniform baseline labels at a stride."""
+    path = folder / "reference_md.xyz"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        start = read_frames(default.path("train"))[0].to_atoms()
+        frames = sample_temperatures(start, TBLiteOracle().calculator, AL_TEMPERATURES_K, 30, interval=20,
+                                     equilibration=500, seed=11, label="reference MD")
+        atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+    return path
 
+
+def demo_active_configs(reference: Path, epochs: int | None = None) -> dict[str, ALConfig]:
+    """Two short loops from the same 30 frames at 300 K (10 for validation), 5 GFN2-xTB labels per
+    iteration up to 15: ``uniform`` labels the ``reference`` MD at a stride (the practice without
+    active learning); ``uncertainty-md`` labels the most uncertain (and mutually most different)
+    frames of model-driven MD at 300, 600 and 1200 K. ``epochs`` caps the training of every iteration."""
+    candidates = {
+        "uniform": {"source": "pool", "pool": [str(reference)]},
+        "uncertainty-md": {"source": "md", "structures": {"path": str(default.path("train")), "select": ":1"},
+                           "max_candidates": 30,
+                           "md": {"temperatures_K": list(AL_TEMPERATURES_K), "steps": 200, "check_every": 10,
+                                  "on_flag": "continue"}},
+    }
+    configs = {}
+    for strategy, source in candidates.items():
+        config = ALConfig.model_validate({
+            "seed": 0,
+            "data": {"train": {"path": str(default.path("train")), "select": ":30"}, "n_val": 10,
+                     "e0s": str(default.path("isolated_atoms"))},
+            "model": {**DEMO_SETTINGS["model"], "num_channels": 16},
+            "training": {"epochs": 60, "lr": 0.01, "scheduler_patience": 5},
+            "active": {
+                "oracle": {"type": "tblite"},
+                "candidates": source,
+                "uncertainty": {"method": "gmm"},
+                "selection": {"strategy": "uniform" if strategy == "uniform" else "uncertainty", "threshold": 0.1,
+                              "batch_size": 5},
+                "stop": {"max_labels": 15, "max_iterations": 3},
+                "epochs_per_iteration": 30,
+                "cluster": {"workers": 1},
+                "test": [str(default.path(k)) for k in TEST_GROUPS.values()],
+            },
+        })
+        if epochs is not None:
+            config.training.epochs = min(config.training.epochs, epochs)
+            config.active.epochs_per_iteration = min(config.active.epochs_per_iteration, epochs)
+        configs[strategy] = config
+    return configs

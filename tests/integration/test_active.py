@@ -4,6 +4,7 @@ and real kills."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from ase.build import molecule
 
 from incerta.active.labelling import label_on_cluster
 from incerta.active.loop import ActiveLearning
-from incerta.active.samplers import attack_structure, md_candidates, training_density
+from incerta.active.samplers import attack_structure, md_candidates, pool_candidates, training_density
 from incerta.active.state import RunState
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score, score_reference
@@ -193,6 +194,42 @@ def test_md_watcher_stops_at_the_threshold(first_iteration, acac_slices):
     assert stopped.stopped_at == 10 and len(stopped.flagged) == 1
     assert stopped.flagged[0].info["structure_uncertainty"] > threshold
     assert stopped.log[-1]["event"].startswith("flagged: stop")
+
+
+def test_uniform_selection_labels_a_reference_trajectory_at_a_stride(first_iteration, acac_slices, tmp_path):
+    """strategy uniform (the practice without active learning): a batch evenly spaced over the
+    pool in its order, so 20 frames at 300 K then 60 at 600 K give 2 of 8 labels at 300 K; the
+    next iteration spreads over what is left, never a frame twice."""
+    config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz"),
+                                     oracle={"type": "lookup"}, selection={"strategy": "uniform", "batch_size": 8}),
+                             ALConfig)
+    loop = ActiveLearning(config, tmp_path / "run", progress=False)
+    pool = read_frames(acac_slices / "pool.xyz")
+    candidates = pool_candidates(pool)
+    first = loop.choose(0, first_iteration[1], candidates)
+    assert first == [f"pool-{i}" for i in (0, 11, 23, 34, 45, 56, 68, 79)]
+    assert sum(int(key.split("-")[1]) < 20 for key in first) == 2
+    second = loop.choose(1, first_iteration[1], [c for c in candidates if c[0] not in first])
+    assert len(second) == 8 and not set(first) & set(second)
+
+
+def test_md_candidates_at_each_exploration_temperature(first_iteration, acac_slices):
+    """md.temperatures_K: each start runs once at each temperature, sharing the candidates; the
+    hotter runs move the atoms further from the start in the same time (about sqrt(4) = 2x)."""
+    uncertain = load_uncertain_potential(first_iteration[1])
+    starts = read_frames(acac_slices / "pool.xyz")[:2]
+    section = CandidateSection(source="md", max_candidates=8,
+                               md={"temperatures_K": [300.0, 1200.0], "steps": 40, "check_every": 20, "on_flag": "continue"})
+    made = md_candidates(uncertain, starts, section, 0.0, iteration=1, seed=0, progress=False)
+    sources = [frame.source for _, frame in made]
+    assert len(made) == 8 and sources.count("md iteration 1, start 1, 1200 K") == 2
+
+    def displacement(frame: Frame) -> float:  # mean over atoms, Å, from the frame's start
+        start = starts[int(re.search(r"start (\d+)", frame.source)[1])]
+        return float(np.linalg.norm(frame.positions - start.positions, axis=1).mean())
+
+    moved = {t: np.mean([displacement(f) for _, f in made if f.source.endswith(t)]) for t in ("300 K", "1200 K")}
+    assert moved["1200 K"] > 1.3 * moved["300 K"], moved
 
 
 def test_md_candidates_from_batched_replicas(first_iteration, acac_slices):

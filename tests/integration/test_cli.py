@@ -104,7 +104,7 @@ def test_figure_check_finds_what_makes_a_figure_hard_to_read():
 def test_every_demo_figure_is_readable(demo_run):
     figures = demo_run.figures
     assert {"parity", "error_histograms", "learning_curve", "uncertainty_vs_error", "uncertainty_vs_error_by_element",
-            "uncertainty_histograms", "uncertainty_histograms_by_element", "calibration", "al_error_vs_labels",
+            "uncertainty_histograms", "uncertainty_histograms_by_element", "calibration", "al_error_vs_labels", "al_strategies",
             "al_uncertainty_over_iterations"} <= set(figures)
     problems = [p for name, (fig, caption) in figures.items() for p in figure_problems(name, fig, caption)]
     assert not problems, "\n".join(problems)

@@ -148,9 +148,8 @@ class ActiveLearning:
         if not candidates:
             self.state.log("selected", iteration=iteration, keys=[], scores=[], above=0)
             return []
-        if rule.strategy == "random":  # the baseline: no scores needed (they are the costly part)
-            rng = np.random.default_rng(self.config.seed + 31 * iteration)
-            keys = [candidates[i][0] for i in rng.permutation(len(candidates))[: rule.batch_size]]
+        if rule.strategy != "uncertainty":  # the baselines: no scores needed (they are the costly part)
+            keys = [candidates[i][0] for i in self._baseline_picks(iteration, len(candidates))]
             self.state.log("selected", iteration=iteration, keys=keys, candidates=len(candidates))
             return keys
         scores, features = self.score(model, candidates)
@@ -165,6 +164,14 @@ class ActiveLearning:
                        mean_uncertainty=float(np.mean(finite)) if finite.size else None,
                        max_uncertainty=float(np.max(finite)) if finite.size else None)
         return keys
+
+    def _baseline_picks(self, iteration: int, count: int) -> list[int]:
+        """Indices of ``count`` candidates for the random or uniform strategy: a seeded random
+        batch, or one evenly spaced over the candidates (the first and last included)."""
+        size = min(self.section.selection.batch_size, count)
+        if self.section.selection.strategy == "random":
+            return np.random.default_rng(self.config.seed + 31 * iteration).permutation(count)[:size].tolist()
+        return np.round(np.linspace(0, count - 1, size)).astype(int).tolist()
 
     def score(self, model: Path, candidates: list[tuple[str, Frame]]) -> tuple[np.ndarray, np.ndarray]:
         """Per candidate: its score (:meth:`structure_scores`) and mean latent features

@@ -51,3 +51,23 @@ def add_al_sections(report: Report, state: RunState) -> None:
     if failed:
         report.heading("Failed labels")
         report.table(["iteration", "key", "attempts", "error"], [[e["iteration"], e["key"], e["attempts"], e["error"][:200]] for e in failed])
+
+
+def add_al_comparison(report: Report, states: dict[str, RunState]) -> None:
+    """Learning curves of several strategies side by side, one panel per test set, and the
+    labels each needs to reach the first strategy's final error on every test set."""
+    rows = {strategy: learning_rows(state) for strategy, state in states.items()}
+    keys = [k for k in next(iter(rows.values()))[0] if k.endswith(ERROR_COLUMN) and not k.startswith("validation")]
+    baseline = next(iter(rows))
+    targets = {k: rows[baseline][-1][k] for k in keys}
+    table = []
+    for strategy, curve in rows.items():
+        reached = next((r["n_labels"] for r in curve if all(r[k] <= targets[k] for k in keys)), "not reached")
+        table.append([strategy, curve[-1]["n_labels"], *[curve[-1][k] for k in keys], reached])
+    report.table(["strategy", "labels", *keys, f"labels to reach {baseline}'s final errors"], table)
+    curves = {strategy: ([r["n_labels"] for r in curve], {k.removesuffix(ERROR_COLUMN): [r[k] for r in curve] for k in keys})
+              for strategy, curve in rows.items()}
+    report.figure(plots.al_strategies(curves), "al_strategies",
+                  f"Force error on each test set against the number of labels, for each way of choosing them "
+                  f"(same initial data, model and training). Active learning pays where its curve lies below "
+                  f"{baseline}'s: the same error with fewer reference calculations.")

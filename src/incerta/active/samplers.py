@@ -12,7 +12,7 @@ from ase import units
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score, score_reference
 from incerta.calculators.md import run_watched_md
-from incerta.config.active import AttackSection, CandidateSection
+from incerta.config.active import AttackSection, CandidateSection, MDSection
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph, frame_to_graph
@@ -40,12 +40,16 @@ def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
 
 def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection, threshold: float,
                   iteration: int, seed: int, progress: bool, train_frames: Sequence[Frame] = ()) -> list[Candidate]:
-    """Frames flagged by uncertainty-watched MD from each starting structure; with source
-    ``biased-md`` the MD runs on the energy tilted by a density bias fitted on ``train_frames``;
-    with ``md.replicas`` > 1 the copies of every start run together through TorchSim."""
-    per_start = max(1, section.max_candidates // max(len(starts), 1))
+    """Frames flagged by uncertainty-watched MD from each starting structure at each exploration
+    temperature; with source ``biased-md`` the MD runs on the energy tilted by a density bias
+    fitted on ``train_frames``; with ``md.replicas`` > 1 the copies of every start run together
+    through TorchSim."""
+    settings = section.md.runs()
+    per_run = max(1, section.max_candidates // max(len(starts) * len(settings), 1))
+    run_seed = seed + 7919 * iteration
     if section.md.replicas > 1:
-        flagged = _replica_flags(model, starts, section, threshold, per_start, seed + 7919 * iteration, iteration, progress)
+        flagged = [frame for k, md in enumerate(settings)
+                   for frame in _replica_flags(model, starts, md, threshold, per_run, run_seed + 104729 * k, iteration, progress)]
         return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
     if section.source == "biased-md":
         train_graphs = graphs_for(model.potential, train_frames)
@@ -55,20 +59,22 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
     else:
         make_calculator = lambda: IncertaCalculator(model, annotate=False)
     flagged = []
-    for index, start in enumerate(starts):
-        run = run_watched_md(start.to_atoms(), make_calculator(), section.md, threshold,
-                             max_flagged=per_start, seed=seed + 7919 * iteration + index, progress=progress)
-        flagged += [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {index}") for atoms in run.flagged]
+    for k, md in enumerate(settings):
+        for index, start in enumerate(starts):
+            run = run_watched_md(start.to_atoms(), make_calculator(), md, threshold, max_flagged=per_run,
+                                 seed=run_seed + 104729 * k + index, progress=progress)
+            flagged += [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {index}, {md.temperature_K:g} K")
+                        for atoms in run.flagged]
     return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
 
 
-def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection, threshold: float,
+def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSection, threshold: float,
                    per_start: int, seed: int, iteration: int, progress: bool) -> list[Frame]:
-    """The flagged frames of ``section.md.replicas`` copies of every start, run in one TorchSim batch."""
+    """The flagged frames of ``md.replicas`` copies of every start, run in one TorchSim batch."""
     from incerta.calculators.replicas import run_replica_md
 
-    copies = section.md.replicas
-    runs = run_replica_md([start.to_atoms() for start in starts for _ in range(copies)], model, section.md, threshold,
+    copies = md.replicas
+    runs = run_replica_md([start.to_atoms() for start in starts for _ in range(copies)], model, md, threshold,
                           max_flagged=max(1, per_start // copies), seed=seed, progress=progress)
     return [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}")
             for replica, run in enumerate(runs) for atoms in run.flagged]

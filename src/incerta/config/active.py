@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -29,9 +29,16 @@ class MDSection(MDSettings):
     replicas: int = Field(1, ge=1, description="source md: copies of each starting structure run together in one "
                           "TorchSim batch (NVE or Langevin NVT), each with its own velocities and uncertainty watch; "
                           "1 runs each start through ASE")
+    temperatures_K: list[Annotated[float, Field(gt=0)]] = Field(
+        [], description="exploration at several temperatures (K): every start runs once at each, the candidates "
+        "shared between them; empty: temperature_K alone")
     bias_eV: float = Field(0.2, gt=0, description="source biased-md: strength k (eV) of the bias -k log(1 + softplus(S - "
                            "S0) / s), S the log-sum-exp of the atoms' GMM negative log-likelihoods under the training "
                            "features, S0 and s its mean and spread over the training structures")
+
+    def runs(self) -> list[MDSettings]:
+        """The MD settings of each exploration temperature (``temperatures_K``, else ``temperature_K``)."""
+        return [self.model_copy(update={"temperature_K": t}) for t in self.temperatures_K or [self.temperature_K]]
 
 
 class AttackSection(Schema):
@@ -67,7 +74,10 @@ class CandidateSection(Schema):
 
 
 class SelectionSection(Schema):
-    strategy: Literal["uncertainty", "random"] = "uncertainty"
+    strategy: Literal["uncertainty", "random", "uniform"] = Field(
+        "uncertainty", description="uncertainty (above the threshold, most uncertain first, diverse); random "
+        "(baseline); uniform (evenly spaced over the candidates in their order: for a pool that is a reference MD "
+        "trajectory, labelling it at a stride, the practice without active learning)")
     threshold: float = Field(0.0, ge=0, description="eV/Å: label only structures whose uncertainty exceeds this")
     thresholds_by_formula: dict[str, float] = Field({}, description="per-system thresholds, e.g. {C5H8O2: 0.2}")
     batch_size: int = Field(10, ge=1, description="labels per iteration")

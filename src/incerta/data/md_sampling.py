@@ -5,7 +5,7 @@ Used to make the embedded demo data and, later, training sets for new systems.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from ase import Atoms, units
@@ -73,3 +73,14 @@ def sample_md(
         dynamics.run(interval)
         frames.append(labelled_copy(atoms, temperature_K=temperature_K, config_type=label))
     return frames
+
+
+def sample_temperatures(atoms: Atoms, make_calculator: Callable[[], Calculator], temperatures_K: Sequence[float],
+                        n_frames: int, interval: int = 20, equilibration: int = 1000, seed: int = 0,
+                        label: str = "") -> list[Atoms]:
+    """Reference MD at each of ``temperatures_K`` in turn (:func:`sample_md`, seed ``seed + k``
+    for the k-th): ``n_frames`` labelled frames per temperature, in trajectory order. Labelling
+    such frames at a stride is the practice active learning is measured against."""
+    return [frame for k, temperature in enumerate(temperatures_K)
+            for frame in sample_md(atoms, make_calculator, temperature, n_frames, interval=interval,
+                                   equilibration=equilibration, seed=seed + k, label=label)]

@@ -80,13 +80,16 @@ class TBLiteOracle:
     name: str = "tblite"
     accuracy: float = 1.0
 
-    def label(self, frame: Frame) -> Frame:
+    def calculator(self, charge: float = 0.0, spin: float = 0.0):
+        """tblite's ASE calculator for total ``charge`` (e) and ``spin`` (unpaired electrons)."""
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         from tblite.ase import TBLite
 
-        calculator = TBLite(method=self.method, charge=float(frame.charge), multiplicity=round(frame.spin) + 1,
-                            accuracy=self.accuracy, verbosity=0)
-        return _with_ase(frame, calculator, f"{self.method}")
+        return TBLite(method=self.method, charge=float(charge), multiplicity=round(spin) + 1, accuracy=self.accuracy,
+                      verbosity=0)
+
+    def label(self, frame: Frame) -> Frame:
+        return _with_ase(frame, self.calculator(frame.charge, frame.spin), f"{self.method}")
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,21 @@ def al_errors(labels: Sequence[int], errors: Mapping[str, Sequence[float]]) -> F
     return finish(fig)
 
 
+def al_strategies(curves: Mapping[str, tuple[Sequence[int], Mapping[str, Sequence[float]]]]) -> Figure:
+    """One panel per test set: force RMSE (meV/Å) against the number of labels, a line per
+    strategy; ``curves`` maps strategy -> (labels, {test set: errors})."""
+    sets = list(next(iter(curves.values()))[1])
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.3 * len(sets), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], sets):
+        for strategy, (labels, errors) in curves.items():
+            ax.plot(labels, errors[name], "o-", label=strategy)
+        log_axes(ax, x=False)
+        integer_ticks(ax.xaxis)
+        ax.set(xlabel="labels", ylabel=f"force RMSE ({FORCE})", title=name)
+        ax.legend(fontsize=8, title="strategy", title_fontsize=8)
+    return finish(fig)
+
+
 def al_uncertainty(iterations: Sequence[int], mean: Sequence[float], largest: Sequence[float]) -> Figure:
     """Mean and largest calibrated structure uncertainty (eV/Å in, meV/Å drawn) of the candidates per iteration."""
     fig, ax = plt.subplots(figsize=(5, 4))
