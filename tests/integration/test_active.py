@@ -232,6 +232,27 @@ def test_md_candidates_at_each_exploration_temperature(first_iteration, acac_sli
     assert moved["1200 K"] > 1.3 * moved["300 K"], moved
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_md_candidates_respect_the_data_overlap_limit(first_iteration, acac_slices, replicas):
+    """A candidate is read back and labelled under the data's ``min_distance``: MD whose atoms come
+    closer ends there. With a 0.93 Å limit (acac's O-H bond, about 1.0 Å, dips below it at 1200 K)
+    every run stops early, yet what it flagged before is kept and obeys the limit."""
+    uncertain = load_uncertain_potential(first_iteration[1])
+    starts = read_frames(acac_slices / "pool.xyz")[:2]
+    section = CandidateSection(source="md", max_candidates=40, md={
+        "temperature_K": 1200.0, "steps": 60, "check_every": 2, "on_flag": "continue", "replicas": replicas})
+    made = md_candidates(uncertain, starts, section, 0.0, iteration=1, seed=0, progress=False, min_distance=0.93)
+    closest = [_closest_pair(frame) for _, frame in made]
+    assert made and min(closest) >= 0.93, closest
+    assert len(made) < section.max_candidates, "some run ended before its flag budget: the limit stopped it"
+
+
+def _closest_pair(frame: Frame) -> float:
+    """Å, the shortest interatomic distance of a molecule."""
+    distances = np.linalg.norm(frame.positions[:, None] - frame.positions[None], axis=-1)
+    return float(distances[np.triu_indices(len(frame), 1)].min())
+
+
 def test_md_candidates_from_batched_replicas(first_iteration, acac_slices):
     """md.replicas: 3 copies of each of two starts run in one TorchSim batch; with a zero threshold
     every check flags, and each replica gives its share of the candidates, named by start and replica."""

@@ -129,14 +129,15 @@ class ActiveLearning:
             uncertain = load_uncertain_potential(model)
             if source.source in ("md", "biased-md"):
                 made = md_candidates(uncertain, self.starts, source, self.section.selection.threshold, iteration,
-                                     self.config.seed, self.progress, self.training_frames())
+                                     self.config.seed, self.progress, self.training_frames(),
+                                     min_distance=self.config.data.min_distance)
             else:
                 made = attack_candidates(uncertain.potential, self.training_frames(), self.starts,
                                          source, iteration, self.config.seed)
             _write_frames(path, [f for _, f in made])
             atomic_write_text(keys_path, json.dumps([k for k, _ in made]))
         keys = json.loads(keys_path.read_text())
-        frames = read_frames(path) if keys else []
+        frames = read_frames(path, min_distance=self.config.data.min_distance) if keys else []
         return [(k, f) for k, f in zip(keys, frames) if k not in done]
 
     def choose(self, iteration: int, model: Path, candidates: list[tuple[str, Frame]]) -> list[str]:

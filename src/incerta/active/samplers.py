@@ -39,25 +39,30 @@ def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
 
 
 def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection, threshold: float,
-                  iteration: int, seed: int, progress: bool, train_frames: Sequence[Frame] = ()) -> list[Candidate]:
+                  iteration: int, seed: int, progress: bool, train_frames: Sequence[Frame] = (),
+                  min_distance: float = 0.5) -> list[Candidate]:
     """Frames flagged by uncertainty-watched MD from each starting structure at each exploration
     temperature; with source ``biased-md`` the MD runs on the energy tilted by a density bias
     fitted on ``train_frames``; with ``md.replicas`` > 1 the copies of every start run together
-    through TorchSim."""
+    through TorchSim. A run whose atoms come closer than ``min_distance`` Å (the data's own
+    overlap limit, so every candidate can be read back and labelled) ends there, keeping what
+    it flagged before."""
     settings = section.md.runs()
     per_run = max(1, section.max_candidates // max(len(starts) * len(settings), 1))
     run_seed = seed + 7919 * iteration
     if section.md.replicas > 1:
         flagged = [frame for k, md in enumerate(settings)
-                   for frame in _replica_flags(model, starts, md, threshold, per_run, run_seed + 104729 * k, iteration, progress)]
+                   for frame in _replica_flags(model, starts, md, threshold, per_run, run_seed + 104729 * k, iteration, progress,
+                                               min_distance)]
         return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
     if section.source == "biased-md":
         train_graphs = graphs_for(model.potential, train_frames)
         density = training_density(model.potential, train_graphs, seed)
         reference = score_reference(density, train_graphs)
-        make_calculator = lambda: UncertaintyBiasedCalculator(model, density, section.md.bias_eV, reference, annotate=False)
+        make_calculator = lambda: UncertaintyBiasedCalculator(model, density, section.md.bias_eV, reference, annotate=False,
+                                                              min_distance=min_distance)
     else:
-        make_calculator = lambda: IncertaCalculator(model, annotate=False)
+        make_calculator = lambda: IncertaCalculator(model, annotate=False, min_distance=min_distance)
     flagged = []
     for k, md in enumerate(settings):
         for index, start in enumerate(starts):
@@ -69,13 +74,14 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
 
 
 def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSection, threshold: float,
-                   per_start: int, seed: int, iteration: int, progress: bool) -> list[Frame]:
+                   per_start: int, seed: int, iteration: int, progress: bool, min_distance: float) -> list[Frame]:
     """The flagged frames of ``md.replicas`` copies of every start, run in one TorchSim batch."""
     from incerta.calculators.replicas import run_replica_md
 
     copies = md.replicas
     runs = run_replica_md([start.to_atoms() for start in starts for _ in range(copies)], model, md, threshold,
-                          max_flagged=max(1, per_start // copies), seed=seed, progress=progress)
+                          max_flagged=max(1, per_start // copies), seed=seed, min_distance=min_distance,
+                          progress=progress)
     return [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}")
             for replica, run in enumerate(runs) for atoms in run.flagged]
 
