@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,27 +16,61 @@ from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph, crosses_boundary, frame_to_graph
 from incerta.data.validation import DataError, frame_problems
+from incerta.models.compiled import COMPILED_SUFFIX, CompiledPotential, CompileError, compiled_path
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, model_dtype
-from incerta.train.checkpoint import load_potential
+from incerta.train.checkpoint import load_potential, model_file
 from incerta.uq.model import Aggregate, UncertainPotential
 from incerta.uq.store import has_uncertainty, load_uncertain_potential
 
+#: what the calculator runs compiled: the model folder's package if any (None), none (False), or this package
+CompiledChoice = Literal[False] | str | Path | CompiledPotential | None
 UNCERTAINTY_KEYS = (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY, K.STRESS_UNCERTAINTY)
 #: ``atoms.info`` keys of the total charge and spin (unpaired electrons), as :meth:`Frame.from_atoms` reads them
 STATE_KEYS = {"charge": ("charge", "total_charge"), "spin": ("spin", "total_spin")}
 
 
-def model_outputs(model: Potential | UncertainPotential, graph: AtomicGraph, stress: bool,
-                  uncertain: bool) -> dict[str, torch.Tensor]:
+def model_outputs(model: Potential | UncertainPotential | None, graph: AtomicGraph, stress: bool,
+                  uncertain: bool, compiled: CompiledPotential | None = None) -> dict[str, torch.Tensor]:
     """Energy (B,) eV, forces (N, 3) eV/Å and, with ``stress``, stress (B, 3, 3) eV/Å^3 of a
     checked graph; with ``uncertain`` (a model with an uncertainty attached) the calibrated
-    uncertainties too, otherwise without the uncertainty pass."""
+    uncertainties too, otherwise without the uncertainty pass. ``compiled``, a package of the
+    model's potential, replaces its eager pass where it can (stress only if compiled with it);
+    ``model`` may then be None (energy, forces and stress only)."""
+    fast = compiled if compiled is not None and (compiled.stress or not stress or model is None) else None
     if uncertain:
-        return model(graph, compute_stress=stress)
+        return model(graph, compute_stress=stress, outputs=None if fast is None else fast(graph, compute_stress=stress))
+    if fast is not None:
+        return fast(graph, compute_stress=stress)
     if isinstance(model, UncertainPotential):
         return model.predict(graph, compute_stress=stress)
     return model(graph, compute_forces=True, compute_stress=stress, create_graph=False)
+
+
+def usable_compiled(model: Potential | UncertainPotential, choice: CompiledChoice, folder: Path | None,
+                    device: str) -> CompiledPotential | None:
+    """The compiled package the calculator runs ``model``'s potential with. ``choice`` False: none;
+    a path or a loaded package: that one, which must hold these weights; None: the package of the
+    model folder ``folder`` for ``device`` and the weights' dtype, if there is one, and if it
+    cannot serve (other weights, unreadable, a method predicting with more than the potential)
+    a one-line warning and the eager model."""
+    if choice is False or (choice is None and folder is None):
+        return None
+    potential = model.potential if isinstance(model, UncertainPotential) else model
+    path = compiled_path(folder, device, model_dtype(potential)) if choice is None else choice
+    if choice is None and not path.exists():
+        return None
+    try:
+        if isinstance(model, UncertainPotential) and not model.method.predicts_with_potential:
+            raise CompileError(f"the '{model.method.name}' method predicts with more than its potential")
+        compiled = path if isinstance(path, CompiledPotential) else CompiledPotential(path, device)
+        compiled.check_weights(potential)
+    except CompileError as err:
+        if choice is not None:
+            raise
+        warnings.warn(f"{path} not used, the model runs eagerly: {err}", stacklevel=3)
+        return None
+    return compiled
 
 
 class IncertaCalculator(Calculator):
@@ -87,13 +122,22 @@ class IncertaCalculator(Calculator):
         min_distance: float = 0.1,
         aggregate: Aggregate = "max",
         annotate: bool = True,
+        compiled: CompiledChoice = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(model, (str, Path)):
+        folder = None
+        if isinstance(model, (str, Path)) and Path(model).suffix == COMPILED_SUFFIX:
+            model, compiled = None, CompiledPotential(model, device)
+        elif isinstance(model, (str, Path)):
+            folder = model_file(model).parent
             model = load_uncertain_potential(model, aggregate) if has_uncertainty(model) else load_potential(model)
-        self.model = model.to(device).eval()
-        self.potential: Potential = model.potential if isinstance(model, UncertainPotential) else model
+        self.model = None if model is None else model.to(device).eval()
+        self.compiled = compiled if model is None else usable_compiled(self.model, compiled, folder, device)
+        #: what the structure checks read (species, cutoff, charge/spin inputs): the potential or the package
+        self.potential: Potential | CompiledPotential = (
+            self.compiled if model is None else model.potential if isinstance(model, UncertainPotential) else model)
+        self.dtype = self.compiled.dtype if model is None else model_dtype(self.potential)
         self.device = device
         self.min_distance = min_distance
         self.annotate = annotate
@@ -139,7 +183,7 @@ class IncertaCalculator(Calculator):
 
     def predict(self, graph: AtomicGraph, periodic: bool, uncertain: bool) -> dict[str, torch.Tensor]:
         """The model's outputs for one checked structure; the uncertainty pass only when ``uncertain``."""
-        return model_outputs(self.model, graph, periodic, uncertain)
+        return model_outputs(self.model, graph, periodic, uncertain, self.compiled)
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -160,7 +204,7 @@ class IncertaCalculator(Calculator):
                 "stress_uncertainty needs a periodic cell and a model calibrated on validation data with stress "
                 f"(this structure is {'periodic' if periodic else 'not periodic'}; the calibration has "
                 f"{'a' if self.model.calibration.stress is not None else 'no'} stress map)")
-        graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, model_dtype(self.potential))
+        graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, self.dtype)
         self._check_periodic_domain(graph)
         uncertain = bool(wanted & set(UNCERTAINTY_KEYS))
         outputs = self.predict(graph, periodic, uncertain)

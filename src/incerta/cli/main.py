@@ -392,6 +392,32 @@ def export(
     console.print(f"wrote {path}", highlight=False)
 
 
+@app.command("compile")
+def compile_command(
+    model: Path = typer.Argument(..., help="Model folder (or run folder)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Package to write (default: in the model folder, where "
+                                    "the calculator, `incerta md` and active learning find it)."),
+    device: str = typer.Option("cpu", help="cpu or cuda: the device the package runs on."),
+    stress: bool | None = typer.Option(None, "--stress/--no-stress", help="Also give the stress of periodic cells "
+                                       "(default: if the model was trained on periodic data)."),
+) -> None:
+    """Compile the model's energy, forces (and stress) ahead of time with AOTInductor, for any
+    number of atoms: the same numbers as the eager model, several times faster on small
+    structures. A model that cannot be compiled runs eagerly, with a warning."""
+    from incerta.calculators.compiling import compile_model
+    from incerta.models.compiled import CompileError
+
+    try:
+        path = compile_model(model, out, device, stress)
+    except USER_ERRORS as err:
+        fail(err)
+    except CompileError as err:
+        console.print(f"[bold yellow]warning:[/] {escape(str(err))}; the model runs eagerly", highlight=False,
+                      soft_wrap=True)
+        return
+    console.print(f"wrote {path}", highlight=False)
+
+
 data_app = typer.Typer(help="Make and inspect data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -7,16 +7,26 @@ the dtype (:class:`ModelConfig`), and the saved model adds the data statistics
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from incerta.config.schema import Schema
+
+#: documented model sizes: the options each preset sets unless they are given beside it (the
+#: accuracy and speed of each on acetylacetone: docs/concepts/presets.md, benchmarks/accuracy_acac.py)
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"l_max": 1, "num_channels": 32, "num_layers": 3},
+    "accurate": {"l_max": 2, "num_channels": 32, "num_layers": 3},
+}
 
 
 class Architecture(Schema):
     """Architecture of the equivariant potential."""
 
+    preset: Literal["fast", "accurate"] | None = Field(
+        None, description="a documented model size: fast (l_max 1) or accurate (l_max 2, the defaults); options "
+        "given beside it win")
     cutoff: float = Field(5.0, gt=0, description="neighbour cutoff radius (Å)")
     l_max: int = Field(2, ge=0, le=3, description="highest rotation order of features (0 = invariant model)")
     num_channels: int = Field(32, ge=1, description="features per rotation order")
@@ -32,6 +42,13 @@ class Architecture(Schema):
                                    "as in the reference data (molecules: tad-dftd3; periodic cells: simple-dftd3)")
     dispersion_three_body: bool = Field(True, description="include D3's three-body (ATM) term; off matches references "
                                         "computed without it and is 10-100x cheaper for periodic cells")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_sizes(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("preset") in PRESETS:
+            return {**PRESETS[values["preset"]], **values}
+        return values
 
     @field_validator("dispersion")
     @classmethod

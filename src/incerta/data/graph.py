@@ -36,7 +36,8 @@ class AtomicGraph:
 
     @property
     def num_graphs(self) -> int:
-        return int(self.cell.shape[0])
+        """B (a symbolic size while compiled inference traces the model, so it is not fixed)."""
+        return self.cell.shape[0]
 
     @property
     def num_atoms(self) -> torch.Tensor:

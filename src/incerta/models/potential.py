@@ -141,16 +141,20 @@ class Potential(nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         create_graph: bool | None = None,
+        species: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``species``: the species indices (N,) of the graph's atoms when the caller already
+        checked them (compiled inference traces this path without the data-dependent check)."""
         create_graph = self.training if create_graph is None else create_graph
         inputs = differentiable_inputs(graph, compute_forces, compute_stress)
-        out = self.evaluate(inputs.graph)
+        out = self.evaluate(inputs.graph, species)
         out.update(derivatives(out[K.ENERGY], inputs, create_graph))
         return out
 
-    def inputs(self, graph: AtomicGraph) -> Data:
-        """The keys :data:`INPUT_KEYS` of ``graph``; unknown elements raise."""
-        species = self.species_index(graph.numbers)
+    def inputs(self, graph: AtomicGraph, species: torch.Tensor | None = None) -> Data:
+        """The keys :data:`INPUT_KEYS` of ``graph``; unknown elements raise unless ``species``
+        (N,) gives the checked species indices."""
+        species = self.species_index(graph.numbers) if species is None else species
         return {
             K.POSITIONS: graph.positions, K.NUMBERS: graph.numbers, K.CELL: graph.cell, K.PBC: graph.pbc,
             K.BATCH: graph.batch, K.EDGE_INDEX: graph.edge_index, K.EDGE_SHIFTS: graph.edge_shifts,
@@ -158,10 +162,10 @@ class Potential(nn.Module):
             K.SPECIES_ONE_HOT: torch.nn.functional.one_hot(species, len(self.spec.species)).to(graph.positions.dtype),
         }
 
-    def evaluate(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+    def evaluate(self, graph: AtomicGraph, species: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Energies and features (:data:`~incerta.data.keys.MODEL_OUTPUTS`) at the graph's
-        positions and cell (no derivatives)."""
-        data = self.inputs(graph)
+        positions and cell (no derivatives); ``species`` as in :meth:`forward`."""
+        data = self.inputs(graph, species)
         for _, block in self.blocks:
             data.update(block(data))
         atomic_energies = data[self.energy_terms[0]]

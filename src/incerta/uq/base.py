@@ -62,6 +62,9 @@ class UncertaintyMethod(nn.Module, ABC):
     modifies_potential: ClassVar[bool] = False
     #: True when ``forward``'s energy and forces are those of ``self.potential`` (not a mean of members or heads)
     predicts_with_potential: ClassVar[bool] = True
+    #: True when the raw scores follow from the potential's outputs alone (:meth:`scores`), so the
+    #: outputs of a compiled potential serve the uncertainty pass too
+    scores_from_outputs: ClassVar[bool] = False
 
     def __init__(self, potential: Potential) -> None:
         super().__init__()
@@ -74,6 +77,11 @@ class UncertaintyMethod(nn.Module, ABC):
     @abstractmethod
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
         """Predictions and raw uncertainty scores for a batch."""
+
+    def scores(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> UncertainOutput:
+        """``forward``'s result from ``outputs``, the potential's own outputs for ``graph`` (forces
+        included); only for methods with ``scores_from_outputs``."""
+        raise NotImplementedError(f"{self.name} computes its scores in its own pass")
 
     def predict(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         """``forward``'s predictions (energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3) when asked,

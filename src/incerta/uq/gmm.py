@@ -35,6 +35,7 @@ class GMMUncertainty(UncertaintyMethod):
 
     name = "gmm"
     score_kind = "log-density"
+    scores_from_outputs = True
 
     def __init__(self, potential: Potential, n_components: int = 1, max_components: int = 12) -> None:
         super().__init__(frozen(potential))
@@ -52,7 +53,10 @@ class GMMUncertainty(UncertaintyMethod):
         return mixture_nll(features, self.center, self.scale, self.log_weights, self.means, self.precision_cholesky)
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
-        out = self.potential(graph, compute_forces=True, compute_stress=compute_stress, create_graph=False)
+        return self.scores(graph, self.potential(graph, compute_forces=True, compute_stress=compute_stress,
+                                                 create_graph=False))
+
+    def scores(self, graph: AtomicGraph, out: dict[str, torch.Tensor]) -> UncertainOutput:
         nll = self.negative_log_likelihood(out[K.NODE_FEATURES])
         energy_score = segment_logsumexp(nll, graph.batch, graph.num_graphs)
         return UncertainOutput(out[K.ENERGY], out[K.FORCES], nll, energy_score, out.get(K.STRESS), out[K.ATOMIC_ENERGIES],

@@ -73,14 +73,23 @@ class UncertainPotential(nn.Module):
         allows it (MD steps between checks); the graph's elements must be known to the model."""
         return self.method.predict(graph, compute_stress)
 
-    def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, graph: AtomicGraph, compute_stress: bool = False,
+                outputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Predictions and uncertainties; structures holding elements the model never saw get
-        NaN energies and forces and infinite uncertainties (flagged, never predicted)."""
+        NaN energies and forces and infinite uncertainties (flagged, never predicted).
+
+        ``outputs``: the potential's outputs for ``graph``, already computed (e.g. by a compiled
+        package); a method with ``scores_from_outputs`` takes its scores from them instead of
+        running its own pass."""
         known = self.potential.species_lookup[graph.numbers.clamp(0, len(self.potential.species_lookup) - 1)] >= 0
         if not bool(known.all()):
             placeholder = torch.full_like(graph.numbers, self.potential.species[0])
             graph = replace(graph, numbers=torch.where(known, graph.numbers, placeholder))
-        raw = self.method(graph, compute_stress=compute_stress)
+            outputs = None
+        if outputs is not None and self.method.scores_from_outputs:
+            raw = self.method.scores(graph, outputs)
+        else:
+            raw = self.method(graph, compute_stress=compute_stress)
         sigma_atoms = self.calibration.atom_sigma(raw.atom_score, graph.numbers)
         out = {
             K.ENERGY: raw.energy,

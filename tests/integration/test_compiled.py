@@ -1,0 +1,163 @@
+"""Compiled inference (AOTInductor): the same numbers as the eager model, picked up by the
+calculator, refused or skipped with a clear message when it cannot serve. One package is
+compiled for the whole module (about a minute)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+from typer.testing import CliRunner
+
+from conftest import emt_ethanol_frames, make_model
+from incerta.calculators.ase import IncertaCalculator
+from incerta.cli.main import app
+from incerta.data import keys as K
+from incerta.data.frame import Frame
+from incerta.data.graph import collate, frame_to_graph
+from incerta.models.compiled import CompiledPotential, CompileError, compiled_path
+from incerta.models.predict import graphs_for
+from incerta.train.checkpoint import load_potential, save_potential
+from incerta.uq.base import FitSettings
+from incerta.uq.fit import calibrate
+from incerta.uq.gmm import GMMUncertainty
+from incerta.uq.store import save_uncertainty
+
+runner = CliRunner()
+#: float32 agreement asked of compiled inference: eV, eV/Å, eV/Å^3
+ENERGY_TOL, FORCES_TOL, STRESS_TOL = 1e-5, 1e-4, 1e-5
+
+
+@pytest.fixture(scope="module")
+def compiled_folder(tmp_path_factory):
+    """A float32 model folder (H, C, O, Si) with a GMM attached and its package compiled with
+    stress through ``incerta compile``."""
+    folder = tmp_path_factory.mktemp("compiled") / "model"
+    potential = make_model().float()
+    save_potential(potential, folder)
+    graphs = graphs_for(potential, emt_ethanol_frames(16, 0.08))
+    method = GMMUncertainty(potential)
+    report = method.fit(graphs[:10], graphs[10:], FitSettings(progress=False))
+    save_uncertainty(folder, method, calibrate(method, graphs[10:]), report)
+    result = runner.invoke(app, ["compile", str(folder), "--stress"])
+    assert result.exit_code == 0, result.output
+    assert compiled_path(folder, "cpu", torch.float32).is_file()
+    return folder
+
+
+def structures() -> dict[str, Frame]:
+    """A molecule, a periodic non-orthogonal cell (cutoff larger than the cell) and an isolated atom."""
+    ethanol = molecule("CH3CH2OH")
+    ethanol.rattle(0.05, seed=1)
+    silicon = bulk("Si", "diamond", a=5.43)
+    silicon.rattle(0.05, seed=2)
+    silicon.set_cell(silicon.cell.array @ (np.eye(3) + 0.02 * np.random.default_rng(3).normal(size=(3, 3))),
+                     scale_atoms=True)
+    return {"ethanol": Frame.from_atoms(ethanol), "silicon": Frame.from_atoms(silicon),
+            "lone atom": Frame.from_atoms(molecule("O"))}
+
+
+def assert_close(compiled: dict, eager: dict, stress: bool) -> None:
+    torch.testing.assert_close(compiled[K.ENERGY], eager[K.ENERGY].detach(), rtol=0, atol=ENERGY_TOL)
+    torch.testing.assert_close(compiled[K.FORCES], eager[K.FORCES].detach(), rtol=0, atol=FORCES_TOL)
+    torch.testing.assert_close(compiled[K.ATOMIC_ENERGIES], eager[K.ATOMIC_ENERGIES].detach(), rtol=0, atol=ENERGY_TOL)
+    if stress:
+        torch.testing.assert_close(compiled[K.STRESS], eager[K.STRESS].detach(), rtol=0, atol=STRESS_TOL)
+
+
+def test_compiled_equals_eager_for_any_size_and_batch(compiled_folder):
+    """One program for any number of atoms, edges and structures: a molecule, a periodic cell with
+    its stress, an atom without neighbours, and all three as one batch."""
+    eager = load_potential(compiled_folder)
+    compiled = CompiledPotential(compiled_path(compiled_folder, "cpu", torch.float32))
+    assert compiled.stress and compiled.dtype == torch.float32 and compiled.species == eager.species
+    graphs = {name: frame_to_graph(frame, eager.spec.cutoff).to(dtype=torch.float32) for name, frame in structures().items()}
+    for name, graph in graphs.items():
+        periodic = name == "silicon"
+        expected = eager(graph, compute_forces=True, compute_stress=periodic)
+        assert_close(compiled(graph, compute_stress=periodic), expected, periodic)
+    batch = collate(list(graphs.values()))
+    expected = eager(batch, compute_forces=True)
+    assert_close(compiled(batch), expected, stress=False)
+    assert float(expected[K.FORCES][-1].abs().max()) == 0.0 and float(expected[K.ENERGY].std()) > 1.0
+
+
+def test_calculator_runs_the_model_folder_package(compiled_folder):
+    """IncertaCalculator finds the package beside the weights: the energies, forces, stress and
+    (GMM, from the package's features) uncertainties of the eager calculator."""
+    fast, slow = IncertaCalculator(compiled_folder), IncertaCalculator(compiled_folder, compiled=False)
+    assert fast.compiled is not None and slow.compiled is None
+    for name, frame in structures().items():
+        if name == "lone atom":
+            continue
+        atoms = frame.to_atoms()
+        results = {}
+        for calculator in (fast, slow):
+            atoms.calc = calculator
+            results[calculator] = (atoms.get_potential_energy(), atoms.get_forces(),
+                                   calculator.get_property(K.FORCES_UNCERTAINTY, atoms))
+        (energy, forces, sigma), (energy_ref, forces_ref, sigma_ref) = results[fast], results[slow]
+        assert abs(energy - energy_ref) < ENERGY_TOL, name
+        np.testing.assert_allclose(forces, forces_ref, rtol=0, atol=FORCES_TOL)
+        np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-4)
+
+
+def test_a_package_alone_gives_energy_forces_and_stress_but_no_uncertainty(compiled_folder):
+    package = compiled_path(compiled_folder, "cpu", torch.float32)
+    silicon = structures()["silicon"].to_atoms()
+    silicon.calc = IncertaCalculator(package)
+    reference = silicon.copy()
+    reference.calc = IncertaCalculator(compiled_folder, compiled=False)
+    np.testing.assert_allclose(silicon.get_stress(), reference.get_stress(), rtol=0, atol=STRESS_TOL)
+    np.testing.assert_allclose(silicon.get_forces(), reference.get_forces(), rtol=0, atol=FORCES_TOL)
+    with pytest.raises(PropertyNotImplementedError, match="no uncertainty"):
+        silicon.calc.get_property(K.FORCES_UNCERTAINTY, silicon)
+    methane = molecule("CH4")
+    methane.numbers[0] = 7  # nitrogen: unknown to the model
+    methane.calc = silicon.calc
+    with pytest.raises(ValueError, match="N not in the model"):
+        methane.get_potential_energy()
+
+
+def test_a_package_of_other_weights_is_not_used(compiled_folder, tmp_path):
+    """Retrained weights beside an old package: the folder's package is skipped with a warning
+    (never silently wrong); asked for explicitly, it is refused."""
+    folder = tmp_path / "model"
+    shutil.copytree(compiled_folder, folder)
+    potential = load_potential(folder)
+    with torch.no_grad():
+        potential.readout.output.weight.mul_(1.01)
+    save_potential(potential, folder)
+    with pytest.warns(UserWarning, match="runs eagerly: .* other weights"):
+        calculator = IncertaCalculator(folder)
+    assert calculator.compiled is None
+    with pytest.raises(CompileError, match="other weights"):
+        IncertaCalculator(folder, compiled=compiled_path(folder, "cpu", torch.float32))
+
+
+def test_a_foreign_file_is_refused(tmp_path):
+    fake = tmp_path / "model.pt2"
+    fake.write_bytes(b"not a package")
+    with pytest.raises(CompileError, match="not an incerta compiled model"):
+        IncertaCalculator(fake)
+
+
+def test_a_model_that_cannot_compile_runs_eagerly_with_a_warning(tmp_path):
+    """Charge equilibration solves by conjugate gradients until converged, which a trace cannot
+    hold: `incerta compile` says so in one line, writes nothing, and the calculator runs eagerly."""
+    folder = tmp_path / "model"
+    save_potential(make_model(electrostatics="qeq").float(), folder)
+    result = runner.invoke(app, ["compile", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.output and "runs eagerly" in result.output
+    assert "tracing" in result.output and "charge_model" in result.output
+    assert not list(folder.glob("*.pt2"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calculator = IncertaCalculator(folder)
+    assert calculator.compiled is None
