@@ -161,3 +161,25 @@ def test_a_model_that_cannot_compile_runs_eagerly_with_a_warning(tmp_path):
         warnings.simplefilter("error")
         calculator = IncertaCalculator(folder)
     assert calculator.compiled is None
+
+
+def test_active_learning_md_runs_on_the_package(compiled_folder):
+    """The candidates of model-driven MD are those of the eager model when the package drives the MD."""
+    from incerta.active.samplers import md_candidates
+    from incerta.config.active import CandidateSection
+    from incerta.uq.store import load_uncertain_potential
+
+    uncertain = load_uncertain_potential(compiled_folder)
+    package = CompiledPotential(compiled_path(compiled_folder, "cpu", torch.float32))
+    section = CandidateSection(source="md", max_candidates=4, md={"steps": 40, "check_every": 10, "on_flag": "continue"})
+    made = {name: md_candidates(uncertain, [structures()["ethanol"]], section, 0.0, iteration=0, seed=0,
+                                progress=False, compiled=package if name == "compiled" else None)
+            for name in ("compiled", "eager")}
+    assert len(made["compiled"]) == len(made["eager"]) == 4
+    for (_, fast), (_, slow) in zip(made["compiled"], made["eager"]):
+        np.testing.assert_allclose(fast.positions, slow.positions, rtol=0, atol=1e-4)
+    assert np.abs(made["eager"][-1][1].positions - structures()["ethanol"].positions).max() > 0.05, "the MD moved"
+    package.weights = "0" * 64  # as if compiled from other weights: the MD's calculator checks and refuses it
+    with pytest.raises(CompileError, match="other weights"):
+        md_candidates(uncertain, [structures()["ethanol"]], section, 0.0, iteration=0, seed=0, progress=False,
+                      compiled=package)

@@ -15,6 +15,7 @@ killed run: finished trainings and labels are kept, nothing is labelled twice.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import ase.io
@@ -28,6 +29,8 @@ from incerta.active.report import write_al_report
 from incerta.active.samplers import attack_candidates, md_candidates, pool_candidates
 from incerta.active.selection import select
 from incerta.active.state import RunState
+from incerta.calculators.ase import usable_compiled
+from incerta.calculators.compiling import compile_model
 from incerta.config.active import ALConfig
 from incerta.config.data import DataSource
 from incerta.config.sources import data_set_name, load_sources, prepare_splits
@@ -38,6 +41,7 @@ from incerta.data.graph import collate, frame_to_graph
 from incerta.data.io import read_frames
 from incerta.data.oracles import build_oracle
 from incerta.evaluate.training_report import write_training_report
+from incerta.models.compiled import CompileError, compiled_path
 from incerta.models.predict import error_metrics, graphs_for
 from incerta.train.run import train_run
 from incerta.uq.base import FitSettings
@@ -111,6 +115,11 @@ class ActiveLearning:
             uncertainty = self.section.uncertainty
             fit_uncertainty(model, uncertainty.method, splits.train, splits.validation, uncertainty.options,
                             FitSettings(**uncertainty.fit.model_dump(), seed=self.config.seed, progress=self.progress))
+        if self.section.compile and not compiled_path(model, "cpu", getattr(torch, self.config.model.dtype)).exists():
+            try:
+                compile_model(model)
+            except CompileError as err:
+                warnings.warn(f"iteration {iteration}: {err}; its MD runs eagerly", stacklevel=2)
         if not any(e["iteration"] == iteration for e in self.state.events("trained")):
             potential = load_uncertain_potential(model).potential
             metrics = {"validation": error_metrics(potential, graphs_for(potential, self.validation))}
@@ -128,9 +137,10 @@ class ActiveLearning:
         if not keys_path.exists():
             uncertain = load_uncertain_potential(model)
             if source.source in ("md", "biased-md"):
+                compiled = usable_compiled(uncertain, None, model, "cpu") if self.section.compile else None
                 made = md_candidates(uncertain, self.starts, source, self.section.selection.threshold, iteration,
                                      self.config.seed, self.progress, self.training_frames(),
-                                     min_distance=self.config.data.min_distance)
+                                     min_distance=self.config.data.min_distance, compiled=compiled)
             else:
                 made = attack_candidates(uncertain.potential, self.training_frames(), self.starts,
                                          source, iteration, self.config.seed)

@@ -17,6 +17,7 @@ from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph, frame_to_graph
 from incerta.data.neighbors import neighbor_list
+from incerta.models.compiled import CompiledPotential
 from incerta.models.predict import graphs_for, model_dtype
 from incerta.uq.base import FitSettings
 from incerta.uq.gmm import GMMUncertainty
@@ -40,13 +41,14 @@ def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
 
 def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection, threshold: float,
                   iteration: int, seed: int, progress: bool, train_frames: Sequence[Frame] = (),
-                  min_distance: float = 0.5) -> list[Candidate]:
+                  min_distance: float = 0.5, compiled: CompiledPotential | None = None) -> list[Candidate]:
     """Frames flagged by uncertainty-watched MD from each starting structure at each exploration
     temperature; with source ``biased-md`` the MD runs on the energy tilted by a density bias
     fitted on ``train_frames``; with ``md.replicas`` > 1 the copies of every start run together
     through TorchSim. A run whose atoms come closer than ``min_distance`` Å (the data's own
     overlap limit, so every candidate can be read back and labelled) ends there, keeping what
-    it flagged before."""
+    it flagged before. ``compiled``, a package of the model's potential, runs the MD steps
+    (not the batched replicas)."""
     settings = section.md.runs()
     per_run = max(1, section.max_candidates // max(len(starts) * len(settings), 1))
     run_seed = seed + 7919 * iteration
@@ -60,9 +62,10 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
         density = training_density(model.potential, train_graphs, seed)
         reference = score_reference(density, train_graphs)
         make_calculator = lambda: UncertaintyBiasedCalculator(model, density, section.md.bias_eV, reference, annotate=False,
-                                                              min_distance=min_distance)
+                                                              min_distance=min_distance, compiled=compiled)
     else:
-        make_calculator = lambda: IncertaCalculator(model, annotate=False, min_distance=min_distance)
+        make_calculator = lambda: IncertaCalculator(model, annotate=False, min_distance=min_distance,
+                                                    compiled=compiled)
     flagged = []
     for k, md in enumerate(settings):
         for index, start in enumerate(starts):

@@ -108,6 +108,9 @@ class ActiveSection(Schema):
     stop: StopSection = StopSection()
     retrain: Literal["warm", "scratch"] = "warm"
     epochs_per_iteration: int | None = Field(None, ge=1, description="training epochs after each labelling round")
+    compile: bool = Field(False, description="compile each iteration's model (`incerta compile`, about a minute on "
+                          "2 cores) so its MD runs several times faster; pays for long MD (source md / biased-md); "
+                          "a model that cannot compile runs eagerly, with a warning")
     cluster: ClusterSection = ClusterSection()
     test: list[DataSource] = Field([], description="extra labelled sets for the learning curves")
 
