@@ -1,13 +1,19 @@
-"""Accuracy at equal wall time on acetylacetone: incerta vs MACE, trained side by side.
+"""Accuracy at equal training budget on acetylacetone: incerta (each model preset), MACE and NequIP.
 
 Train on dataset_acac/train_300K.xyz (450 train / 50 validation, seeded split shared by
-both codes), test on test_MD_300K.xyz and test_MD_600K.xyz. Each code gets the same
-wall-time budget on this machine, one after the other (never concurrently):
-incerta stops itself (training.max_time_minutes); MACE has no time limit, so its epoch
-count is calibrated from a 2-epoch run. Errors of both are computed by the same code.
+every code), test on test_MD_300K.xyz and test_MD_600K.xyz. Each code gets the same
+wall-time budget on ``--threads`` threads (two one-thread trainings may share the 2 cores):
+incerta stops itself (training.max_time_minutes); MACE has no time limit, so its epoch count
+is calibrated from a 2-epoch run; NequIP stops itself (Lightning's max_time, and its early
+stopping), trained and compiled by ``nequip_peer.py`` in its own venv. Errors of incerta and
+MACE are computed by the same code; NequIP's by its compiled model through ASE.
 
-    .venv/bin/python benchmarks/accuracy_acac.py --minutes 15          # ~35 min in all
-    .venv/bin/python benchmarks/accuracy_acac.py --minutes 2 --peer none   # quick check
+Runs can be split (``--codes``): each run adds its codes to results/accuracy_acac.json when the
+budget and threads are those already there, and replaces the file otherwise.
+
+    .venv/bin/python benchmarks/accuracy_acac.py --minutes 15                    # incerta (accurate) and MACE
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_acac.py --minutes 30 --threads 1 --codes incerta --preset fast
+    .venv/bin/python benchmarks/accuracy_acac.py --minutes 2 --codes incerta   # quick check
 """
 
 from __future__ import annotations
@@ -22,16 +28,17 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import yaml
-from common import INCERTA, WORK, print_table, run_timed, shared_data, write_results
+from common import INCERTA, RESULTS, WORK, print_table, run_timed, shared_data, write_results
 
 from incerta.config import apply_overrides
+from incerta.config.model import PRESETS
 from incerta.data.io import read_frames
 from incerta.models.errors import ErrorAccumulator
 from incerta.models.predict import error_metrics, graphs_for
 from incerta.train.checkpoint import load_potential
 
 INCERTA_SETTINGS = {
-    "model": {"l_max": 2, "num_channels": 32, "num_layers": 3, "cutoff": 5.0},
+    "model": {"preset": "accurate", "cutoff": 5.0},
     "training": {"epochs": 100000, "batch_size": 5, "lr": 0.01, "scheduler_patience": 10, "progress": False},
 }
 MACE_ARGS = [
@@ -40,6 +47,7 @@ MACE_ARGS = [
     "--energy_key", "energy", "--forces_key", "forces", "--eval_interval", "1", "--seed", "0",
 ]
 TESTS = ("test_MD_300K", "test_MD_600K")
+RESULTS_FILE = RESULTS / "accuracy_acac.json"
 
 
 def write_split(acac: Path, work: Path, seed: int) -> None:
@@ -49,20 +57,28 @@ def write_split(acac: Path, work: Path, seed: int) -> None:
     ase.io.write(work / "valid.xyz", [frames[i] for i in order[450:500]], format="extxyz")
 
 
-def run_incerta(acac: Path, work: Path, minutes: float, overrides: list[str]) -> dict:
+def incerta_settings(preset: str, overrides: list[str]) -> dict:
     settings = json.loads(json.dumps(INCERTA_SETTINGS))
+    settings["model"]["preset"] = preset
+    return apply_overrides(settings, overrides)
+
+
+def run_incerta(acac: Path, work: Path, minutes: float, settings: dict, threads: int) -> dict:
+    """Train in ``work``/incerta-PRESET; the model lands in its ``model`` folder."""
+    settings = json.loads(json.dumps(settings))
     settings["training"]["max_time_minutes"] = minutes
-    apply_overrides(settings, overrides)
     settings["data"] = {
         "train": str(work / "train.xyz"), "validation": [str(work / "valid.xyz")],
         "e0s": str(acac / "isolated_atoms.xyz"),
     }
-    config = work / "incerta.yaml"
+    run = work / f"incerta-{settings['model']['preset']}"
+    config = run.with_suffix(".yaml")
     config.write_text(yaml.safe_dump(settings))
-    shutil.rmtree(work / "incerta", ignore_errors=True)
-    wall = run_timed([INCERTA, "train", config, "--run-dir", work / "incerta", "--no-resume"], work / "incerta.log")
-    model = load_potential(work / "incerta")
-    history = json.loads((work / "incerta" / "metrics.json").read_text())
+    shutil.rmtree(run, ignore_errors=True)
+    wall = run_timed([INCERTA, "train", config, "--run-dir", run, "--no-resume"], run.with_suffix(".log"),
+                     env=threads_env(threads))
+    model = load_potential(run)
+    history = json.loads((run / "metrics.json").read_text())
     tests = {name: error_metrics(model, graphs_for(model, read_frames(acac / f"{name}.xyz"))) for name in TESTS}
     return {"wall_s": wall, "epochs": history["epochs_run"], "tests": tests,
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -73,7 +89,26 @@ def _mace_epoch_times(log: Path) -> list[datetime]:
     return [datetime.strptime(s, "%Y-%m-%d %H:%M:%S.%f") for s in stamps]
 
 
-def run_mace(acac: Path, work: Path, minutes: float) -> dict:
+def threads_env(threads: int) -> dict:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def run_nequip(minutes: float, threads: int) -> dict:
+    """NequIP trained, compiled and evaluated by nequip_peer.py in its own venv."""
+    from nequip_peer import PACKAGE, RUN
+    from peers import peer_python
+
+    python, script = peer_python("nequip"), Path(__file__).resolve().parent / "nequip_peer.py"
+    env = threads_env(threads)
+    wall = run_timed([python, script, "train", "--minutes", minutes, "--threads", threads], WORK / "nequip_train.log", env=env)
+    run_timed([python, script, "compile", "--threads", threads], WORK / "nequip_compile.log", env=env)
+    run_timed([python, script, "evaluate", "--model", PACKAGE], WORK / "nequip_evaluate.log", env=env)
+    summary = json.loads((RUN / "train_summary.json").read_text())
+    tests = json.loads((RUN / "evaluate.json").read_text())
+    return {"wall_s": wall, "epochs": summary["epochs"], "tests": tests}
+
+
+def run_mace(acac: Path, work: Path, minutes: float, threads: int) -> dict:
     from peers import peer_python
 
     python = peer_python("mace")
@@ -84,11 +119,13 @@ def run_mace(acac: Path, work: Path, minutes: float) -> dict:
     for folder in (calibration, run):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
-    total = run_timed([train, "--name", "calib", "--max_num_epochs", "2", *common], work / "mace_calibration.log", cwd=calibration)
+    env = threads_env(threads)
+    total = run_timed([train, "--name", "calib", "--max_num_epochs", "2", *common], work / "mace_calibration.log",
+                      cwd=calibration, env=env)
     stamps = _mace_epoch_times(calibration / "logs" / "calib_run-0.log")
     epoch_s = (stamps[1] - stamps[0]).total_seconds()
     epochs = max(1, int((60 * minutes - (total - 2 * epoch_s)) / epoch_s))
-    wall = run_timed([train, "--name", "mace", "--max_num_epochs", epochs, *common], work / "mace.log", cwd=run)
+    wall = run_timed([train, "--name", "mace", "--max_num_epochs", epochs, *common], work / "mace.log", cwd=run, env=env)
     tests = {}
     for name in TESTS:
         out = run / f"{name}_pred.xyz"
@@ -106,7 +143,9 @@ def run_mace(acac: Path, work: Path, minutes: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per code")
-    parser.add_argument("--peer", choices=["mace", "none"], default="mace")
+    parser.add_argument("--threads", type=int, default=2, help="threads of each training")
+    parser.add_argument("--codes", nargs="+", choices=["incerta", "mace", "nequip"], default=["incerta", "mace"])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="accurate", help="incerta's model size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override an incerta setting, e.g. --set model.num_layers=4")
@@ -115,24 +154,37 @@ def main() -> None:
     work = WORK / "accuracy_acac"
     work.mkdir(parents=True, exist_ok=True)
     write_split(acac, work, args.seed)
-    results = {"incerta": run_incerta(acac, work, args.minutes, args.overrides)}
-    if args.peer == "mace":
-        results["mace"] = run_mace(acac, work, args.minutes)
+    settings = incerta_settings(args.preset, args.overrides)
+    previous = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
+    same_budget = (previous.get("budget_minutes"), previous.get("threads")) == (args.minutes, args.threads)
+    results = previous.get("results", {}) if same_budget else {}
+    all_settings = previous.get("settings", {}) if same_budget else {}
+    if "incerta" in args.codes:
+        results[f"incerta ({args.preset})"] = run_incerta(acac, work, args.minutes, settings, args.threads)
+        all_settings[f"incerta ({args.preset})"] = settings
+    if "mace" in args.codes:
+        results["mace"] = run_mace(acac, work, args.minutes, args.threads)
+        all_settings["mace"] = MACE_ARGS
+    if "nequip" in args.codes:
+        results["nequip"] = run_nequip(args.minutes, args.threads)
+        all_settings["nequip"] = "nequip_peer.py (4 layers, l_max 1, 32 features, r_max 5 Å, tutorial training)"
     rows = []
     for code, r in results.items():
         for name, m in r["tests"].items():
             rows.append([code, round(r["wall_s"] / 60, 1), r["epochs"], name, m["energy_per_atom_mae_meV"],
                          m["energy_per_atom_rmse_meV"], m["forces_mae_meV_per_A"], m["forces_rmse_meV_per_A"]])
-    print_table(f"acac, train 300 K (450/50), budget {args.minutes} min per code",
+    print_table(f"acac, train 300 K (450/50), budget {args.minutes} min per code on {args.threads} thread(s)",
                 ["code", "wall min", "epochs", "test", "E MAE meV/at", "E RMSE meV/at", "F MAE meV/Å", "F RMSE meV/Å"], rows)
     ratios = {}
-    if "mace" in results:
-        ratios = {name: results["incerta"]["tests"][name]["forces_rmse_meV_per_A"] / results["mace"]["tests"][name]["forces_rmse_meV_per_A"]
-                  for name in TESTS}
-        print("\nforce RMSE ratio incerta / MACE: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) + " (goal <= 0.8)")
-    incerta_settings = apply_overrides(json.loads(json.dumps(INCERTA_SETTINGS)), args.overrides)
-    write_results("accuracy_acac", {"budget_minutes": args.minutes, "settings": {"incerta": incerta_settings, "mace": MACE_ARGS},
-                                    "results": results, "force_rmse_ratio_incerta_over_mace": ratios})
+    for code, peer in (("incerta (accurate)", "mace"), ("incerta (accurate)", "nequip"), ("incerta (fast)", "mace"),
+                       ("incerta (fast)", "nequip")):
+        if code in results and peer in results:
+            ratios[f"{code} / {peer}"] = {name: results[code]["tests"][name]["forces_rmse_meV_per_A"]
+                                         / results[peer]["tests"][name]["forces_rmse_meV_per_A"] for name in TESTS}
+    for name, values in ratios.items():
+        print(f"force RMSE ratio {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    write_results("accuracy_acac", {"budget_minutes": args.minutes, "threads": args.threads, "settings": all_settings,
+                                    "results": results, "force_rmse_ratios": ratios})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Stages of ``IncertaCalculator.calculate`` for energy + forces: reading the ASE a
 frame, the element check, the input checks (overlapping atoms through a short neighbour list),
 the graph (neighbour list at the cutoff, tensors), the model's energy, energy + forces
 (forward and backward), and the uncertainty pass of a GMM and of LLPR (exact and rank 8)
-when the caller asks for it. Systems: acetylacetone (15 atoms) and the periodic water box
+when the caller asks for it; then the same model compiled (``incerta compile``): its energy +
+forces, a GMM pass on its outputs, and the whole calculator call with it. Systems: acetylacetone (15 atoms) and the periodic water box
 (1,536 atoms; GMM only); the speed benchmark's model size (l_max 2, 32 channels, 3 layers, float32),
 randomly initialised (timing does not depend on training); 2 threads.
 
@@ -17,15 +18,17 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from ase.io import read
-from common import print_table, shared_data, write_results
+from common import WORK, print_table, shared_data, write_results
 
 from incerta import IncertaCalculator
 from incerta.data.frame import Frame
 from incerta.data.graph import frame_to_graph
 from incerta.data.validation import frame_problems
+from incerta.models.compiled import CompiledPotential, compile_potential
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, graphs_for
 from incerta.models.spec import PotentialSpec
@@ -61,7 +64,7 @@ def uncertain(potential: Potential, method, frames: list[Frame]) -> UncertainPot
     return UncertainPotential(method, identity)
 
 
-def profile(name: str, atoms, calls: int) -> list[list]:
+def profile(name: str, atoms, calls: int, package: Path) -> list[list]:
     species = sorted(set(atoms.numbers.tolist()))
     potential = Potential(PotentialSpec(species=species, l_max=2, num_channels=32, num_layers=3)).eval()
     frame = Frame.from_atoms(atoms)
@@ -84,17 +87,21 @@ def profile(name: str, atoms, calls: int) -> list[list]:
     methods = {"GMM": GMMUncertainty(potential)}
     if not periodic:  # LLPR's fit takes one backward per feature and atom batch: minutes for 1,536 atoms
         methods.update({"LLPR exact": LLPRUncertainty(potential, rank=None), "LLPR rank 8": LLPRUncertainty(potential, rank=8)})
-    for label, method in methods.items():
-        model = uncertain(potential, method, rattled)
+    fitted = {label: uncertain(potential, method, rattled) for label, method in methods.items()}
+    for label, model in fitted.items():
         stages.append((f"+ {label} uncertainty pass", lambda model=model: model(graph, compute_stress=periodic)))
-    calculator = IncertaCalculator(potential)
+    compiled = CompiledPotential(compile_potential(potential, package, stress=periodic))
+    stages.append(("energy + forces (+ stress), compiled", lambda: compiled(graph, compute_stress=periodic)))
+    stages.append(("+ GMM pass from the compiled outputs", lambda: fitted["GMM"](
+        graph, compute_stress=periodic, outputs=compiled(graph, compute_stress=periodic))))
     probe = atoms.copy()
+    for label, calculator in (("", IncertaCalculator(potential)), (", compiled", IncertaCalculator(potential, compiled=compiled))):
 
-    def whole_call() -> None:
-        probe.positions[0, 0] += 1e-6  # a new geometry every call
-        calculator.get_forces(probe)
+        def whole_call(calculator=calculator) -> None:
+            probe.positions[0, 0] += 1e-6  # a new geometry every call
+            calculator.get_forces(probe)
 
-    stages.append(("whole calculator call (energy + forces)", whole_call))
+        stages.append((f"whole calculator call (energy + forces){label}", whole_call))
     rows = []
     for label, function in stages:
         rows.append([name, label, round(median_ms(function, calls if len(atoms) < 100 else max(3, calls // 10)), 3)])
@@ -108,7 +115,7 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     for name, atoms in systems().items():
-        rows += profile(name, atoms, args.calls)
+        rows += profile(name, atoms, args.calls, WORK / "profile_call" / f"{name}.pt2")
     print_table("one calculator call, stage by stage (median ms, 2 threads, float32)", ["system", "stage", "ms"], rows)
     write_results("profile_call", {"rows": [{"system": s, "stage": t, "median_ms": m} for s, t, m in rows]})
 

@@ -1,68 +1,153 @@
-"""Inference speed of incerta vs MACE through their ASE calculators, measured in one run.
+"""Inference speed, side by side in one run: incerta (eager, compiled, compiled + GMM, compiled +
+LLPR), MACE and NequIP compiled with AOTInductor, through their ASE calculators.
 
 Systems: acetylacetone (15 atoms), a cluster of three ethanol molecules (27 atoms) and a
-periodic liquid-water box (1536 atoms, the shared RPBE-D3 frame repeated 2x2x2). Each
-(code, system) pair runs in a fresh process (peak memory is per process); medians of
-repeated energy+forces calls after 3 warm-up calls, 2 threads. The models are the ones
-trained by accuracy_acac.py (same accuracy class); run that first.
+periodic liquid-water box (1,536 atoms, the shared RPBE-D3 frame repeated 2x2x2). Every
+(row, system) pair runs in a fresh process (peak memory is per process): medians and
+quartiles of repeated energy+forces calls after 3 warm-up calls, float32, ``--threads``
+threads. The "+ GMM" and "+ LLPR" rows ask for the per-atom force uncertainty at every call
+(what an MD check step costs). LLPR's pass runs eagerly, and on the water box its row had not
+finished its 13 calls after 5 minutes, so it is left out there. LNK is not a row: its energy comes from a learned GP readout,
+not from the compiled potential, so it runs eagerly (``incerta compile`` refuses it).
+
+Models: incerta's (both presets) and MACE's are the ones trained by ``accuracy_acac.py`` (run it
+first; the incerta models are compiled here, and GMM and LLPR are fitted on the accurate one's
+training split), NequIP's the one trained and compiled by ``nequip_peer.py`` (in its own venv,
+``peers.py nequip``; ``accuracy_acac.py --codes nequip`` runs it).
+Timing does not depend on the weights, so the water box runs the acac models (H, C, O).
 
     .venv/bin/python benchmarks/speed.py
+    .venv/bin/python benchmarks/speed.py --peers none --calls 10      # incerta rows only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from common import WORK, print_table, shared_data, write_results
+from common import INCERTA, WORK, print_table, shared_data, write_results
 
 SYSTEMS = ("acac_15", "ethanol_cluster_27", "water_box_1536")
 WORKER = Path(__file__).resolve().parent / "speed_worker.py"
+PACKAGE = "compiled-cpu-float32.pt2"
+#: the compiled model the peers' ratios refer to: the fast preset, whose acac force RMSE at the
+#: training budget of accuracy_acac.py is below NequIP's and MACE's (results/accuracy_acac.json)
+TIMED = "fast preset compiled"
+#: row label -> (code, model key, compiled, uncertainty asked at every call)
+ROWS = {
+    "incerta eager": ("incerta", "bare", False, False),
+    "incerta compiled": ("incerta", "bare", True, False),
+    "fast preset compiled": ("incerta", "fast", True, False),
+    "compiled + GMM": ("incerta", "gmm", True, True),
+    "compiled + LLPR": ("incerta", "llpr", True, True),
+    "MACE": ("mace", "mace", False, False),
+    "NequIP compiled": ("nequip", "nequip", False, False),
+}
 
 
-def measure(python: Path, code: str, model: Path, system: str, data: Path, calls: int) -> dict:
-    output = subprocess.run(
-        [str(python), str(WORKER), "--code", code, "--model", str(model), "--system", system,
-         "--data", str(data), "--calls", str(calls)],
-        check=True, capture_output=True, text=True,
-    ).stdout
+def measure(python: Path, row: tuple, model: Path, system: str, data: Path, calls: int, threads: int) -> dict:
+    code, _, compiled, uncertainty = row
+    command = [str(python), str(WORKER), "--code", code, "--model", str(model), "--system", system,
+               "--data", str(data), "--calls", str(calls), "--threads", str(threads)]
+    command += ["--compiled"] * compiled + ["--uncertainty"] * uncertainty
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def compiled_copy(trained: Path, folder: Path) -> Path:
+    """``folder`` holding the trained potential and its compiled package (compiled once)."""
+    if not (folder / "potential.safetensors").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(trained / "potential.safetensors", folder / "potential.safetensors")
+    if not (folder / PACKAGE).exists():
+        subprocess.run([INCERTA, "compile", folder], check=True)
+    return folder
+
+
+def incerta_models(trained: Path, work: Path) -> dict[str, Path]:
+    """Model folders holding the trained potential and its package: bare, with GMM and with LLPR
+    (fitted on the accuracy benchmark's training split, calibrated on its validation frames; the
+    methods keep the potential's weights, so the package is compiled once and copied)."""
+    split = trained.parent.parent
+    folders = {"bare": compiled_copy(trained, work / "bare")}
+    for name in ("gmm", "llpr"):
+        folders[name] = folder = work / name
+        if not (folder / "potential.safetensors").exists():
+            shutil.copytree(folders["bare"], folder)
+        if not (folder / "uncertainty.safetensors").exists():
+            subprocess.run([INCERTA, "uq", "fit", folder, "--method", name, "--train", split / "train.xyz",
+                            "--val", split / "valid.xyz"], check=True)
+    return folders
+
+
+def time_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Per system, a row's median time over a compiled incerta model's: the peers over ``TIMED``
+    (and, ``*_accurate``, over the accurate preset's), the eager model and the uncertainty rows
+    over the compiled accurate model they share their weights with."""
+    median = {(r["row"], r["system"]): r["median_ms"] for r in results}
+    pairs = {
+        "nequip_over_incerta_compiled": ("NequIP compiled", TIMED),
+        "mace_over_incerta_compiled": ("MACE", TIMED),
+        "nequip_over_incerta_compiled_accurate": ("NequIP compiled", "incerta compiled"),
+        "mace_over_incerta_compiled_accurate": ("MACE", "incerta compiled"),
+        "eager_over_compiled": ("incerta eager", "incerta compiled"),
+        "gmm_over_compiled": ("compiled + GMM", "incerta compiled"),
+        "llpr_over_compiled": ("compiled + LLPR", "incerta compiled"),
+    }
+    ratios = {name: {s: median[(row, s)] / median[(reference, s)] for s in SYSTEMS
+                     if (row, s) in median and (reference, s) in median}
+              for name, (row, reference) in pairs.items()}
+    return {name: values for name, values in ratios.items() if values}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--peer", choices=["mace", "none"], default="mace")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peers", choices=["all", "none"], default="all")
     args = parser.parse_args()
     data = shared_data()
-    trained = WORK / "accuracy_acac"
-    codes = {"incerta": (Path(sys.executable), trained / "incerta" / "model")}
-    if args.peer == "mace":
+    trained = {preset: WORK / "accuracy_acac" / f"incerta-{preset}" / "model" for preset in ("accurate", "fast")}
+    if not trained["accurate"].exists():
+        raise SystemExit(f"{trained['accurate']} missing: run benchmarks/accuracy_acac.py first")
+    models = {key: (Path(sys.executable), folder)
+              for key, folder in incerta_models(trained["accurate"], WORK / "speed").items()}
+    if trained["fast"].exists():
+        models["fast"] = (Path(sys.executable), compiled_copy(trained["fast"], WORK / "speed" / "fast"))
+    rows = {label: row for label, row in ROWS.items() if row[1] in models or (row[0] != "incerta" and args.peers == "all")}
+    if args.peers == "all":
+        from nequip_peer import PACKAGE
         from peers import peer_python
 
-        codes["mace"] = (peer_python("mace"), trained / "mace" / "mace.model")
-    for _, model in codes.values():
+        models["mace"] = (peer_python("mace"), WORK / "accuracy_acac" / "mace" / "mace.model")
+        models["nequip"] = (peer_python("nequip"), PACKAGE)
+    for _, model in models.values():
         if not model.exists():
-            raise SystemExit(f"{model} missing: run benchmarks/accuracy_acac.py first")
+            raise SystemExit(f"{model} missing: run benchmarks/accuracy_acac.py and benchmarks/nequip_peer.py first")
     results = []
     for system in SYSTEMS:
         calls = args.calls if system != "water_box_1536" else max(5, args.calls // 3)
-        for code, (python, model) in codes.items():
-            results.append(measure(python, code, model, system, data, calls))
-    rows = [[r["code"], r["system"], r["atoms"], r["median_ms"], r["q25_ms"], r["q75_ms"],
-             r["atom_steps_per_s"], r["peak_rss_MB"]] for r in results]
-    print_table("energy+forces through ASE (2 threads)", ["code", "system", "atoms", "median ms", "q25 ms", "q75 ms",
-                                                          "atom-steps/s", "peak RSS MB"], rows)
-    ratios = {}
-    if args.peer == "mace":
-        for system in SYSTEMS:
-            ours, theirs = (next(r for r in results if r["code"] == c and r["system"] == system) for c in ("incerta", "mace"))
-            ratios[system] = theirs["median_ms"] / ours["median_ms"]
-        print("\nspeed-up incerta vs MACE (MACE ms / incerta ms): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
-    write_results("speed", {"results": results, "speedup_mace_over_incerta": ratios})
+        for label, row in rows.items():
+            if label == "compiled + LLPR" and system == "water_box_1536":
+                continue  # LLPR's eager pass is too slow there (see the module docstring)
+            python, model = models[row[1]]
+            results.append({"row": label, **measure(python, row, model, system, data, calls, args.threads)})
+            print(f"{system:20s} {label:18s} {results[-1]['median_ms']:10.2f} ms", flush=True)
+    table = [[r["row"], r["system"], r["atoms"], r["median_ms"], r["q25_ms"], r["q75_ms"], r["atom_steps_per_s"],
+              r["peak_rss_MB"]] for r in results]
+    print_table(f"energy+forces through ASE ({args.threads} threads, float32)",
+                ["row", "system", "atoms", "median ms", "q25 ms", "q75 ms", "atom-steps/s", "peak RSS MB"], table)
+    ratios = time_ratios(results)
+    print("\ntime ratios (> 1: the compiled incerta model is faster; gmm / llpr: the uncertainty's cost)")
+    for name, values in ratios.items():
+        print(f"  {name}: " + ", ".join(f"{s} {x:.2f}" for s, x in values.items()))
+    water = next(r for r in results if r["row"] == TIMED and r["system"] == "water_box_1536")
+    write_results("speed", {"threads": args.threads, "timed_row": TIMED, "results": results, "ratios": ratios,
+                            "water_peak_rss_MB": water["peak_rss_MB"]})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Time one calculator on one system in a fresh process (run under either code's venv).
 
-Prints JSON: median and quartile ms per energy+forces call, atoms*steps/s, peak RSS.
-Only ASE, NumPy and the code under test are imported, so it runs in a peer's venv too.
+Prints JSON: median and quartile ms per energy+forces call (with ``--uncertainty``, energy, forces
+and the per-atom force uncertainty), atoms*steps/s, peak RSS. Only ASE, NumPy and the code under
+test are imported, so it runs in a peer's venv too.
 """
 
 from __future__ import annotations
@@ -34,11 +35,19 @@ def build_system(name: str, data: Path):
     raise SystemExit(f"unknown system {name}")
 
 
-def calculator(code: str, model: str):
+def calculator(code: str, model: str, compiled: bool):
+    """The code's ASE calculator; incerta's runs its model folder's package (``compiled``) or eagerly."""
     if code == "incerta":
         from incerta import IncertaCalculator
 
-        return IncertaCalculator(model)
+        calc = IncertaCalculator(model, compiled=None if compiled else False)
+        if compiled and calc.compiled is None:
+            raise SystemExit(f"{model} holds no usable compiled package: run `incerta compile` on it")
+        return calc
+    if code == "nequip":
+        from nequip_peer import calculator as nequip_calculator
+
+        return nequip_calculator(model)
     from mace.calculators import MACECalculator
 
     return MACECalculator(model_paths=model, device="cpu", default_dtype="float32")
@@ -46,7 +55,9 @@ def calculator(code: str, model: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--code", choices=["incerta", "mace"], required=True)
+    parser.add_argument("--code", choices=["incerta", "mace", "nequip"], required=True)
+    parser.add_argument("--compiled", action="store_true", help="incerta: run the model folder's compiled package")
+    parser.add_argument("--uncertainty", action="store_true", help="incerta: ask for the force uncertainty at every call")
     parser.add_argument("--model", required=True)
     parser.add_argument("--system", required=True)
     parser.add_argument("--data", type=Path, required=True)
@@ -57,18 +68,21 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     atoms = build_system(args.system, args.data)
-    atoms.calc = calculator(args.code, args.model)
+    atoms.calc = calculator(args.code, args.model, args.compiled)
     rng = np.random.default_rng(0)
     times = []
     for call in range(args.calls + 3):
         atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)
         started = time.perf_counter()
         atoms.get_forces()
+        if args.uncertainty:
+            atoms.calc.get_property("forces_uncertainty", atoms)
         if call >= 3:
             times.append(time.perf_counter() - started)
     median = float(np.median(times))
     print(json.dumps({
-        "code": args.code, "system": args.system, "atoms": len(atoms),
+        "code": args.code, "compiled": args.compiled, "uncertainty": args.uncertainty, "system": args.system,
+        "atoms": len(atoms),
         "median_ms": 1e3 * median, "q25_ms": 1e3 * float(np.percentile(times, 25)),
         "q75_ms": 1e3 * float(np.percentile(times, 75)), "atom_steps_per_s": len(atoms) / median,
         "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

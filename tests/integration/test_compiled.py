@@ -107,6 +107,33 @@ def test_calculator_runs_the_model_folder_package(compiled_folder):
         np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-4)
 
 
+def test_an_md_check_costs_one_compiled_pass(compiled_folder):
+    """Forces, then the force uncertainty of the same structure (an MD check): the GMM takes its
+    scores from the step's own compiled pass; a new geometry runs the package again."""
+    calculator = IncertaCalculator(compiled_folder)
+    package, calls = calculator.compiled, []
+
+    class Counting:
+        stress = package.stress
+
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return package(*args, **kwargs)
+
+    calculator.compiled = Counting()
+    atoms = structures()["ethanol"].to_atoms()
+    atoms.calc = calculator
+    forces = atoms.get_forces()
+    sigma = calculator.get_property(K.FORCES_UNCERTAINTY, atoms)
+    assert len(calls) == 1 and np.array_equal(atoms.get_forces(), forces)
+    atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
+    assert len(calls) == 2
+    reference = IncertaCalculator(compiled_folder, compiled=False)
+    np.testing.assert_allclose(sigma, reference.get_property(K.FORCES_UNCERTAINTY, structures()["ethanol"].to_atoms()),
+                               rtol=1e-4)
+
+
 def test_a_package_alone_gives_energy_forces_and_stress_but_no_uncertainty(compiled_folder):
     package = compiled_path(compiled_folder, "cpu", torch.float32)
     silicon = structures()["silicon"].to_atoms()

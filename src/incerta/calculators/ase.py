@@ -143,6 +143,9 @@ class IncertaCalculator(Calculator):
         self.annotate = annotate
         self._warned_state = False
         self._warned_periodic = False
+        #: the last call's outputs: uncertainties asked for on the same structure afterwards (an MD
+        #: check after the step's forces) take a method's scores from them when it can (GMM)
+        self._outputs: dict[str, torch.Tensor] | None = None
 
     def _check_electronic_state(self, atoms: Atoms) -> None:
         """A model trained with total charge/spin needs them; warn once when they are missing."""
@@ -207,7 +210,11 @@ class IncertaCalculator(Calculator):
         graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, self.dtype)
         self._check_periodic_domain(graph)
         uncertain = bool(wanted & set(UNCERTAINTY_KEYS))
-        outputs = self.predict(graph, periodic, uncertain)
+        if uncertain and not system_changes and self._outputs is not None and self.model.method.scores_from_outputs:
+            outputs = self.model(graph, compute_stress=periodic, outputs=self._outputs)  # the step's own pass
+        else:
+            outputs = self.predict(graph, periodic, uncertain)
+        self._outputs = outputs
         as_np = lambda t: t.detach().cpu().double().numpy()
         energy = float(outputs[K.ENERGY][0].detach())
         self.results = {"energy": energy, "free_energy": energy, "forces": as_np(outputs[K.FORCES])}
