@@ -143,9 +143,8 @@ class IncertaCalculator(Calculator):
         self.annotate = annotate
         self._warned_state = False
         self._warned_periodic = False
-        #: the last call's outputs: uncertainties asked for on the same structure afterwards (an MD
-        #: check after the step's forces) take a method's scores from them when it can (GMM)
-        self._outputs: dict[str, torch.Tensor] | None = None
+        #: the last call's graph and outputs, reused when uncertainties are asked for on the same structure
+        self._last: tuple[AtomicGraph, dict[str, torch.Tensor]] | None = None
 
     def _check_electronic_state(self, atoms: Atoms) -> None:
         """A model trained with total charge/spin needs them; warn once when they are missing."""
@@ -188,16 +187,19 @@ class IncertaCalculator(Calculator):
         """The model's outputs for one checked structure; the uncertainty pass only when ``uncertain``."""
         return model_outputs(self.model, graph, periodic, uncertain, self.compiled)
 
-    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
-        super().calculate(atoms, properties, system_changes)
+    def _checked_graph(self) -> AtomicGraph:
+        """The graph of ``self.atoms`` after the input checks (elements, overlaps, charge and spin)."""
         frame = Frame.from_atoms(self.atoms, source="atoms")
         self._check_electronic_state(self.atoms)
         check_species(self.potential, [frame])
         problems = frame_problems(frame, min_distance=self.min_distance)
         if problems:
             raise DataError("; ".join(problems))
-        periodic = frame.periodic
-        wanted = set(properties)
+        graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, self.dtype)
+        self._check_periodic_domain(graph)
+        return graph
+
+    def _check_properties(self, wanted: set[str], periodic: bool) -> None:
         if "stress" in wanted and not periodic:
             raise PropertyNotImplementedError("stress needs a periodic cell (atoms.pbc)")
         if wanted & set(UNCERTAINTY_KEYS) and not self.has_uncertainty:
@@ -207,14 +209,22 @@ class IncertaCalculator(Calculator):
                 "stress_uncertainty needs a periodic cell and a model calibrated on validation data with stress "
                 f"(this structure is {'periodic' if periodic else 'not periodic'}; the calibration has "
                 f"{'a' if self.model.calibration.stress is not None else 'no'} stress map)")
-        graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, self.dtype)
-        self._check_periodic_domain(graph)
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        wanted = set(properties)
         uncertain = bool(wanted & set(UNCERTAINTY_KEYS))
-        if uncertain and not system_changes and self._outputs is not None and self.model.method.scores_from_outputs:
-            outputs = self.model(graph, compute_stress=periodic, outputs=self._outputs)  # the step's own pass
+        # uncertainty asked for on the structure of the last call (an MD check after the step's
+        # forces): a method that can takes its scores from that call's outputs, checks and graph
+        again = uncertain and not system_changes and self._last is not None and self.has_uncertainty
+        graph = self._last[0] if again else self._checked_graph()
+        periodic = bool(graph.pbc.any())
+        self._check_properties(wanted, periodic)
+        if again and self.model.method.scores_from_outputs:
+            outputs = self.model(graph, compute_stress=periodic, outputs=self._last[1])
         else:
             outputs = self.predict(graph, periodic, uncertain)
-        self._outputs = outputs
+        self._last = (graph, outputs)
         as_np = lambda t: t.detach().cpu().double().numpy()
         energy = float(outputs[K.ENERGY][0].detach())
         self.results = {"energy": energy, "free_energy": energy, "forces": as_np(outputs[K.FORCES])}
