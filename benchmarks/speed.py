@@ -5,10 +5,12 @@ Systems: acetylacetone (15 atoms), a cluster of three ethanol molecules (27 atom
 periodic liquid-water box (1,536 atoms, the shared RPBE-D3 frame repeated 2x2x2). Every
 (row, system) pair runs in a fresh process (peak memory is per process): medians and
 quartiles of repeated energy+forces calls after 3 warm-up calls, float32, ``--threads``
-threads. The "+ GMM" and "+ LLPR" rows ask for the per-atom force uncertainty at every call
-(what an MD check step costs). LLPR's pass runs eagerly, and on the water box its row had not
-finished its 13 calls after 5 minutes, so it is left out there. LNK is not a row: its energy comes from a learned GP readout,
-not from the compiled potential, so it runs eagerly (``incerta compile`` refuses it).
+threads; every row is measured ``--rounds`` times, the rounds interleaved, and the median of
+the rounds' medians kept (the machine's speed drifts). The "+ GMM" and "+ LLPR" rows ask for
+the per-atom force uncertainty at every call (what an MD check step costs). LLPR's pass runs
+eagerly, and on the water box its row had not finished its 13 calls after 5 minutes, so it is
+left out there. LNK is not a row: its energy comes from a learned GP readout, not from the
+compiled potential, so it runs eagerly (``incerta compile`` refuses it).
 
 Models: incerta's (both presets) and MACE's are the ones trained by ``accuracy_acac.py`` (run it
 first; the incerta models are compiled here, and GMM and LLPR are fitted on the accurate one's
@@ -17,7 +19,7 @@ training split), NequIP's the one trained and compiled by ``nequip_peer.py`` (in
 Timing does not depend on the weights, so the water box runs the acac models (H, C, O).
 
     .venv/bin/python benchmarks/speed.py
-    .venv/bin/python benchmarks/speed.py --peers none --calls 10      # incerta rows only
+    .venv/bin/python benchmarks/speed.py --peers none --calls 10 --rounds 1   # incerta rows only
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +87,15 @@ def incerta_models(trained: Path, work: Path) -> dict[str, Path]:
     return folders
 
 
+def summary(label: str, measured: list[dict]) -> dict:
+    """One row of one system over its rounds: the median of the rounds' medians (and of their
+    quartiles), the largest peak memory, and every round's median."""
+    median = lambda key: float(statistics.median(m[key] for m in measured))
+    return {**measured[0], "row": label, "median_ms": median("median_ms"), "q25_ms": median("q25_ms"),
+            "q75_ms": median("q75_ms"), "atom_steps_per_s": measured[0]["atoms"] / median("median_ms") * 1e3,
+            "peak_rss_MB": max(m["peak_rss_MB"] for m in measured), "round_medians_ms": [m["median_ms"] for m in measured]}
+
+
 def time_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
     """Per system, a row's median time over a compiled incerta model's: the peers over ``TIMED``
     (and, ``*_accurate``, over the accurate preset's), the eager model and the uncertainty rows
@@ -108,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of every row, interleaved")
     parser.add_argument("--peers", choices=["all", "none"], default="all")
     args = parser.parse_args()
     data = shared_data()
@@ -128,15 +141,19 @@ def main() -> None:
     for _, model in models.values():
         if not model.exists():
             raise SystemExit(f"{model} missing: run benchmarks/accuracy_acac.py and benchmarks/nequip_peer.py first")
-    results = []
-    for system in SYSTEMS:
-        calls = args.calls if system != "water_box_1536" else max(5, args.calls // 3)
-        for label, row in rows.items():
-            if label == "compiled + LLPR" and system == "water_box_1536":
-                continue  # LLPR's eager pass is too slow there (see the module docstring)
-            python, model = models[row[1]]
-            results.append({"row": label, **measure(python, row, model, system, data, calls, args.threads)})
-            print(f"{system:20s} {label:18s} {results[-1]['median_ms']:10.2f} ms", flush=True)
+    rounds: dict[tuple[str, str], list[dict]] = {}
+    for round_ in range(args.rounds):  # rows interleaved, so a burst of load elsewhere hits one round of each
+        for system in SYSTEMS:
+            calls = args.calls if system != "water_box_1536" else max(5, args.calls // 3)
+            for label, row in rows.items():
+                if label == "compiled + LLPR" and system == "water_box_1536":
+                    continue  # LLPR's eager pass is too slow there (see the module docstring)
+                python, model = models[row[1]]
+                rounds.setdefault((label, system), []).append(
+                    measure(python, row, model, system, data, calls, args.threads))
+                print(f"round {round_}  {system:20s} {label:22s} {rounds[label, system][-1]['median_ms']:10.2f} ms",
+                      flush=True)
+    results = [summary(label, measured) for (label, _), measured in rounds.items()]
     table = [[r["row"], r["system"], r["atoms"], r["median_ms"], r["q25_ms"], r["q75_ms"], r["atom_steps_per_s"],
               r["peak_rss_MB"]] for r in results]
     print_table(f"energy+forces through ASE ({args.threads} threads, float32)",
