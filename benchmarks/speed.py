@@ -1,5 +1,6 @@
-"""Inference speed, side by side in one run: incerta (eager, compiled, compiled + GMM, compiled +
-LLPR), MACE and NequIP compiled with AOTInductor, through their ASE calculators.
+"""Inference speed, side by side in one run: incerta (the accurate preset eager and compiled, the
+fast preset compiled, alone and with GMM or LLPR), MACE and NequIP compiled with AOTInductor,
+through their ASE calculators.
 
 Systems: acetylacetone (15 atoms), a cluster of three ethanol molecules (27 atoms) and a
 periodic liquid-water box (1,536 atoms, the shared RPBE-D3 frame repeated 2x2x2). Every
@@ -13,8 +14,8 @@ left out there. LNK is not a row: its energy comes from a learned GP readout, no
 compiled potential, so it runs eagerly (``incerta compile`` refuses it).
 
 Models: incerta's (both presets) and MACE's are the ones trained by ``accuracy_acac.py`` (run it
-first; the incerta models are compiled here, and GMM and LLPR are fitted on the accurate one's
-training split), NequIP's the one trained and compiled by ``nequip_peer.py`` (in its own venv,
+first; the incerta models are compiled here, and GMM and LLPR are fitted on the fast one's
+training split and calibrated on its validation frames), NequIP's the one trained and compiled by ``nequip_peer.py`` (in its own venv,
 ``peers.py nequip``; ``accuracy_acac.py --codes nequip`` runs it).
 Timing does not depend on the weights, so the water box runs the acac models (H, C, O).
 
@@ -45,8 +46,8 @@ ROWS = {
     "incerta eager": ("incerta", "bare", False, False),
     "incerta compiled": ("incerta", "bare", True, False),
     "fast preset compiled": ("incerta", "fast", True, False),
-    "compiled + GMM": ("incerta", "gmm", True, True),
-    "compiled + LLPR": ("incerta", "llpr", True, True),
+    "fast compiled + GMM": ("incerta", "fast-gmm", True, True),
+    "fast compiled + LLPR": ("incerta", "fast-llpr", True, True),
     "MACE": ("mace", "mace", False, False),
     "NequIP compiled": ("nequip", "nequip", False, False),
 }
@@ -71,16 +72,17 @@ def compiled_copy(trained: Path, folder: Path) -> Path:
     return folder
 
 
-def incerta_models(trained: Path, work: Path) -> dict[str, Path]:
-    """Model folders holding the trained potential and its package: bare, with GMM and with LLPR
-    (fitted on the accuracy benchmark's training split, calibrated on its validation frames; the
-    methods keep the potential's weights, so the package is compiled once and copied)."""
+def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[str, Path]:
+    """Model folders under ``work`` holding the trained potential and its package, bare
+    (``work.name``) and with each of ``methods`` (``work.name-method``; fitted on the accuracy
+    benchmark's training split, calibrated on its validation frames; a method keeps the
+    potential's weights, so the package is compiled once and copied)."""
     split = trained.parent.parent
-    folders = {"bare": compiled_copy(trained, work / "bare")}
-    for name in ("gmm", "llpr"):
-        folders[name] = folder = work / name
+    folders = {work.name: compiled_copy(trained, work)}
+    for name in methods:
+        folders[f"{work.name}-{name}"] = folder = work.with_name(f"{work.name}-{name}")
         if not (folder / "potential.safetensors").exists():
-            shutil.copytree(folders["bare"], folder)
+            shutil.copytree(work, folder)
         if not (folder / "uncertainty.safetensors").exists():
             subprocess.run([INCERTA, "uq", "fit", folder, "--method", name, "--train", split / "train.xyz",
                             "--val", split / "valid.xyz"], check=True)
@@ -99,7 +101,7 @@ def summary(label: str, measured: list[dict]) -> dict:
 def time_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
     """Per system, a row's median time over a compiled incerta model's: the peers over ``TIMED``
     (and, ``*_accurate``, over the accurate preset's), the eager model and the uncertainty rows
-    over the compiled accurate model they share their weights with."""
+    over the compiled model they share their weights with."""
     median = {(r["row"], r["system"]): r["median_ms"] for r in results}
     pairs = {
         "nequip_over_incerta_compiled": ("NequIP compiled", TIMED),
@@ -107,8 +109,8 @@ def time_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
         "nequip_over_incerta_compiled_accurate": ("NequIP compiled", "incerta compiled"),
         "mace_over_incerta_compiled_accurate": ("MACE", "incerta compiled"),
         "eager_over_compiled": ("incerta eager", "incerta compiled"),
-        "gmm_over_compiled": ("compiled + GMM", "incerta compiled"),
-        "llpr_over_compiled": ("compiled + LLPR", "incerta compiled"),
+        "gmm_over_compiled": ("fast compiled + GMM", TIMED),
+        "llpr_over_compiled": ("fast compiled + LLPR", TIMED),
     }
     ratios = {name: {s: median[(row, s)] / median[(reference, s)] for s in SYSTEMS
                      if (row, s) in median and (reference, s) in median}
@@ -125,12 +127,12 @@ def main() -> None:
     args = parser.parse_args()
     data = shared_data()
     trained = {preset: WORK / "accuracy_acac" / f"incerta-{preset}" / "model" for preset in ("accurate", "fast")}
-    if not trained["accurate"].exists():
-        raise SystemExit(f"{trained['accurate']} missing: run benchmarks/accuracy_acac.py first")
-    models = {key: (Path(sys.executable), folder)
-              for key, folder in incerta_models(trained["accurate"], WORK / "speed").items()}
-    if trained["fast"].exists():
-        models["fast"] = (Path(sys.executable), compiled_copy(trained["fast"], WORK / "speed" / "fast"))
+    for folder in trained.values():
+        if not folder.exists():
+            raise SystemExit(f"{folder} missing: run benchmarks/accuracy_acac.py first")
+    folders = {**incerta_models(trained["accurate"], WORK / "speed" / "bare", ()),
+               **incerta_models(trained["fast"], WORK / "speed" / "fast", ("gmm", "llpr"))}
+    models = {key: (Path(sys.executable), folder) for key, folder in folders.items()}
     rows = {label: row for label, row in ROWS.items() if row[1] in models or (row[0] != "incerta" and args.peers == "all")}
     if args.peers == "all":
         from nequip_peer import PACKAGE
@@ -146,7 +148,7 @@ def main() -> None:
         for system in SYSTEMS:
             calls = args.calls if system != "water_box_1536" else max(5, args.calls // 3)
             for label, row in rows.items():
-                if label == "compiled + LLPR" and system == "water_box_1536":
+                if label.endswith("+ LLPR") and system == "water_box_1536":
                     continue  # LLPR's eager pass is too slow there (see the module docstring)
                 python, model = models[row[1]]
                 rounds.setdefault((label, system), []).append(
