@@ -53,6 +53,18 @@ def test_overlapping_atoms_are_refused(model):
         atoms.get_potential_energy()
 
 
+def test_atoms_overlapping_across_the_cell_boundary_are_refused(model):
+    atoms = Atoms("OH", positions=[[0.02, 1, 1], [5.97, 1, 1]], cell=[6, 6, 6], pbc=True)
+    atoms.calc = IncertaCalculator(model)
+    with pytest.raises(DataError, match=r"atoms 0 and 1 overlap: 0\.050 Å apart"):
+        atoms.get_potential_energy()
+
+
+def test_an_overlap_limit_beyond_the_cutoff_is_refused(model):
+    with pytest.raises(ValueError, match="min_distance must be in"):
+        IncertaCalculator(model, min_distance=model.spec.cutoff)
+
+
 def test_single_atom(model):
     atoms = Atoms("C", positions=[[0, 0, 0]])
     atoms.calc = IncertaCalculator(model)
