@@ -122,6 +122,23 @@ def test_per_element_force_maps_undo_an_inverted_species_order(rng):
     np.testing.assert_allclose(again.atom_sigma(torch.as_tensor(score), torch.as_tensor(numbers)).numpy(), sigma)
 
 
+@pytest.mark.parametrize(("kind", "score_kind"), [("scale", "std"), ("power", "log-density"), ("conformal", "std"),
+                                                  ("conformal", "log-density"), ("isotonic", "log-density")])
+def test_atom_sigma_applies_each_atoms_element_map(rng, kind, score_kind):
+    """Whatever the map kind, every atom gets its element's own map (numpy, one element at a
+    time) and elements without a map (oxygen: too few atoms; nitrogen: never seen) the global one."""
+    numbers = np.repeat([1, 6, 8], [400, 300, 10])
+    score = rng.gamma(2.0, size=numbers.size) + (8.0 if score_kind == "log-density" else 0.0)
+    forces = synthetic_forces(rng, np.where(numbers == 1, 0.02, 0.1) * np.sqrt(score))
+    calibration = Calibration.fit(score, forces, score[:60], rng.normal(size=60), score_kind, kind, numbers)
+    assert sorted(calibration.forces_by_species) == [1, 6]
+    numbers[:5] = 7
+    expected = np.array([calibration.forces_by_species.get(int(z), calibration.forces)(score[i : i + 1])[0]
+                         for i, z in enumerate(numbers)])
+    sigma = calibration.atom_sigma(torch.as_tensor(score), torch.as_tensor(numbers)).numpy()
+    np.testing.assert_allclose(sigma, expected, rtol=1e-12)
+
+
 def test_stress_map_recovers_the_per_component_error(rng):
     """Structures of 8 atoms whose stress components err with standard deviation
     0.3 * sqrt(sum sigma_i^2) / V^(2/3): the fitted map gives that back, and survives JSON."""

@@ -170,6 +170,7 @@ class Calibration:
     energy: ScoreMap
     forces_by_species: dict[int, ScoreMap] = field(default_factory=dict)
     stress: ScoreMap | None = None
+    _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(
@@ -223,12 +224,26 @@ class Calibration:
 
     def atom_sigma(self, scores: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """Per-atom force uncertainty (N,) eV/Å from raw scores (N,) of atoms with ``numbers`` (N,)."""
+        if self.forces.kind != "isotonic":  # exp(c0 + c1 t(u)) with each atom's element's parameters
+            c0, c1, offset = self._parameters(scores)[numbers].unbind(-1)
+            excess = torch.nn.functional.softplus(scores - offset) if self.forces.score_kind == "log-density" else scores
+            return torch.exp(c0 + c1 * excess.clamp_min(1e-30).log())
         sigma = self.forces(scores)
         for z, score_map in self.forces_by_species.items():
             mask = numbers == z
             if bool(mask.any()):
                 sigma = torch.where(mask, score_map(scores), sigma)
         return sigma
+
+    def _parameters(self, like: torch.Tensor) -> torch.Tensor:
+        """(119, 3) table of (c0, c1, offset) by atomic number: the element's map where there is
+        one, the global map otherwise (dtype and device of ``like``, made once per pair)."""
+        key = (like.dtype, like.device)
+        if key not in self._tables:
+            rows = [self.forces_by_species.get(z, self.forces) for z in range(119)]
+            self._tables[key] = torch.tensor([[m.c0, m.c1, m.offset] for m in rows], dtype=like.dtype,
+                                             device=like.device)
+        return self._tables[key]
 
     def to_json(self) -> str:
         return json.dumps({"forces": asdict(self.forces), "energy": asdict(self.energy),
