@@ -5,7 +5,8 @@ frame, the element check, the input checks (overlapping atoms through a short ne
 the graph (neighbour list at the cutoff, tensors), the model's energy, energy + forces
 (forward and backward), and the uncertainty pass of a GMM and of LLPR (exact and rank 8)
 when the caller asks for it; then the same model compiled (``incerta compile``): its energy +
-forces, a GMM pass on its outputs, and the whole calculator call with it. Systems: acetylacetone (15 atoms) and the periodic water box
+forces, a GMM pass on its outputs, and the whole calculator call with it, alone and followed by
+the GMM check an MD step makes when it looks. Systems: acetylacetone (15 atoms) and the periodic water box
 (1,536 atoms; GMM only); the speed benchmark's model size (l_max 2, 32 channels, 3 layers, float32),
 randomly initialised (timing does not depend on training); 2 threads.
 
@@ -27,7 +28,7 @@ from common import WORK, print_table, shared_data, write_results
 from incerta import IncertaCalculator
 from incerta.data.frame import Frame
 from incerta.data.graph import frame_to_graph
-from incerta.data.validation import frame_problems
+from incerta.data.validation import frame_problems, overlaps_on_edges
 from incerta.models.compiled import CompiledPotential, compile_potential
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, graphs_for
@@ -78,7 +79,9 @@ def profile(name: str, atoms, calls: int, package: Path) -> list[list]:
     stages = [
         ("atoms -> frame", lambda: Frame.from_atoms(atoms)),
         ("element check", lambda: check_species(potential, [frame])),
-        ("input checks (overlaps)", lambda: frame_problems(frame, min_distance=0.1)),
+        ("input checks (overlaps from the graph's edges)", lambda: (
+            frame_problems(frame, min_distance=0.0),
+            overlaps_on_edges(frame, graph.edge_index.numpy(), graph.edge_shifts.numpy(), 0.1))),
         ("graph (neighbour list, tensors)", lambda: frame_to_graph(frame, potential.spec.cutoff).to(dtype=torch.float32)),
         ("energy (forward)", lambda: potential(graph, compute_forces=False)),
         ("energy + forces (+ stress)", lambda: potential(graph, compute_forces=True, compute_stress=periodic,
@@ -95,11 +98,16 @@ def profile(name: str, atoms, calls: int, package: Path) -> list[list]:
     stages.append(("+ GMM pass from the compiled outputs", lambda: fitted["GMM"](
         graph, compute_stress=periodic, outputs=compiled(graph, compute_stress=periodic))))
     probe = atoms.copy()
-    for label, calculator in (("", IncertaCalculator(potential)), (", compiled", IncertaCalculator(potential, compiled=compiled))):
+    calculators = (("", IncertaCalculator(potential), False),
+                   (", compiled", IncertaCalculator(potential, compiled=compiled), False),
+                   (", compiled, then the GMM check", IncertaCalculator(fitted["GMM"], compiled=compiled), True))
+    for label, calculator, check in calculators:
 
-        def whole_call(calculator=calculator) -> None:
+        def whole_call(calculator=calculator, check=check) -> None:
             probe.positions[0, 0] += 1e-6  # a new geometry every call
             calculator.get_forces(probe)
+            if check:
+                calculator.get_property("forces_uncertainty", probe)
 
         stages.append((f"whole calculator call (energy + forces){label}", whole_call))
     rows = []

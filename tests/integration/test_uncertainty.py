@@ -10,6 +10,7 @@ from scipy.spatial.transform import Rotation
 
 from incerta import IncertaCalculator
 from incerta.config import RunConfig
+from incerta.config.schema import ConfigError
 from incerta.config.sources import prepare_splits
 from incerta.data.frame import Frame
 from incerta.data.io import read_frames
@@ -139,6 +140,32 @@ def test_every_method_gives_the_same_numbers_on_the_gpu(method, fitted, tests):
     on_gpu = collect(model.to("cuda"), [g.to("cuda") for g in graphs])
     for key in ("energy_pred", "forces_pred", "forces_uncertainty", "energy_uncertainty"):
         np.testing.assert_allclose(on_gpu[key], on_cpu[key], rtol=1e-6, atol=1e-9, err_msg=key)
+
+
+@GPU
+@pytest.mark.parametrize("method", ["gmm", "llpr"])
+def test_a_fit_on_the_gpu_gives_the_cpu_fit(method, base_run, fitted, tests, tmp_path):
+    """uq fit --device cuda: the same calibrated uncertainties (evaluated on the CPU) as the CPU fit."""
+    run, splits = base_run
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "potential.safetensors").write_bytes((run / "model" / "potential.safetensors").read_bytes())
+    fit_uncertainty(model, method, splits.train, splits.validation, settings=FIT.model_copy(update={"device": "cuda"}))
+    on_gpu, on_cpu = (collect(load_uncertain_potential(m), graphs_for(load_uncertain_potential(m).potential, tests["600K"][:8]))
+                      for m in (model, fitted(method)))
+    for key in ("forces_uncertainty", "energy_uncertainty"):
+        np.testing.assert_allclose(on_gpu[key], on_cpu[key], rtol=1e-4, err_msg=key)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_fit_asked_on_a_missing_gpu_says_so(base_run, tmp_path):
+    run, splits = base_run
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "potential.safetensors").write_bytes((run / "model" / "potential.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match=r"'cuda'.*no GPU here"):
+        fit_uncertainty(model, "gmm", splits.train, splits.validation, settings=FIT.model_copy(update={"device": "cuda"}))
+    assert not (model / "uncertainty.safetensors").exists()
 
 
 def test_unseen_element_is_flagged_not_predicted(fitted):

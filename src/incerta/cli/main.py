@@ -176,6 +176,7 @@ def uq_fit(
         "reference-labelled frames of a short MD run hotter than the training data (anticipates the shift)."),
     options: list[str] = typer.Option([], "--option", "-O", help="Method option, e.g. -O heads=4"),
     seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N: where the fit runs (the saved method runs anywhere)."),
 ) -> None:
     """Fit METHOD on the training data, calibrate it on validation data, save it with MODEL."""
     import yaml
@@ -185,7 +186,7 @@ def uq_fit(
     from incerta.uq.fit import fit_uncertainty, run_splits
 
     try:
-        settings = FitSettings(epochs=epochs, lr=lr, seed=seed, calibration=calibration,
+        settings = FitSettings(epochs=epochs, lr=lr, seed=seed, calibration=calibration, device=device,
                                calibration_data=[{"path": path} for path in calibrate_with])
         parsed = {}
         for text in options:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from incerta.config.uncertainty import CalibrationKind, FitSection
@@ -45,10 +46,12 @@ class UncertainOutput:
 
 class FitSettings(FitSection):
     """The configured fit budget (:class:`~incerta.config.uncertainty.FitSection`: epochs,
-    learning rate, batch size, calibration) plus the seed and the progress bar."""
+    learning rate, batch size, calibration) plus the seed, the progress bar and the device the
+    fit runs on (cpu, cuda, cuda:N; the fitted method is saved device-free)."""
 
     seed: int = 0
     progress: bool = True
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
 
 
 class UncertaintyMethod(nn.Module, ABC):

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import yaml
 
 from incerta.config.schema import ConfigError
@@ -76,10 +77,13 @@ def fit_uncertainty(
     if method not in METHODS or method == "ensemble":
         raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(n for n in METHODS if n != 'ensemble')} "
                           "(ensembles are trained with: incerta train CONFIG --ensemble K)")
-    potential = load_potential(model)
+    settings = settings or FitSettings()
+    if settings.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"the fit was asked to run on '{settings.device}', but PyTorch sees no GPU here; use cpu")
+    potential = load_potential(model).to(settings.device)
     instance = METHODS[method](potential, **(options or {}))
-    return _fit_and_save(model, instance, graphs_for(potential, train), graphs_for(potential, validation),
-                         settings or FitSettings())
+    on_device = lambda frames: [graph.to(settings.device) for graph in graphs_for(potential, frames)]
+    return _fit_and_save(model, instance, on_device(train), on_device(validation), settings)
 
 
 def attach_ensemble(model: str | Path, members: Sequence[Potential], validation: Sequence[Frame],
@@ -96,7 +100,8 @@ def _fit_and_save(model: str | Path, instance: UncertaintyMethod, train: Sequenc
                   validation: Sequence[AtomicGraph], settings: FitSettings, training_time_s: float = 0.0) -> dict:
     """Fit, then calibrate on the validation graphs plus ``settings.calibration_data`` (which
     the fit also sees as validation data), and save into ``model``."""
-    extra = graphs_for(instance.potential, load_sources(settings.calibration_data, ("energy", "forces")))
+    extra = [graph.to(settings.device)
+             for graph in graphs_for(instance.potential, load_sources(settings.calibration_data, ("energy", "forces")))]
     validation = [*validation, *extra]
     started = time.perf_counter()
     info = instance.fit(train, validation, settings)

@@ -36,7 +36,7 @@ def has_uncertainty(model: str | Path) -> bool:
 def save_uncertainty(model: str | Path, method: UncertaintyMethod, calibration: Calibration, report: dict) -> Path:
     """Write (atomically) the fitted method and its calibration beside the potential."""
     tensors = {
-        k: v.clone() for k, v in method.state_dict().items()
+        k: v.detach().cpu().clone() for k, v in method.state_dict().items()
         if method.modifies_potential or "potential" not in k.split(".")[:-1]  # the base potential is saved beside
     }
     metadata = {"method": method.name, "options": json.dumps(method.options()),
