@@ -16,7 +16,7 @@ from ase.md.verlet import VelocityVerlet
 
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score
-from incerta.calculators.md import LOG_COLUMNS, make_dynamics, run_watched_md
+from incerta.calculators.md import LOG_COLUMNS, make_dynamics, run_watched_md, starting_bonds, stretched_bond
 from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
@@ -179,3 +179,31 @@ def test_a_run_driven_into_overlapping_atoms_stops_and_keeps_its_log(model, tmp_
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(run.log) >= 2
     assert rows[-1]["event"].startswith("stopped:") and rows[-2]["event"] == ""
+
+
+def test_stretched_bond_names_the_first_bond_past_the_limit():
+    """Bonds of the start (periodic images included) against their length now."""
+    water = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    bonds = starting_bonds(water)
+    assert sorted(map(tuple, bonds[0].tolist())) == [(0, 1), (0, 2)]
+    pulled = water.copy()
+    pulled.positions[1] *= 1.6
+    assert stretched_bond(pulled, bonds, 1.5).startswith("bond 0-1 stretched to 1.54 Å, 1.60x")
+    assert stretched_bond(pulled, bonds, 1.7) is None
+    across = Atoms("H2", positions=[[0.2, 1, 1], [9.55, 1, 1]], cell=[10, 10, 10], pbc=True)  # 0.65 Å apart, by image
+    bonds = starting_bonds(across)
+    assert len(bonds[0]) == 1 and bonds[1][0] == pytest.approx(0.65)
+    across.positions[1, 0] = 9.9  # closer across the boundary: no stretch, though 9.7 Å apart in the box
+    assert stretched_bond(across, bonds, 1.5) is None
+
+
+def test_a_run_whose_molecule_comes_apart_stops_there(model, ethanol, tmp_path):
+    """With max_bond_stretch the run ends at the first check where a starting bond is past the
+    limit (here any thermal stretch, 1.001x), logging why; without it the run goes on."""
+    settings = MDSettings(ensemble="nvt", temperature_K=600, steps=40, check_every=10, max_bond_stretch=1.001)
+    run = run_watched_md(ethanol, IncertaCalculator(model), settings, log=tmp_path / "log.csv", progress=False)
+    assert run.steps_done == 10 and "stretched" in run.error
+    assert run.log[-1]["event"].startswith("stopped: at step 10: bond ")
+    free = run_watched_md(ethanol, IncertaCalculator(model), settings.model_copy(update={"max_bond_stretch": None}),
+                          progress=False)
+    assert free.steps_done == 40 and free.error is None

@@ -11,7 +11,7 @@ from ase import units
 
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score, score_reference
-from incerta.calculators.md import run_watched_md
+from incerta.calculators.md import run_watched_md, starting_bonds, stretched_bond
 from incerta.config.active import AttackSection, CandidateSection, MDSection
 from incerta.data import keys as K
 from incerta.data.frame import Frame
@@ -78,15 +78,18 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
 
 def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSection, threshold: float,
                    per_start: int, seed: int, iteration: int, progress: bool, min_distance: float) -> list[Frame]:
-    """The flagged frames of ``md.replicas`` copies of every start, run in one TorchSim batch."""
+    """The flagged frames of ``md.replicas`` copies of every start, run in one TorchSim batch,
+    less those whose molecule came apart (a bond past ``md.max_bond_stretch``)."""
     from incerta.calculators.replicas import run_replica_md
 
     copies = md.replicas
-    runs = run_replica_md([start.to_atoms() for start in starts for _ in range(copies)], model, md, threshold,
-                          max_flagged=max(1, per_start // copies), seed=seed, min_distance=min_distance,
-                          progress=progress)
+    replicas = [start.to_atoms() for start in starts for _ in range(copies)]
+    runs = run_replica_md(replicas, model, md, threshold, max_flagged=max(1, per_start // copies), seed=seed,
+                          min_distance=min_distance, progress=progress)
+    bonds = [starting_bonds(atoms) if md.max_bond_stretch is not None else None for atoms in replicas]
     return [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}")
-            for replica, run in enumerate(runs) for atoms in run.flagged]
+            for replica, run in enumerate(runs) for atoms in run.flagged
+            if bonds[replica] is None or stretched_bond(atoms, bonds[replica], md.max_bond_stretch) is None]
 
 
 def _min_distance(positions: np.ndarray, frame: Frame, bound: float) -> float:

@@ -15,10 +15,12 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms, units
+from ase.geometry import find_mic
 from ase.md.bussi import Bussi
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
 from ase.md.verlet import VelocityVerlet
+from ase.neighborlist import natural_cutoffs, neighbor_list
 from tqdm.auto import tqdm
 
 from incerta.calculators.ase import IncertaCalculator
@@ -119,6 +121,30 @@ class RowLog:
             self.handle.close()
 
 
+def starting_bonds(atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """The bonds of ``atoms`` (pairs closer than 1.2x the sum of ASE's covalent radii, each
+    once): pairs (K, 2) and lengths (K,) Å, periodic images included."""
+    first, second, length = neighbor_list("ijd", atoms, natural_cutoffs(atoms, mult=1.2))
+    once = first < second
+    return np.stack([first[once], second[once]], axis=1), length[once]
+
+
+def stretched_bond(atoms: Atoms, bonds: tuple[np.ndarray, np.ndarray], limit: float) -> str | None:
+    """The first of ``bonds`` (:func:`starting_bonds`) longer than ``limit`` times its starting
+    length in ``atoms``, described; None when every bond holds."""
+    pairs, start = bonds
+    if len(pairs) == 0:
+        return None
+    vectors = atoms.positions[pairs[:, 1]] - atoms.positions[pairs[:, 0]]
+    now = find_mic(vectors, atoms.cell, atoms.pbc)[1] if atoms.pbc.any() else np.linalg.norm(vectors, axis=1)
+    broken = np.flatnonzero(now > limit * start)
+    if broken.size == 0:
+        return None
+    k = broken[0]
+    return (f"bond {pairs[k, 0]}-{pairs[k, 1]} stretched to {now[k]:.2f} Å, {now[k] / start[k]:.2f}x its starting "
+            f"{start[k]:.2f} Å (limit {limit}x)")
+
+
 def flag(result: WatchedMD, atoms: Atoms, sigma: np.ndarray, structure_uncertainty: float, step: int,
          settings: MDSettings, threshold: float, max_flagged: int | None, safe: tuple, **info) -> tuple[str, str]:
     """Keep a flagged frame (model energy and forces, per-atom ``sigma`` in eV/Å) in ``result`` and
@@ -157,8 +183,9 @@ def run_watched_md(
     (CSV, flushed at every row) and the trajectory (every ``write_every`` steps, format from the
     suffix: .xyz / .extxyz or .traj) are written as the run goes; both files are started anew.
     Uncertainties are computed only at checks and written frames. A structure the calculator
-    refuses (overlapping atoms) ends the run with a logged ``stopped`` event and ``error``;
-    everything before it is kept.
+    refuses (overlapping atoms), or with ``settings.max_bond_stretch`` a bond of the start
+    stretched past that factor at a check, ends the run with a logged ``stopped`` event and
+    ``error``; everything before it is kept.
     """
     watched = calculator.has_uncertainty
     if threshold is not None and not watched:
@@ -178,6 +205,7 @@ def run_watched_md(
 
     time_fs, step = 0.0, 0
     safe = (atoms.positions.copy(), atoms.cell.array.copy(), time_fs, step)
+    bonds = starting_bonds(atoms) if settings.max_bond_stretch is not None else None
     bar = tqdm(total=settings.steps, desc=f"MD {settings.ensemble} {settings.temperature_K:.0f} K", unit="step",
                disable=not progress, mininterval=1.0)
     try:
@@ -201,6 +229,11 @@ def run_watched_md(
                 append_frame(trajectory, atoms, sigma, step=step, time_fs=time_fs)
             if not checking:
                 continue
+            broken = None if bonds is None else stretched_bond(atoms, bonds, settings.max_bond_stretch)
+            if broken is not None:  # the molecule falls apart: nothing after this is a state worth keeping
+                result.error = f"at step {step}: {broken}"
+                record({**dict.fromkeys(LOG_COLUMNS, np.nan), "step": step, "event": f"stopped: {result.error}"})
+                break
             row = state_row(atoms, step, time_fs, sigma)
             action = None
             if threshold is not None and sigma is not None and float(sigma.max()) > threshold:

@@ -26,6 +26,9 @@ class MDSection(MDSettings):
     run goes back to the last frame below the threshold and keeps exploring."""
 
     on_flag: FlagPolicy = "rewind"
+    max_bond_stretch: float | None = Field(
+        1.5, gt=1, description="a run ends where a starting bond passes this factor of its length (None: never): "
+        "frames of a molecule the model lets fall apart are not candidates (set None to explore reactions)")
     replicas: int = Field(1, ge=1, description="source md: copies of each starting structure run together in one "
                           "TorchSim batch (NVE or Langevin NVT), each with its own velocities and uncertainty watch; "
                           "1 runs each start through ASE")
