@@ -6,9 +6,11 @@
    (independent trajectories, never used for training or selection). At equal label budgets:
    uniform (label the reference MD at 300/600/1200 K at a stride: what users do without active
    learning), random-md (random frames of model-driven MD), uncertainty-md (incerta's loop:
-   model-driven MD at 300, 600 and 1200 K, its frames above a calibrated-uncertainty threshold selected
-   with farthest-point diversity) and biased-md (the same MD pushed along the gradient of the
-   GMM density score). Metrics: labels each strategy needs to reach uniform's full-budget
+   model-driven MD at 300, 600 and 1200 K, going back to the last frame below a calibrated-
+   uncertainty threshold whenever a check passes it, the frames above it selected with
+   farthest-point diversity) and biased-md (the same MD pushed along the gradient of the
+   GMM density score). Every model-driven run ends where a starting bond passes 1.5x its
+   length (the loop's default). Metrics: labels each strategy needs to reach uniform's full-budget
    force RMSE at every test temperature, errors at the full budget, stability of 1200 K MD
    with the final model, wall time split into oracle / training / exploration; three seeds.
    ``labels_ratio_vs_uniform``: labels the best of uncertainty-md and biased-md needs / labels
@@ -56,8 +58,8 @@ REFERENCE = {"true-error": ["active.uncertainty.method=gmm"]}
 EXPLORATION = {
     "uniform": ["active.candidates.source=pool", "active.selection.strategy=uniform"],
     "random-md": ["active.selection.strategy=random", "active.selection.threshold=0.0"],
-    "uncertainty-md": [],
-    "biased-md": ["active.candidates.source=biased-md"],
+    "uncertainty-md": ["active.candidates.md.on_flag=rewind"],
+    "biased-md": ["active.candidates.source=biased-md", "active.candidates.md.on_flag=rewind"],
 }
 INCERTA_STRATEGIES = ("uncertainty-md", "biased-md")
 #: what each step of the loop is counted as in the wall-time split
