@@ -86,10 +86,10 @@ def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSec
     replicas = [start.to_atoms() for start in starts for _ in range(copies)]
     runs = run_replica_md(replicas, model, md, threshold, max_flagged=max(1, per_start // copies), seed=seed,
                           min_distance=min_distance, progress=progress)
-    bonds = [starting_bonds(atoms) if md.max_bond_stretch is not None else None for atoms in replicas]
+    bonds = [starting_bonds(atoms) for atoms in replicas]
     return [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}")
             for replica, run in enumerate(runs) for atoms in run.flagged
-            if bonds[replica] is None or stretched_bond(atoms, bonds[replica], md.max_bond_stretch) is None]
+            if stretched_bond(atoms, bonds[replica], md.max_bond_stretch) is None]
 
 
 def _min_distance(positions: np.ndarray, frame: Frame, bound: float) -> float:

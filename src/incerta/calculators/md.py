@@ -15,7 +15,6 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms, units
-from ase.geometry import find_mic
 from ase.md.bussi import Bussi
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
@@ -121,22 +120,25 @@ class RowLog:
             self.handle.close()
 
 
-def starting_bonds(atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
-    """The bonds of ``atoms`` (pairs closer than 1.2x the sum of ASE's covalent radii, each
-    once): pairs (K, 2) and lengths (K,) Å, periodic images included."""
+def starting_bonds(atoms: Atoms) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bonds of a molecule (pairs closer than 1.2x the sum of ASE's covalent radii, each
+    once): pairs (K, 2) and lengths (K,) Å; None for a periodic structure, where neighbours
+    part by diffusion (liquids, hot solids) without anything breaking."""
+    if atoms.pbc.any():
+        return None
     first, second, length = neighbor_list("ijd", atoms, natural_cutoffs(atoms, mult=1.2))
     once = first < second
     return np.stack([first[once], second[once]], axis=1), length[once]
 
 
-def stretched_bond(atoms: Atoms, bonds: tuple[np.ndarray, np.ndarray], limit: float) -> str | None:
-    """The first of ``bonds`` (:func:`starting_bonds`) longer than ``limit`` times its starting
-    length in ``atoms``, described; None when every bond holds."""
-    pairs, start = bonds
-    if len(pairs) == 0:
+def stretched_bond(atoms: Atoms, bonds: tuple[np.ndarray, np.ndarray] | None, limit: float | None) -> str | None:
+    """The first of a molecule's ``bonds`` (:func:`starting_bonds`) longer than ``limit`` times
+    its starting length in ``atoms``, described; None when every bond holds (or there is no
+    limit, or no bonds to watch)."""
+    if bonds is None or limit is None or len(bonds[0]) == 0:
         return None
-    vectors = atoms.positions[pairs[:, 1]] - atoms.positions[pairs[:, 0]]
-    now = find_mic(vectors, atoms.cell, atoms.pbc)[1] if atoms.pbc.any() else np.linalg.norm(vectors, axis=1)
+    pairs, start = bonds
+    now = np.linalg.norm(atoms.positions[pairs[:, 1]] - atoms.positions[pairs[:, 0]], axis=1)
     broken = np.flatnonzero(now > limit * start)
     if broken.size == 0:
         return None
@@ -183,8 +185,8 @@ def run_watched_md(
     (CSV, flushed at every row) and the trajectory (every ``write_every`` steps, format from the
     suffix: .xyz / .extxyz or .traj) are written as the run goes; both files are started anew.
     Uncertainties are computed only at checks and written frames. A structure the calculator
-    refuses (overlapping atoms), or with ``settings.max_bond_stretch`` a bond of the start
-    stretched past that factor at a check, ends the run with a logged ``stopped`` event and
+    refuses (overlapping atoms), or with ``settings.max_bond_stretch`` a bond of a starting
+    molecule stretched past that factor at a check, ends the run with a logged ``stopped`` event and
     ``error``; everything before it is kept.
     """
     watched = calculator.has_uncertainty
@@ -205,7 +207,7 @@ def run_watched_md(
 
     time_fs, step = 0.0, 0
     safe = (atoms.positions.copy(), atoms.cell.array.copy(), time_fs, step)
-    bonds = starting_bonds(atoms) if settings.max_bond_stretch is not None else None
+    bonds = starting_bonds(atoms)
     bar = tqdm(total=settings.steps, desc=f"MD {settings.ensemble} {settings.temperature_K:.0f} K", unit="step",
                disable=not progress, mininterval=1.0)
     try:
@@ -229,7 +231,7 @@ def run_watched_md(
                 append_frame(trajectory, atoms, sigma, step=step, time_fs=time_fs)
             if not checking:
                 continue
-            broken = None if bonds is None else stretched_bond(atoms, bonds, settings.max_bond_stretch)
+            broken = stretched_bond(atoms, bonds, settings.max_bond_stretch)
             if broken is not None:  # the molecule falls apart: nothing after this is a state worth keeping
                 result.error = f"at step {step}: {broken}"
                 record({**dict.fromkeys(LOG_COLUMNS, np.nan), "step": step, "event": f"stopped: {result.error}"})

@@ -27,8 +27,9 @@ class MDSection(MDSettings):
 
     on_flag: FlagPolicy = "rewind"
     max_bond_stretch: float | None = Field(
-        1.5, gt=1, description="a run ends where a starting bond passes this factor of its length (None: never): "
-        "frames of a molecule the model lets fall apart are not candidates (set None to explore reactions)")
+        1.5, gt=1, description="a run ends where a bond of its starting molecule passes this factor of its "
+        "length (None: never): frames of a molecule the model lets fall apart are not candidates (set None to explore "
+        "reactions; periodic structures are not watched)")
     replicas: int = Field(1, ge=1, description="source md: copies of each starting structure run together in one "
                           "TorchSim batch (NVE or Langevin NVT), each with its own velocities and uncertainty watch; "
                           "1 runs each start through ASE")

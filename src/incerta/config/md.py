@@ -36,8 +36,9 @@ class MDSettings(Schema):
         "stop", description="when the largest atomic force uncertainty passes the threshold: stop; continue (keep the "
         "frame, go on); rewind (keep the frame, restart from the last frame below it with fresh velocities)")
     max_bond_stretch: float | None = Field(
-        None, gt=1, description="end the run at the first check where a bond of the starting structure (covalent "
-        "radii x 1.2) is longer than this factor times its starting length: a molecule falling apart; None: never")
+        None, gt=1, description="end the run at the first check where a bond of the starting molecule (covalent "
+        "radii x 1.2) is longer than this factor times its starting length: it falls apart; None: never. Periodic "
+        "structures are not watched (neighbours part by diffusion)")
 
     @model_validator(mode="before")
     @classmethod
