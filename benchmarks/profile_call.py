@@ -28,7 +28,7 @@ from common import WORK, print_table, shared_data, write_results
 from incerta import IncertaCalculator
 from incerta.data.frame import Frame
 from incerta.data.graph import frame_to_graph
-from incerta.data.validation import frame_problems
+from incerta.data.validation import frame_problems, overlaps_on_edges
 from incerta.models.compiled import CompiledPotential, compile_potential
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, graphs_for
@@ -79,7 +79,9 @@ def profile(name: str, atoms, calls: int, package: Path) -> list[list]:
     stages = [
         ("atoms -> frame", lambda: Frame.from_atoms(atoms)),
         ("element check", lambda: check_species(potential, [frame])),
-        ("input checks (overlaps)", lambda: frame_problems(frame, min_distance=0.1)),
+        ("input checks (overlaps from the graph's edges)", lambda: (
+            frame_problems(frame, min_distance=0.0),
+            overlaps_on_edges(frame, graph.edge_index.numpy(), graph.edge_shifts.numpy(), 0.1))),
         ("graph (neighbour list, tensors)", lambda: frame_to_graph(frame, potential.spec.cutoff).to(dtype=torch.float32)),
         ("energy (forward)", lambda: potential(graph, compute_forces=False)),
         ("energy + forces (+ stress)", lambda: potential(graph, compute_forces=True, compute_stress=periodic,

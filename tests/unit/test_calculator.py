@@ -60,6 +60,11 @@ def test_atoms_overlapping_across_the_cell_boundary_are_refused(model):
         atoms.get_potential_energy()
 
 
+def test_an_overlap_limit_beyond_the_cutoff_is_refused(model):
+    with pytest.raises(ValueError, match="min_distance must be in"):
+        IncertaCalculator(model, min_distance=model.spec.cutoff)
+
+
 def test_single_atom(model):
     atoms = Atoms("C", positions=[[0, 0, 0]])
     atoms.calc = IncertaCalculator(model)

@@ -15,7 +15,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph, crosses_boundary, frame_to_graph
-from incerta.data.validation import DataError, frame_problems
+from incerta.data.validation import DataError, frame_problems, overlaps_on_edges
 from incerta.models.compiled import COMPILED_SUFFIX, CompiledPotential, CompileError, compiled_path
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, model_dtype
@@ -138,6 +138,8 @@ class IncertaCalculator(Calculator):
         self.potential: Potential | CompiledPotential = (
             self.compiled if model is None else model.potential if isinstance(model, UncertainPotential) else model)
         self.dtype = self.compiled.dtype if model is None else model_dtype(self.potential)
+        if not 0 <= min_distance < self.potential.spec.cutoff:
+            raise ValueError(f"min_distance must be in [0, cutoff = {self.potential.spec.cutoff} Å), got {min_distance}")
         self.device = device
         self.min_distance = min_distance
         self.annotate = annotate
@@ -192,10 +194,14 @@ class IncertaCalculator(Calculator):
         frame = Frame.from_atoms(self.atoms, source="atoms")
         self._check_electronic_state(self.atoms)
         check_species(self.potential, [frame])
-        problems = frame_problems(frame, min_distance=self.min_distance)
+        problems = frame_problems(frame, min_distance=0.0)
         if problems:
             raise DataError("; ".join(problems))
-        graph = frame_to_graph(frame, self.potential.spec.cutoff).to(self.device, self.dtype)
+        graph = frame_to_graph(frame, self.potential.spec.cutoff)  # its edges reach min_distance (checked at init)
+        problems = overlaps_on_edges(frame, graph.edge_index.numpy(), graph.edge_shifts.numpy(), self.min_distance)
+        if problems:
+            raise DataError("; ".join(problems))
+        graph = graph.to(self.device, self.dtype)
         self._check_periodic_domain(graph)
         return graph
 

@@ -75,7 +75,14 @@ def _overlaps(frame: Frame, min_distance: float) -> list[str]:
     if min_distance <= 0:
         return []
     edges, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, max(min_distance, OVERLAP_SEARCH_RADIUS))
-    distances = np.linalg.norm(frame.positions[edges[1]] - frame.positions[edges[0]] + shifts @ frame.cell, axis=1)
+    return overlaps_on_edges(frame, edges, shifts, min_distance)
+
+
+def overlaps_on_edges(frame: Frame, edges: np.ndarray, shifts: np.ndarray, min_distance: float) -> list[str]:
+    """The overlap problem of ``frame`` (empty list = none) from a neighbour list of it with a
+    radius of at least ``min_distance`` Å: pairs (2, E) and their cell shifts (E, 3)."""
+    positions = np.asarray(frame.positions, dtype=float)
+    distances = np.linalg.norm(positions[edges[1]] - positions[edges[0]] + shifts @ np.asarray(frame.cell), axis=1)
     close = np.flatnonzero(distances < min_distance)
     if close.size == 0:
         return []
