@@ -82,6 +82,7 @@ def profile(name: str, atoms, calls: int, package: Path) -> list[list]:
         ("input checks (overlaps from the graph's edges)", lambda: (
             frame_problems(frame, min_distance=0.0),
             overlaps_on_edges(frame, graph.edge_index.numpy(), graph.edge_shifts.numpy(), 0.1))),
+        ("input checks (overlaps by their own 2 Å search, before)", lambda: frame_problems(frame, min_distance=0.1)),
         ("graph (neighbour list, tensors)", lambda: frame_to_graph(frame, potential.spec.cutoff).to(dtype=torch.float32)),
         ("energy (forward)", lambda: potential(graph, compute_forces=False)),
         ("energy + forces (+ stress)", lambda: potential(graph, compute_forces=True, compute_stress=periodic,
