@@ -82,8 +82,7 @@ def fit_uncertainty(
         raise ConfigError(f"the fit was asked to run on '{settings.device}', but PyTorch sees no GPU here; use cpu")
     potential = load_potential(model).to(settings.device)
     instance = METHODS[method](potential, **(options or {}))
-    on_device = lambda frames: [graph.to(settings.device) for graph in graphs_for(potential, frames)]
-    return _fit_and_save(model, instance, on_device(train), on_device(validation), settings)
+    return _fit_and_save(model, instance, graphs_for(potential, train), graphs_for(potential, validation), settings)
 
 
 def attach_ensemble(model: str | Path, members: Sequence[Potential], validation: Sequence[Frame],
@@ -99,10 +98,9 @@ def attach_ensemble(model: str | Path, members: Sequence[Potential], validation:
 def _fit_and_save(model: str | Path, instance: UncertaintyMethod, train: Sequence[AtomicGraph],
                   validation: Sequence[AtomicGraph], settings: FitSettings, training_time_s: float = 0.0) -> dict:
     """Fit, then calibrate on the validation graphs plus ``settings.calibration_data`` (which
-    the fit also sees as validation data), and save into ``model``."""
-    extra = [graph.to(settings.device)
-             for graph in graphs_for(instance.potential, load_sources(settings.calibration_data, ("energy", "forces")))]
-    validation = [*validation, *extra]
+    the fit also sees as validation data), all on ``settings.device``, and save into ``model``."""
+    extra = graphs_for(instance.potential, load_sources(settings.calibration_data, ("energy", "forces")))
+    train, validation = ([graph.to(settings.device) for graph in graphs] for graphs in (train, [*validation, *extra]))
     started = time.perf_counter()
     info = instance.fit(train, validation, settings)
     instance.eval()
