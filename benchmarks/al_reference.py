@@ -17,10 +17,9 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms
-from ase.neighborlist import natural_cutoffs, neighbor_list
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from incerta.calculators.md import MoleculeWatch
+from incerta.config.active import MDSection
 from incerta.data.io import read_frames
 from incerta.data.md_sampling import langevin, sample_temperatures
 from incerta.data.validation import DataError
@@ -69,29 +68,23 @@ def reference_sets(shared: Path, molecule: str, folder: Path, initial: int, per_
     return paths
 
 
-def fragments(atoms: Atoms, stretch: float) -> int:
-    """Number of connected pieces of ``atoms`` when two atoms are bonded within ``stretch`` times
-    the sum of ASE's natural (covalent) radii."""
-    first, second = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=stretch))
-    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(atoms), len(atoms)))
-    return connected_components(graph, directed=False)[0]
-
-
-def stable_run(atoms: Atoms, calculator, temperature_K: float, steps: int, seed: int, stretch: float = 1.5,
-               closest_A: float = 0.6) -> dict:
+def stable_run(atoms: Atoms, calculator, temperature_K: float, steps: int, seed: int) -> dict:
     """Langevin MD of ``atoms`` with ``calculator`` (0.5 fs steps) checked every 20 steps for an
-    unphysical event: the molecule falls apart (:func:`fragments` with ``stretch``; a proton
-    moving between neighbours is not an event), two atoms come closer than ``closest_A``, or the
-    model refuses the structure. Returns whether it survived and the step and kind of the first event."""
+    unphysical event, as the active-learning loop watches its MD by default (:class:`MoleculeWatch`
+    with ``MDSection``'s factors: the molecule comes apart, a proton moving between neighbours is
+    not an event; or two atoms clash), or the model refusing the structure. Returns whether it
+    survived and the step and kind of the first event."""
     atoms = atoms.copy()
     atoms.calc = calculator
+    guard = MDSection()
+    watch = MoleculeWatch.of(atoms, guard.fragment_factor, guard.clash_factor)
     dynamics = langevin(atoms, temperature_K, 0.5, 0.02, np.random.default_rng(seed))
     for step in range(20, steps + 1, 20):
         try:
             dynamics.run(20)
         except DataError as err:
             return {"stable": False, "event_step": step, "event": str(err)[:120]}
-        closest = np.min(atoms.get_all_distances() + np.eye(len(atoms)) * 1e9)
-        if closest < closest_A or fragments(atoms, stretch) > 1:
-            return {"stable": False, "event_step": step, "event": "atoms too close" if closest < closest_A else "fragmented"}
+        event = watch.event(atoms)
+        if event is not None:
+            return {"stable": False, "event_step": step, "event": event}
     return {"stable": True, "event_step": None, "event": None}

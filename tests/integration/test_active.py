@@ -23,7 +23,7 @@ from incerta.active.samplers import attack_structure, md_candidates, pool_candid
 from incerta.active.state import RunState
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score, score_reference
-from incerta.calculators.md import make_dynamics, run_watched_md, starting_bonds, stretched_bond
+from incerta.calculators.md import MoleculeWatch, make_dynamics, run_watched_md
 from incerta.config import ALConfig, load_experiment
 from incerta.config.active import AttackSection, CandidateSection
 from incerta.config.md import MDSettings
@@ -220,7 +220,7 @@ def test_md_candidates_at_each_exploration_temperature(first_iteration, acac_sli
     starts = read_frames(acac_slices / "pool.xyz")[:2]
     section = CandidateSection(source="md", max_candidates=8,
                                md={"temperatures_K": [300.0, 1200.0], "steps": 40, "check_every": 20, "on_flag": "continue",
-                                   "max_bond_stretch": None})  # the barely trained model lets 1200 K runs break bonds
+                                   "fragment_factor": None, "clash_factor": None})  # the barely trained model breaks acac at 1200 K
     made = md_candidates(uncertain, starts, section, 0.0, iteration=1, seed=0, progress=False)
     sources = [frame.source for _, frame in made]
     assert len(made) == 8 and sources.count("md iteration 1, start 1, 1200 K") == 2
@@ -242,7 +242,7 @@ def test_md_candidates_respect_the_data_overlap_limit(first_iteration, acac_slic
     starts = read_frames(acac_slices / "pool.xyz")[:2]
     section = CandidateSection(source="md", max_candidates=40, md={
         "temperature_K": 1200.0, "steps": 60, "check_every": 2, "on_flag": "continue", "replicas": replicas,
-        "max_bond_stretch": None})
+        "fragment_factor": None, "clash_factor": None})
     made = md_candidates(uncertain, starts, section, 0.0, iteration=1, seed=0, progress=False, min_distance=0.93)
     closest = [_closest_pair(frame) for _, frame in made]
     assert made and min(closest) >= 0.93, closest
@@ -251,23 +251,25 @@ def test_md_candidates_respect_the_data_overlap_limit(first_iteration, acac_slic
 
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_md_candidates_are_whole_molecules(first_iteration, acac_slices, replicas):
-    """The barely trained model lets acac come apart at 1200 K: without a limit some candidates
-    have a starting bond stretched past 1.5x; with the default limit none has, and the runs end."""
+    """The barely trained model lets acac come apart at 1200 K: without the watch some candidates
+    have an unphysical event (a fragment or a clash); with the default watch none has, and the runs end."""
     uncertain = load_uncertain_potential(first_iteration[1])
     starts = read_frames(acac_slices / "pool.xyz")[:2]
+    default = CandidateSection().md
 
-    def candidates(**limit) -> list[tuple[int, Frame]]:
+    def candidates(**watch) -> list[tuple[int, Frame]]:
         md = {"temperature_K": 1200.0, "steps": 60, "check_every": 10, "on_flag": "continue", "replicas": replicas}
-        section = CandidateSection(source="md", max_candidates=24, md={**md, **limit})
+        section = CandidateSection(source="md", max_candidates=24, md={**md, **watch})
         made = md_candidates(uncertain, starts, section, 0.0, iteration=1, seed=0, progress=False)
         return [(int(re.search(r"start (\d+)", f.source)[1]), f) for _, f in made]
 
-    def broken(made: list[tuple[int, Frame]]) -> int:
-        return sum(stretched_bond(f.to_atoms(), starting_bonds(starts[k].to_atoms()), 1.5) is not None for k, f in made)
+    def unphysical(made: list[tuple[int, Frame]]) -> int:
+        watches = [MoleculeWatch.of(start.to_atoms(), default.fragment_factor, default.clash_factor) for start in starts]
+        return sum(watches[k].event(f.to_atoms()) is not None for k, f in made)
 
-    free, limited = candidates(max_bond_stretch=None), candidates()
-    assert broken(free) > 0, "the test needs runs that break bonds"
-    assert limited and broken(limited) == 0 and len(limited) < len(free)
+    free, watched = candidates(fragment_factor=None, clash_factor=None), candidates()
+    assert unphysical(free) > 0, "the test needs runs that break the molecule"
+    assert watched and unphysical(watched) == 0 and len(watched) < len(free)
 
 
 def _closest_pair(frame: Frame) -> float:

@@ -11,12 +11,14 @@ import torch
 from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from ase.data import covalent_radii
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
+from ase.neighborlist import natural_cutoffs, neighbor_list
 
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score
-from incerta.calculators.md import LOG_COLUMNS, make_dynamics, run_watched_md, starting_bonds, stretched_bond
+from incerta.calculators.md import LOG_COLUMNS, MoleculeWatch, make_dynamics, run_watched_md
 from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
@@ -181,27 +183,42 @@ def test_a_run_driven_into_overlapping_atoms_stops_and_keeps_its_log(model, tmp_
     assert rows[-1]["event"].startswith("stopped:") and rows[-2]["event"] == ""
 
 
-def test_stretched_bond_names_the_first_bond_past_the_limit():
-    """Bonds of the starting molecule against their length now; a periodic structure has none
-    watched (its neighbours part by diffusion)."""
-    water = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
-    bonds = starting_bonds(water)
-    assert sorted(map(tuple, bonds[0].tolist())) == [(0, 1), (0, 2)]
+def test_molecule_watch_names_fragments_and_clashes_but_not_a_proton_hop():
+    """A water molecule: its H pulled away is a fragment, an H moved onto the other H a clash; the
+    H moved from the O to a second O (a proton transfer that keeps everything bonded) is no event.
+    A periodic cell is watched for clashes only (its neighbours part by diffusion)."""
+    water = Atoms("OH2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0], [2.5, 0, 0]])
+    watch = MoleculeWatch.of(water, 1.5, 0.65)
+    assert watch.pieces == 2 and watch.event(water) is None
+    hop = water.copy()
+    hop.positions[1] = [1.55, 0, 0]
+    assert watch.event(hop) is None
     pulled = water.copy()
-    pulled.positions[1] *= 1.6
-    assert stretched_bond(pulled, bonds, 1.5).startswith("bond 0-1 stretched to 1.54 Å, 1.60x")
-    assert stretched_bond(pulled, bonds, 1.7) is None
-    assert stretched_bond(pulled, bonds, None) is None
-    assert starting_bonds(bulk("Cu", cubic=True)) is None
+    pulled.positions[2] *= 2.0
+    assert watch.event(pulled).startswith("the molecule came apart into 3 pieces (2 at the start")
+    assert MoleculeWatch.of(water, None, 0.65).event(pulled) is None
+    clash = water.copy()
+    clash.positions[2] = [0.96, 0.3, 0]
+    assert watch.event(clash).startswith("atoms 1 (H) and 2 (H) at 0.30 Å, 0.48x their covalent bond length")
+    assert MoleculeWatch.of(water, 1.5, None).event(clash) is None
+    copper = bulk("Cu", cubic=True)
+    assert MoleculeWatch.of(copper, 1.5, 0.65).pieces is None
+    copper.positions[1] = copper.positions[0] + [0.5, 0.5, 0]
+    assert "0.71 Å" in MoleculeWatch.of(copper, 1.5, 0.65).event(copper)
 
 
 def test_a_run_whose_molecule_comes_apart_stops_there(model, ethanol, tmp_path):
-    """With max_bond_stretch the run ends at the first check where a starting bond is past the
-    limit (here any thermal stretch, 1.001x), logging why; without it the run goes on."""
-    settings = MDSettings(ensemble="nvt", temperature_K=600, steps=40, check_every=10, max_bond_stretch=1.001)
+    """With a fragment factor the run ends at the first check where the molecule has come apart,
+    logging why; here the factor keeps the starting molecule whole by a hair (0.1 % above its
+    most stretched bond), so the first thermal stretch of that bond splits it. Without a factor
+    the run goes on."""
+    first, second, distance = neighbor_list("ijd", ethanol, natural_cutoffs(ethanol, mult=1.2))
+    ratio = distance / (covalent_radii[ethanol.numbers[first]] + covalent_radii[ethanol.numbers[second]])
+    settings = MDSettings(ensemble="nvt", temperature_K=600, steps=40, check_every=10, fragment_factor=1.001 * ratio.max())
+    assert MoleculeWatch.of(ethanol, settings.fragment_factor, None).pieces == 1
     run = run_watched_md(ethanol, IncertaCalculator(model), settings, log=tmp_path / "log.csv", progress=False)
-    assert run.steps_done == 10 and "stretched" in run.error
-    assert run.log[-1]["event"].startswith("stopped: at step 10: bond ")
-    free = run_watched_md(ethanol, IncertaCalculator(model), settings.model_copy(update={"max_bond_stretch": None}),
+    assert run.steps_done < 40 and "came apart" in run.error
+    assert run.log[-1]["event"].startswith(f"stopped: at step {run.steps_done}: the molecule came apart into 2 pieces")
+    free = run_watched_md(ethanol, IncertaCalculator(model), settings.model_copy(update={"fragment_factor": None}),
                           progress=False)
     assert free.steps_done == 40 and free.error is None

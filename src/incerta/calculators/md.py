@@ -19,7 +19,10 @@ from ase.md.bussi import Bussi
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
 from ase.md.verlet import VelocityVerlet
+from ase.data import covalent_radii
 from ase.neighborlist import natural_cutoffs, neighbor_list
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from incerta.calculators.ase import IncertaCalculator
@@ -120,31 +123,49 @@ class RowLog:
             self.handle.close()
 
 
-def starting_bonds(atoms: Atoms) -> tuple[np.ndarray, np.ndarray] | None:
-    """The bonds of a molecule (pairs closer than 1.2x the sum of ASE's covalent radii, each
-    once): pairs (K, 2) and lengths (K,) Å; None for a periodic structure, where neighbours
-    part by diffusion (liquids, hot solids) without anything breaking."""
-    if atoms.pbc.any():
-        return None
-    first, second, length = neighbor_list("ijd", atoms, natural_cutoffs(atoms, mult=1.2))
-    once = first < second
-    return np.stack([first[once], second[once]], axis=1), length[once]
+def bonded_pieces(atoms: Atoms, factor: float) -> int:
+    """Connected pieces of ``atoms`` when two atoms are bonded within ``factor`` times the sum of
+    their covalent radii (ASE's), periodic images included."""
+    first, second = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=factor))
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(atoms), len(atoms)))
+    return int(connected_components(graph, directed=False)[0])
 
 
-def stretched_bond(atoms: Atoms, bonds: tuple[np.ndarray, np.ndarray] | None, limit: float | None) -> str | None:
-    """The first of a molecule's ``bonds`` (:func:`starting_bonds`) longer than ``limit`` times
-    its starting length in ``atoms``, described; None when every bond holds (or there is no
-    limit, or no bonds to watch)."""
-    if bonds is None or limit is None or len(bonds[0]) == 0:
+@dataclass(frozen=True)
+class MoleculeWatch:
+    """The unphysical events an MD run ends at: the starting molecule comes apart (more
+    :func:`bonded_pieces` at ``fragment_factor`` than at the start: a proton or an atom moving from
+    one neighbour to another is not an event, so reactions that keep the molecule whole go on) or
+    two atoms come closer than ``clash_factor`` times the sum of their covalent radii. Fragments
+    are watched in molecules only: in a periodic cell neighbours part by diffusion."""
+
+    fragment_factor: float | None
+    clash_factor: float | None
+    pieces: int | None = None
+
+    @classmethod
+    def of(cls, atoms: Atoms, fragment_factor: float | None, clash_factor: float | None) -> MoleculeWatch:
+        """The watch of a run starting from ``atoms``."""
+        if fragment_factor is None or atoms.pbc.any():
+            return cls(None, clash_factor)
+        return cls(fragment_factor, clash_factor, bonded_pieces(atoms, fragment_factor))
+
+    def event(self, atoms: Atoms) -> str | None:
+        """What is unphysical in ``atoms``, described; None when nothing is."""
+        if self.clash_factor is not None:
+            first, second, distance = neighbor_list("ijd", atoms, natural_cutoffs(atoms, mult=self.clash_factor))
+            if len(first):
+                k = int(np.argmin(distance))
+                i, j = int(first[k]), int(second[k])
+                bond = covalent_radii[atoms.numbers[i]] + covalent_radii[atoms.numbers[j]]
+                return (f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) at {distance[k]:.2f} Å, "
+                        f"{distance[k] / bond:.2f}x their covalent bond length (limit {self.clash_factor}x)")
+        if self.fragment_factor is not None:
+            pieces = bonded_pieces(atoms, self.fragment_factor)
+            if pieces > self.pieces:
+                return (f"the molecule came apart into {pieces} pieces ({self.pieces} at the start; atoms bonded within "
+                        f"{self.fragment_factor}x their covalent bond length)")
         return None
-    pairs, start = bonds
-    now = np.linalg.norm(atoms.positions[pairs[:, 1]] - atoms.positions[pairs[:, 0]], axis=1)
-    broken = np.flatnonzero(now > limit * start)
-    if broken.size == 0:
-        return None
-    k = broken[0]
-    return (f"bond {pairs[k, 0]}-{pairs[k, 1]} stretched to {now[k]:.2f} Å, {now[k] / start[k]:.2f}x its starting "
-            f"{start[k]:.2f} Å (limit {limit}x)")
 
 
 def flag(result: WatchedMD, atoms: Atoms, sigma: np.ndarray, structure_uncertainty: float, step: int,
@@ -185,9 +206,9 @@ def run_watched_md(
     (CSV, flushed at every row) and the trajectory (every ``write_every`` steps, format from the
     suffix: .xyz / .extxyz or .traj) are written as the run goes; both files are started anew.
     Uncertainties are computed only at checks and written frames. A structure the calculator
-    refuses (overlapping atoms), or with ``settings.max_bond_stretch`` a bond of a starting
-    molecule stretched past that factor at a check, ends the run with a logged ``stopped`` event and
-    ``error``; everything before it is kept.
+    refuses (overlapping atoms), or at a check an unphysical event (:class:`MoleculeWatch` with
+    ``settings.fragment_factor`` and ``settings.clash_factor``), ends the run with a logged
+    ``stopped`` event and ``error``; everything before it is kept.
     """
     watched = calculator.has_uncertainty
     if threshold is not None and not watched:
@@ -207,7 +228,7 @@ def run_watched_md(
 
     time_fs, step = 0.0, 0
     safe = (atoms.positions.copy(), atoms.cell.array.copy(), time_fs, step)
-    bonds = starting_bonds(atoms)
+    watch = MoleculeWatch.of(atoms, settings.fragment_factor, settings.clash_factor)
     bar = tqdm(total=settings.steps, desc=f"MD {settings.ensemble} {settings.temperature_K:.0f} K", unit="step",
                disable=not progress, mininterval=1.0)
     try:
@@ -231,9 +252,9 @@ def run_watched_md(
                 append_frame(trajectory, atoms, sigma, step=step, time_fs=time_fs)
             if not checking:
                 continue
-            broken = stretched_bond(atoms, bonds, settings.max_bond_stretch)
-            if broken is not None:  # the molecule falls apart: nothing after this is a state worth keeping
-                result.error = f"at step {step}: {broken}"
+            unphysical = watch.event(atoms)
+            if unphysical is not None:  # nothing after this is a state worth keeping
+                result.error = f"at step {step}: {unphysical}"
                 record({**dict.fromkeys(LOG_COLUMNS, np.nan), "step": step, "event": f"stopped: {result.error}"})
                 break
             row = state_row(atoms, step, time_fs, sigma)

@@ -26,10 +26,13 @@ class MDSection(MDSettings):
     run goes back to the last frame below the threshold and keeps exploring."""
 
     on_flag: FlagPolicy = "rewind"
-    max_bond_stretch: float | None = Field(
-        1.5, gt=1, description="a run ends where a bond of its starting molecule passes this factor of its "
-        "length (None: never): frames of a molecule the model lets fall apart are not candidates (set None to explore "
-        "reactions; periodic structures are not watched)")
+    fragment_factor: float | None = Field(
+        1.5, gt=1, description="a run ends where its starting molecule comes apart (pieces bonded within this factor "
+        "of the covalent bond length; None: never): frames of a molecule the model lets fall apart are not candidates "
+        "(set None to explore dissociation; periodic structures are not watched)")
+    clash_factor: float | None = Field(
+        0.65, gt=0, lt=1, description="a run ends where two atoms come closer than this factor of their covalent bond "
+        "length (None: never)")
     replicas: int = Field(1, ge=1, description="source md: copies of each starting structure run together in one "
                           "TorchSim batch (NVE or Langevin NVT), each with its own velocities and uncertainty watch; "
                           "1 runs each start through ASE")
