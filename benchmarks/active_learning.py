@@ -6,11 +6,13 @@
    (independent trajectories, never used for training or selection). At equal label budgets:
    uniform (label the reference MD at 300/600/1200 K at a stride: what users do without active
    learning), random-md (random frames of model-driven MD), uncertainty-md (incerta's loop:
-   model-driven MD at 300, 600 and 1200 K, going back to the last frame below a calibrated-
-   uncertainty threshold whenever a check passes it, the frames above it selected with
-   farthest-point diversity) and biased-md (the same MD pushed along the gradient of the
-   GMM density score). Every model-driven run ends where a starting bond passes 1.5x its
-   length (the loop's default). Metrics: labels each strategy needs to reach uniform's full-budget
+   model-driven MD at 300, 600 and 1200 K, going back to the last frame below the threshold
+   whenever a check passes it, the frames above it selected with farthest-point diversity;
+   the threshold is adaptive, ``--threshold-factor`` times the current model's typical
+   calibrated uncertainty on its validation frames) and biased-md (the same MD pushed along
+   the gradient of the GMM density score). Every model-driven run ends where its molecule
+   comes apart or atoms clash (the loop's default watch; a proton moving between the
+   oxygens of acac is explored). Metrics: labels each strategy needs to reach uniform's full-budget
    force RMSE at every test temperature, errors at the full budget, stability of 1200 K MD
    with the final model, wall time split into oracle / training / exploration; three seeds.
    ``labels_ratio_vs_uniform``: labels the best of uncertainty-md and biased-md needs / labels
@@ -57,7 +59,8 @@ REFERENCE = {"true-error": ["active.uncertainty.method=gmm"]}
 #: the exploration study's strategies, as overrides of exploration_config
 EXPLORATION = {
     "uniform": ["active.candidates.source=pool", "active.selection.strategy=uniform"],
-    "random-md": ["active.selection.strategy=random", "active.selection.threshold=0.0"],
+    "random-md": ["active.selection.strategy=random", "active.selection.threshold_factor=null",
+                  "active.candidates.md.check_every=34"],
     "uncertainty-md": ["active.candidates.md.on_flag=rewind"],
     "biased-md": ["active.candidates.source=biased-md", "active.candidates.md.on_flag=rewind"],
 }
@@ -66,10 +69,11 @@ INCERTA_STRATEGIES = ("uncertainty-md", "biased-md")
 PHASES = {"train": "training", "candidates": "exploration", "choose": "exploration", "label": "oracle"}
 
 
-def exploration_config(files: dict[str, Path], threshold: float, budget: int, batch: int) -> dict:
+def exploration_config(files: dict[str, Path], threshold_factor: float, budget: int, batch: int) -> dict:
     """The loop of the exploration study: 20 initial frames (5 for validation), GMM uncertainty,
-    model-driven MD from one start at each test temperature (300 steps, every 10th frame a
-    candidate when above the threshold), ``batch`` labels per iteration up to ``budget``."""
+    model-driven MD from one start at each test temperature (1000 steps, 0.5 ps; every 10th frame
+    a candidate when above ``threshold_factor`` times the model's typical uncertainty on its
+    validation frames; random-md: every 34th frame), ``batch`` labels per iteration up to ``budget``."""
     from incerta.data import default
 
     return {
@@ -81,10 +85,10 @@ def exploration_config(files: dict[str, Path], threshold: float, budget: int, ba
             "oracle": {"type": "tblite"},
             "candidates": {"source": "md", "pool": [str(files["uniform_pool"])],
                            "structures": {"path": str(files["initial"]), "select": ":1"}, "max_candidates": 90,
-                           "md": {"temperatures_K": list(TEMPERATURES_K), "steps": 300, "check_every": 10,
+                           "md": {"temperatures_K": list(TEMPERATURES_K), "steps": 1000, "check_every": 10,
                                   "on_flag": "continue"}},
             "uncertainty": {"method": "gmm"},
-            "selection": {"threshold": threshold, "batch_size": batch, "diversity": "fps"},
+            "selection": {"threshold_factor": threshold_factor, "batch_size": batch, "diversity": "fps"},
             "stop": {"max_labels": budget, "max_iterations": -(-budget // batch)},
             "epochs_per_iteration": 40,
             "cluster": {"workers": 1},
@@ -234,7 +238,7 @@ def exploration_runs(args: argparse.Namespace) -> list[tuple]:
         folder = WORK / "active_learning" / "explore" / molecule
         files = reference_sets(shared_data(), molecule, folder, initial=20, per_temperature=100, test=60)
         config_path = folder / "config.yaml"
-        config_path.write_text(yaml.safe_dump(exploration_config(files, args.threshold, args.budget, args.batch)))
+        config_path.write_text(yaml.safe_dump(exploration_config(files, args.threshold_factor, args.budget, args.batch)))
         runs += [(f"explore_{molecule}", strategy, seed, config_path, [*overrides, f"seed={seed}"], stability)
                  for seed in range(args.seeds) for strategy, overrides in EXPLORATION.items()]
     return runs
@@ -290,7 +294,8 @@ def main() -> None:
     parser.add_argument("--molecules", nargs="+", default=["acac", "aspirin"])
     parser.add_argument("--budget", type=int, default=32, help="labels of each exploration loop")
     parser.add_argument("--batch", type=int, default=8, help="labels per iteration")
-    parser.add_argument("--threshold", type=float, default=0.2, help="eV/Å: the MD's flag and the selection threshold")
+    parser.add_argument("--threshold-factor", type=float, default=1.5,
+                        help="the MD's flag and the selection threshold, times the model's typical uncertainty")
     parser.add_argument("--stability-runs", type=int, default=1, help="1200 K MD runs of each final model")
     parser.add_argument("--stability-ps", type=float, default=1.0, help="length of each run (ps)")
     parser.add_argument("--pool", action="store_true", help="run the pool study too (else its last results are kept)")
@@ -317,7 +322,7 @@ def main() -> None:
     previous = RESULTS / "active_learning.json"
     results: dict = json.loads(previous.read_text()) if previous.exists() and not args.pool else {}
     results.pop("machine", None)
-    settings = {key: getattr(args, key) for key in ("seeds", "molecules", "budget", "batch", "threshold",
+    settings = {key: getattr(args, key) for key in ("seeds", "molecules", "budget", "batch", "threshold_factor",
                                                      "stability_runs", "stability_ps", "jobs")}
     results["exploration"] = {"settings": {**settings, "threads_per_job": 1}}
     by_study: dict[str, list] = {}

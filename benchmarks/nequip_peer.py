@@ -71,7 +71,7 @@ def isolated_energies(acac: Path) -> dict[str, float]:
 def config(work: Path, minutes: float, e0s: dict[str, float], seed: int, early_stopping: bool = False) -> dict:
     """The Hydra config for ``nequip-train`` (tutorial defaults, see the module docstring)."""
     monitored = "val0_epoch/weighted_sum"
-    days, rest = divmod(int(round(60 * minutes)), 86400)
+    days, rest = divmod(round(60 * minutes), 86400)
     max_time = f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
     loader = {"_target_": "torch.utils.data.DataLoader", "num_workers": 0}
     return {

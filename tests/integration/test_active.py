@@ -196,6 +196,26 @@ def test_md_watcher_stops_at_the_threshold(first_iteration, acac_slices):
     assert stopped.log[-1]["event"].startswith("flagged: stop")
 
 
+def test_adaptive_threshold_is_a_factor_of_the_models_uncertainty_on_its_validation_frames(
+        first_iteration, acac_slices, monkeypatch):
+    """selection.threshold_factor: the threshold is that factor times the median over the
+    validation frames of each frame's largest atomic force uncertainty (recomputed here through
+    the ASE calculator); a formula the validation frames lack gets the median over all of them.
+    Without it the fixed threshold, or its formula's entry, holds."""
+    loop, model = first_iteration
+    calculator = IncertaCalculator(model)
+    largest = [float(np.max(calculator.get_property(K.FORCES_UNCERTAINTY, f.to_atoms()))) for f in loop.validation]
+    frames = [read_frames(acac_slices / "pool.xyz")[0], Frame.from_atoms(molecule("H2O"))]
+    selection = loop.section.selection
+    monkeypatch.setattr(loop, "section", loop.section.model_copy(update={"selection": selection.model_copy(
+        update={"threshold": 0.1, "thresholds_by_formula": {"H2O": 0.3}})}))
+    assert loop.thresholds(model, frames).tolist() == [0.1, 0.3]
+    monkeypatch.setattr(loop, "section", loop.section.model_copy(update={"selection": selection.model_copy(
+        update={"threshold_factor": 1.5})}))
+    np.testing.assert_allclose(loop.thresholds(model, frames), 1.5 * np.median(largest), rtol=1e-5)
+    assert 0 < min(largest) < max(largest)
+
+
 def test_uniform_selection_labels_a_reference_trajectory_at_a_stride(first_iteration, acac_slices, tmp_path):
     """strategy uniform (the practice without active learning): a batch evenly spaced over the
     pool in its order, so 20 frames at 300 K then 60 at 600 K give 2 of 8 labels at 300 K; the

@@ -138,7 +138,7 @@ class ActiveLearning:
             uncertain = load_uncertain_potential(model)
             if source.source in ("md", "biased-md"):
                 compiled = usable_compiled(uncertain, None, model, "cpu") if self.section.compile else None
-                made = md_candidates(uncertain, self.starts, source, self.section.selection.threshold, iteration,
+                made = md_candidates(uncertain, self.starts, source, self.thresholds(model, self.starts), iteration,
                                      self.config.seed, self.progress, self.training_frames(),
                                      min_distance=self.config.data.min_distance, compiled=compiled)
             else:
@@ -164,17 +164,39 @@ class ActiveLearning:
             self.state.log("selected", iteration=iteration, keys=keys, candidates=len(candidates))
             return keys
         scores, features = self.score(model, candidates)
-        thresholds = np.array([rule.thresholds_by_formula.get(f.to_atoms().get_chemical_formula(), rule.threshold)
-                               for _, f in candidates])
+        thresholds = self.thresholds(model, [f for _, f in candidates])
         picked = select(scores, features, rule.batch_size, thresholds, rule.diversity)
         keys = [candidates[i][0] for i in picked]
         finite = scores[np.isfinite(scores)]
         self.state.log("selected", iteration=iteration, keys=keys, scores=[float(scores[i]) for i in picked],
                        above=int(np.sum(scores > thresholds)), candidates=len(candidates),
+                       thresholds=sorted({round(float(t), 6) for t in thresholds}),
                        flagged=int(np.sum(~np.isfinite(scores))),
                        mean_uncertainty=float(np.mean(finite)) if finite.size else None,
                        max_uncertainty=float(np.max(finite)) if finite.size else None)
         return keys
+
+    def thresholds(self, model: Path, frames: list[Frame]) -> np.ndarray:
+        """(len(frames),) eV/Å: the uncertainty above which each frame is flagged in MD and can be
+        selected: its formula's ``thresholds_by_formula`` entry, else ``threshold``; with
+        ``threshold_factor``, that factor times its formula's :meth:`typical_uncertainty`."""
+        rule = self.section.selection
+        formulas = [frame.to_atoms().get_chemical_formula() for frame in frames]
+        if rule.threshold_factor is None:
+            return np.array([rule.thresholds_by_formula.get(formula, rule.threshold) for formula in formulas])
+        typical = self.typical_uncertainty(model)
+        return rule.threshold_factor * np.array([typical.get(formula, typical[""]) for formula in formulas])
+
+    def typical_uncertainty(self, model: Path) -> dict[str, float]:
+        """eV/Å: the median over the validation frames of their largest atomic force uncertainty
+        under ``model``, per chemical formula, and over all of them (key "")."""
+        uncertain = load_uncertain_potential(model)
+        predictions = collect(uncertain, graphs_for(uncertain.potential, self.validation))
+        largest = np.full(len(self.validation), -np.inf)
+        np.maximum.at(largest, predictions["structure"].astype(int), predictions[K.FORCES_UNCERTAINTY])
+        formulas = np.array([frame.to_atoms().get_chemical_formula() for frame in self.validation])
+        typical = {formula: float(np.median(largest[formulas == formula])) for formula in set(formulas)}
+        return {**typical, "": float(np.median(largest))}
 
     def _baseline_picks(self, iteration: int, count: int) -> list[int]:
         """Indices of ``count`` candidates for the random or uniform strategy: a seeded random

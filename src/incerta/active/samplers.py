@@ -39,22 +39,25 @@ def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
     return [(f"pool-{index}", frame) for index, frame in enumerate(pool)]
 
 
-def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection, threshold: float,
-                  iteration: int, seed: int, progress: bool, train_frames: Sequence[Frame] = (),
-                  min_distance: float = 0.5, compiled: CompiledPotential | None = None) -> list[Candidate]:
+def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection,
+                  thresholds: float | Sequence[float], iteration: int, seed: int, progress: bool,
+                  train_frames: Sequence[Frame] = (), min_distance: float = 0.5,
+                  compiled: CompiledPotential | None = None) -> list[Candidate]:
     """Frames flagged by uncertainty-watched MD from each starting structure at each exploration
-    temperature; with source ``biased-md`` the MD runs on the energy tilted by a density bias
-    fitted on ``train_frames``; with ``md.replicas`` > 1 the copies of every start run together
+    temperature, above ``thresholds`` (eV/Å; one value, or one per start); with source
+    ``biased-md`` the MD runs on the energy tilted by a density bias fitted on
+    ``train_frames``; with ``md.replicas`` > 1 the copies of every start run together
     through TorchSim. A run whose atoms come closer than ``min_distance`` Å (the data's own
     overlap limit, so every candidate can be read back and labelled) ends there, keeping what
     it flagged before. ``compiled``, a package of the model's potential, runs the MD steps
     (not the batched replicas)."""
     settings = section.md.runs()
+    thresholds = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(starts),))
     per_run = max(1, section.max_candidates // max(len(starts) * len(settings), 1))
     run_seed = seed + 7919 * iteration
     if section.md.replicas > 1:
         flagged = [frame for k, md in enumerate(settings)
-                   for frame in _replica_flags(model, starts, md, threshold, per_run, run_seed + 104729 * k, iteration, progress,
+                   for frame in _replica_flags(model, starts, md, thresholds, per_run, run_seed + 104729 * k, iteration, progress,
                                                min_distance)]
         return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
     if section.source == "biased-md":
@@ -69,14 +72,14 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
     flagged = []
     for k, md in enumerate(settings):
         for index, start in enumerate(starts):
-            run = run_watched_md(start.to_atoms(), make_calculator(), md, threshold, max_flagged=per_run,
+            run = run_watched_md(start.to_atoms(), make_calculator(), md, float(thresholds[index]), max_flagged=per_run,
                                  seed=run_seed + 104729 * k + index, progress=progress)
             flagged += [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {index}, {md.temperature_K:g} K")
                         for atoms in run.flagged]
     return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
 
 
-def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSection, threshold: float,
+def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSection, thresholds: Sequence[float],
                    per_start: int, seed: int, iteration: int, progress: bool, min_distance: float) -> list[Frame]:
     """The flagged frames of ``md.replicas`` copies of every start, run in one TorchSim batch,
     less those with an unphysical event (:class:`MoleculeWatch` of ``md``)."""
@@ -84,7 +87,7 @@ def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSec
 
     copies = md.replicas
     replicas = [start.to_atoms() for start in starts for _ in range(copies)]
-    runs = run_replica_md(replicas, model, md, threshold, max_flagged=max(1, per_start // copies), seed=seed,
+    runs = run_replica_md(replicas, model, md, np.repeat(thresholds, copies), max_flagged=max(1, per_start // copies), seed=seed,
                           min_distance=min_distance, progress=progress)
     watches = [MoleculeWatch.of(atoms, md.fragment_factor, md.clash_factor) for atoms in replicas]
     return [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}")

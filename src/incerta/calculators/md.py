@@ -15,11 +15,11 @@ from pathlib import Path
 import ase.io
 import numpy as np
 from ase import Atoms, units
+from ase.data import covalent_radii
 from ase.md.bussi import Bussi
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
 from ase.md.verlet import VelocityVerlet
-from ase.data import covalent_radii
 from ase.neighborlist import natural_cutoffs, neighbor_list
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components

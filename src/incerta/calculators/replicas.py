@@ -158,7 +158,7 @@ def run_replica_md(
     starts: Sequence[Atoms],
     model: Potential | UncertainPotential,
     settings: MDSettings,
-    threshold: float | None = None,
+    threshold: float | Sequence[float] | None = None,
     log: Path | None = None,
     trajectory: Path | None = None,
     max_flagged: int | None = None,
@@ -173,7 +173,7 @@ def run_replica_md(
     Replica k gets velocities from ``seed + k`` (as ASE's driver draws them); the Langevin noise
     comes from torch's generator seeded with ``seed``, without touching the caller's. Every
     ``check_every`` steps one batched uncertainty pass gives each replica's largest atomic force
-    uncertainty (eV/Å); a replica above ``threshold`` follows ``settings.on_flag`` on its own, and
+    uncertainty (eV/Å); a replica above ``threshold`` (one value, or one per start) follows ``settings.on_flag`` on its own, and
     ``max_flagged`` counts per replica. A replica whose atoms come closer than ``min_distance``
     Å (or whose energy is not finite) stops with a logged ``stopped`` event. The log (CSV,
     columns :data:`REPLICA_LOG_COLUMNS`) holds every replica's rows; the trajectory is one file
@@ -196,6 +196,7 @@ def run_replica_md(
             raise DataError(f"{frame.source}: {'; '.join(problems)}")
     if threshold is not None and not engine.has_uncertainty:
         raise ConfigError("a threshold needs a model with an uncertainty attached; run `incerta uq fit` first")
+    thresholds = None if threshold is None else np.broadcast_to(np.asarray(threshold, dtype=float), (len(starts),))
     init, update = _integrator(engine, settings)
     templates, momenta = [], []
     for index, atoms in enumerate(starts):
@@ -223,7 +224,7 @@ def run_replica_md(
             torch.manual_seed(seed)
             state = init(ts.io.atoms_to_state(list(starts), engine.device, engine.dtype))
             state.momenta = torch.as_tensor(np.concatenate(momenta), device=engine.device, dtype=engine.dtype)
-            _drive(state, update, engine, settings, threshold, max_flagged, min_distance, replicas, templates, record, bar,
+            _drive(state, update, engine, settings, thresholds, max_flagged, min_distance, replicas, templates, record, bar,
                    seed)
     finally:
         bar.close()
@@ -231,7 +232,7 @@ def run_replica_md(
     return [replica.result for replica in replicas]
 
 
-def _drive(state, update, engine: TorchSimPotential, settings: MDSettings, threshold: float | None,
+def _drive(state, update, engine: TorchSimPotential, settings: MDSettings, thresholds: np.ndarray | None,
            max_flagged: int | None, min_distance: float, replicas: list[_Replica], templates: list[Atoms],
            record, bar, seed: int) -> None:
     """The step loop of :func:`run_replica_md`; ``active`` maps the systems of ``state`` to replicas."""
@@ -272,6 +273,7 @@ def _drive(state, update, engine: TorchSimPotential, settings: MDSettings, thres
                     append_frame(replica.trajectory, atoms, sigma, step=step, time_fs=replica.time_fs)
                 if not checking:
                     continue
+                threshold = None if thresholds is None else float(thresholds[index])
                 action = _check(replica, atoms, sigma, outputs, system, step, settings, threshold, max_flagged, index)
                 record(index, action[1])
                 if action[0] == "stop":

@@ -87,6 +87,11 @@ class SelectionSection(Schema):
         "trajectory, labelling it at a stride, the practice without active learning)")
     threshold: float = Field(0.0, ge=0, description="eV/Å: label only structures whose uncertainty exceeds this")
     thresholds_by_formula: dict[str, float] = Field({}, description="per-system thresholds, e.g. {C5H8O2: 0.2}")
+    threshold_factor: float | None = Field(
+        None, gt=0, description="adaptive threshold, in place of threshold and thresholds_by_formula: this factor times "
+        "the current model's typical uncertainty on its own validation frames (the median of each frame's largest "
+        "atomic force uncertainty, over the frames of the same formula, or all of them when none has it), so MD "
+        "runs where the model is as sure as on its data and flags only what is less familiar, at every iteration")
     batch_size: int = Field(10, ge=1, description="labels per iteration")
     diversity: Literal["fps", "none"] = "fps"
 
