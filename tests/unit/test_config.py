@@ -83,6 +83,19 @@ def test_md_settings_policy_and_old_name():
         MDSettings.model_validate({"ensemble": "nph"})
 
 
+def test_md_exploration_that_would_rewind_to_its_start_forever_is_refused():
+    """Rewinding MD under a zero threshold flags every check and never leaves its start: refused,
+    naming the settings that fix it; any of them (or a pool) is accepted."""
+    from incerta.config.active import ActiveSection
+
+    md = {"source": "md", "md": {"on_flag": "rewind"}}
+    with pytest.raises(ValidationError, match="every run would go back to its start.*threshold_factor"):
+        ActiveSection.model_validate({"candidates": md})
+    for fix in ({"selection": {"threshold_factor": 1.5}}, {"selection": {"threshold": 0.1}},
+                {"candidates": {**md, "md": {"on_flag": "continue"}}}, {"candidates": {"source": "pool"}}):
+        ActiveSection.model_validate({"candidates": md, **fix})
+
+
 def test_shift_variants_resolve_their_calibration_data_and_keep_distinct_names(tmp_path):
     from incerta.config import ShiftConfig, load_experiment
 

@@ -128,6 +128,18 @@ class ActiveSection(Schema):
 
     _lists = field_validator("test", mode="before")(as_list)
 
+    @model_validator(mode="after")
+    def _md_leaves_its_start(self) -> ActiveSection:
+        """MD that goes back to its last frame below a zero threshold goes back to its start at every check."""
+        rule, source = self.selection, self.candidates
+        if (source.source in ("md", "biased-md") and source.md.on_flag == "rewind" and rule.threshold_factor is None
+                and rule.threshold == 0 and not rule.thresholds_by_formula):
+            raise ValueError("candidates.md.on_flag 'rewind' with a zero threshold: every check would be flagged and "
+                             "every run would go back to its start, exploring nothing; set selection.threshold_factor "
+                             "(e.g. 1.5: flag what the model is 1.5x less sure of than of its validation frames), "
+                             "selection.threshold (eV/Å), or candidates.md.on_flag: continue")
+        return self
+
 
 class ALConfig(RunConfig):
     """A run configuration (initial data, model, training) plus the ``active`` section."""
