@@ -187,7 +187,9 @@ def pool_runs(name: str, config_path: Path, extra: list[str], seeds: int, strate
 
 
 def error_at(rows: list[dict], key: str, labels: int) -> float:
-    return next(row[key] for row in rows if row["n_labels"] >= labels)
+    """The error of the last model trained on at most ``labels`` labels (a loop may stop early
+    when nothing is above its threshold: its last model stands)."""
+    return [row[key] for row in rows if row["n_labels"] <= labels][-1]
 
 
 def summarise(curves: dict[str, list[list[dict]]], baseline: str) -> dict:
@@ -244,16 +246,17 @@ def exploration_runs(args: argparse.Namespace) -> list[tuple]:
     return runs
 
 
-def reference_calls(molecule: str, labels: int) -> dict[str, int]:
-    """Reference (GFN2-xTB) evaluations behind each strategy's ``labels`` labels: the reference
-    MD of the initial frames, then for uniform the reference MD its frames are cut from (a frame's
-    label comes with its MD step), for the others one call per label (their MD runs on the model)."""
+def reference_calls(molecule: str, labels: dict[str, float]) -> dict[str, float]:
+    """Reference (GFN2-xTB) evaluations behind each strategy's ``labels`` (the labels it spent,
+    median over seeds: a loop may stop before the budget): the reference MD of the initial
+    frames, then for uniform the reference MD its frames are cut from (a frame's label comes
+    with its MD step), for the others one call per label (their MD runs on the model)."""
     timing = json.loads((WORK / "active_learning" / "explore" / molecule / "timing.json").read_text())
     initial, trajectory = timing["initial"]["md_steps"], timing["uniform_pool"]["md_steps"]
-    return {s: initial + (trajectory if s == "uniform" else labels) for s in EXPLORATION}
+    return {s: initial + (trajectory if s == "uniform" else spent) for s, spent in labels.items()}
 
 
-def exploration_results(molecule: str, curves: list[tuple[str, dict]], labels: int) -> dict:
+def exploration_results(molecule: str, curves: list[tuple[str, dict]]) -> dict:
     """Curves, summary against uniform, 1200 K stability, wall-time split and reference calls of one molecule."""
     result: dict = {"curves": {}, "wall_time_s": {}, "phases_s": {}, "stability": {}}
     for strategy, curve in curves:
@@ -265,12 +268,14 @@ def exploration_results(molecule: str, curves: list[tuple[str, dict]], labels: i
     result["labels_ratio"] = {s: labels_ratio(result["summary"], s) for s in result["curves"]}
     result["stable_fraction"] = {s: float(np.mean([r["stable"] for r in runs])) if runs else None
                                  for s, runs in result["stability"].items()}
-    result["reference_calls"] = reference_calls(molecule, labels)
+    result["labels_spent"] = {s: float(np.median([c[-1]["n_labels"] for c in cs])) for s, cs in result["curves"].items()}
+    result["reference_calls"] = reference_calls(molecule, result["labels_spent"])
     print_summary(molecule, result)
     print_table(f"{molecule}: final model at 1200 K, wall time (median over seeds)",
-                ["strategy", "labels / uniform's (median)", "reference calls", "stable 1200 K runs", "oracle s",
-                 "training s", "exploration s"],
-                [[s, str(result["labels_ratio"][s]), result["reference_calls"][s], str(result["stable_fraction"][s]),
+                ["strategy", "labels / uniform's (median)", "labels spent", "reference calls", "stable 1200 K runs",
+                 "oracle s", "training s", "exploration s"],
+                [[s, str(result["labels_ratio"][s]), result["labels_spent"][s], result["reference_calls"][s],
+                  str(result["stable_fraction"][s]),
                   *[float(np.median([p[k] for p in result["phases_s"][s]])) for k in ("oracle", "training", "exploration")]]
                  for s in result["curves"]])
     return result
@@ -329,7 +334,7 @@ def main() -> None:
     for (name, strategy, _, _, _, _), curve in outcomes:
         by_study.setdefault(name, []).append((strategy, curve))
     for molecule in args.molecules:
-        results["exploration"][molecule] = exploration_results(molecule, by_study[f"explore_{molecule}"], args.budget)
+        results["exploration"][molecule] = exploration_results(molecule, by_study[f"explore_{molecule}"])
     results["labels_ratio_vs_uniform"] = {
         m: min((r for s in INCERTA_STRATEGIES if (r := results["exploration"][m]["labels_ratio"][s]) is not None), default=None)
         for m in args.molecules}

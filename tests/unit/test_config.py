@@ -89,7 +89,7 @@ def test_md_exploration_that_would_rewind_to_its_start_forever_is_refused():
     from incerta.config.active import ActiveSection
 
     md = {"source": "md", "md": {"on_flag": "rewind"}}
-    with pytest.raises(ValidationError, match="every run would go back to its start.*threshold_factor"):
+    with pytest.raises(ValidationError, match=r"every run would go back to its start.*threshold_factor"):
         ActiveSection.model_validate({"candidates": md})
     for fix in ({"selection": {"threshold_factor": 1.5}}, {"selection": {"threshold": 0.1}},
                 {"candidates": {**md, "md": {"on_flag": "continue"}}}, {"candidates": {"source": "pool"}}):
