@@ -20,7 +20,6 @@ from ase.md.bussi import Bussi
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
 from ase.md.verlet import VelocityVerlet
-from ase.neighborlist import natural_cutoffs, neighbor_list
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
@@ -30,6 +29,7 @@ from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
 from incerta.data.md_sampling import initial_velocities, labelled_copy, langevin
+from incerta.data.neighbors import neighbor_list
 from incerta.data.validation import DataError
 
 LOG_COLUMNS = (
@@ -123,21 +123,31 @@ class RowLog:
             self.handle.close()
 
 
-def bonded_pieces(atoms: Atoms, factor: float) -> int:
-    """Connected pieces of ``atoms`` when two atoms are bonded within ``factor`` times the sum of
-    their covalent radii (ASE's), periodic images included."""
-    first, second = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=factor))
-    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(atoms), len(atoms)))
+def _pairs(atoms: Atoms, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j) of ``atoms`` closer than ``factor`` times the sum of their covalent radii
+    (ASE's; periodic images included): i, j, their distance (Å) and that as a fraction of the sum."""
+    radii = covalent_radii[atoms.numbers]
+    (first, second), shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, factor * 2 * radii.max())
+    distance = np.linalg.norm(atoms.positions[second] - atoms.positions[first] + shifts @ atoms.cell.array, axis=1)
+    ratio = distance / (radii[first] + radii[second])
+    close = ratio < factor
+    return first[close], second[close], distance[close], ratio[close]
+
+
+def _pieces(count: int, first: np.ndarray, second: np.ndarray) -> int:
+    """Connected pieces of ``count`` atoms bonded by the pairs (``first``, ``second``)."""
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(count, count))
     return int(connected_components(graph, directed=False)[0])
 
 
 @dataclass(frozen=True)
 class MoleculeWatch:
-    """The unphysical events an MD run ends at: the starting molecule comes apart (more
-    :func:`bonded_pieces` at ``fragment_factor`` than at the start: a proton or an atom moving from
-    one neighbour to another is not an event, so reactions that keep the molecule whole go on) or
-    two atoms come closer than ``clash_factor`` times the sum of their covalent radii. Fragments
-    are watched in molecules only: in a periodic cell neighbours part by diffusion."""
+    """The unphysical events an MD run ends at: the starting molecule comes apart (with atoms
+    bonded within ``fragment_factor`` times the sum of their covalent radii it has more pieces
+    than at the start: a proton or an atom moving from one neighbour to another is not an event,
+    so reactions that keep the molecule whole go on) or two atoms come closer than
+    ``clash_factor`` times that sum. Fragments are watched in molecules only: in a periodic cell
+    neighbours part by diffusion. One neighbour search per check."""
 
     fragment_factor: float | None
     clash_factor: float | None
@@ -148,20 +158,22 @@ class MoleculeWatch:
         """The watch of a run starting from ``atoms``."""
         if fragment_factor is None or atoms.pbc.any():
             return cls(None, clash_factor)
-        return cls(fragment_factor, clash_factor, bonded_pieces(atoms, fragment_factor))
+        first, second, _, _ = _pairs(atoms, fragment_factor)
+        return cls(fragment_factor, clash_factor, _pieces(len(atoms), first, second))
 
     def event(self, atoms: Atoms) -> str | None:
         """What is unphysical in ``atoms``, described; None when nothing is."""
-        if self.clash_factor is not None:
-            first, second, distance = neighbor_list("ijd", atoms, natural_cutoffs(atoms, mult=self.clash_factor))
-            if len(first):
-                k = int(np.argmin(distance))
-                i, j = int(first[k]), int(second[k])
-                bond = covalent_radii[atoms.numbers[i]] + covalent_radii[atoms.numbers[j]]
-                return (f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) at {distance[k]:.2f} Å, "
-                        f"{distance[k] / bond:.2f}x their covalent bond length (limit {self.clash_factor}x)")
+        reach = max(f for f in (self.fragment_factor, self.clash_factor, 0.0) if f is not None)
+        if reach == 0:
+            return None
+        first, second, distance, ratio = _pairs(atoms, reach)
+        if self.clash_factor is not None and len(ratio) and ratio.min() < self.clash_factor:
+            k = int(np.argmin(ratio))
+            i, j = sorted((int(first[k]), int(second[k])))
+            return (f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) at {distance[k]:.2f} Å, "
+                    f"{ratio[k]:.2f}x their covalent bond length (limit {self.clash_factor}x)")
         if self.fragment_factor is not None:
-            pieces = bonded_pieces(atoms, self.fragment_factor)
+            pieces = _pieces(len(atoms), first, second)
             if pieces > self.pieces:
                 return (f"the molecule came apart into {pieces} pieces ({self.pieces} at the start; atoms bonded within "
                         f"{self.fragment_factor}x their covalent bond length)")
