@@ -11,7 +11,7 @@ from ase import units
 
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score, score_reference
-from incerta.calculators.md import MoleculeWatch, run_watched_md
+from incerta.calculators.md import run_watched_md
 from incerta.config.active import AttackSection, CandidateSection, MDSection
 from incerta.data import keys as K
 from incerta.data.frame import Frame
@@ -81,18 +81,16 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
 
 def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSection, thresholds: Sequence[float],
                    per_start: int, seed: int, iteration: int, progress: bool, min_distance: float) -> list[Frame]:
-    """The flagged frames of ``md.replicas`` copies of every start, run in one TorchSim batch,
-    less those with an unphysical event (:class:`MoleculeWatch` of ``md``)."""
+    """The flagged frames of ``md.replicas`` copies of every start, run in one TorchSim batch
+    (each replica ending at its first unphysical event, as ``md`` watches)."""
     from incerta.calculators.replicas import run_replica_md
 
     copies = md.replicas
     replicas = [start.to_atoms() for start in starts for _ in range(copies)]
-    runs = run_replica_md(replicas, model, md, np.repeat(thresholds, copies), max_flagged=max(1, per_start // copies), seed=seed,
-                          min_distance=min_distance, progress=progress)
-    watches = [MoleculeWatch.of(atoms, md.fragment_factor, md.clash_factor) for atoms in replicas]
+    runs = run_replica_md(replicas, model, md, np.repeat(thresholds, copies), max_flagged=max(1, per_start // copies),
+                          seed=seed, min_distance=min_distance, progress=progress)
     return [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}")
-            for replica, run in enumerate(runs) for atoms in run.flagged
-            if watches[replica].event(atoms) is None]
+            for replica, run in enumerate(runs) for atoms in run.flagged]
 
 
 def _min_distance(positions: np.ndarray, frame: Frame, bound: float) -> float:

@@ -23,7 +23,16 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm.auto import tqdm
 
 from incerta.calculators.ase import model_outputs
-from incerta.calculators.md import LOG_COLUMNS, RowLog, WatchedMD, append_frame, flag, start_file, state_row
+from incerta.calculators.md import (
+    LOG_COLUMNS,
+    MoleculeWatch,
+    RowLog,
+    WatchedMD,
+    append_frame,
+    flag,
+    start_file,
+    state_row,
+)
 from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
@@ -132,9 +141,11 @@ def _integrator(model: TorchSimPotential, settings: MDSettings):
 
 @dataclass
 class _Replica:
-    """What the driver tracks of one replica: its result, time (fs) and last safe frame."""
+    """What the driver tracks of one replica: its result, watch for unphysical events, time (fs)
+    and last safe frame."""
 
     result: WatchedMD
+    watch: MoleculeWatch
     time_fs: float = 0.0
     safe: tuple[np.ndarray, np.ndarray, float, int] | None = None
     trajectory: Path | None = None
@@ -173,9 +184,12 @@ def run_replica_md(
     Replica k gets velocities from ``seed + k`` (as ASE's driver draws them); the Langevin noise
     comes from torch's generator seeded with ``seed``, without touching the caller's. Every
     ``check_every`` steps one batched uncertainty pass gives each replica's largest atomic force
-    uncertainty (eV/Å); a replica above ``threshold`` (one value, or one per start) follows ``settings.on_flag`` on its own, and
-    ``max_flagged`` counts per replica. A replica whose atoms come closer than ``min_distance``
-    Å (or whose energy is not finite) stops with a logged ``stopped`` event. The log (CSV,
+    uncertainty (eV/Å); a replica above ``threshold`` (one value, or one per start) follows
+    ``settings.on_flag`` on its own, and ``max_flagged`` counts per replica. A replica whose
+    atoms come closer than ``min_distance`` Å (or whose energy is not finite), or with an
+    unphysical event at a check (:class:`~incerta.calculators.md.MoleculeWatch` of
+    ``settings.fragment_factor`` and ``settings.clash_factor``), stops with a logged
+    ``stopped`` event and ``error``. The log (CSV,
     columns :data:`REPLICA_LOG_COLUMNS`) holds every replica's rows; the trajectory is one file
     per replica (:func:`replica_path`). Returns one result per start, in order.
     """
@@ -205,8 +219,9 @@ def run_replica_md(
         initial_velocities(template, settings.temperature_K, np.random.default_rng(seed + index))
         momenta.append(template.get_momenta())
         templates.append(template)
-    replicas = [_Replica(WatchedMD(), trajectory=None if trajectory is None else replica_path(trajectory, k))
-                for k in range(len(starts))]
+    replicas = [_Replica(WatchedMD(), MoleculeWatch.of(atoms, settings.fragment_factor, settings.clash_factor),
+                         trajectory=None if trajectory is None else replica_path(trajectory, k))
+                for k, atoms in enumerate(starts)]
     for replica in replicas:
         if replica.trajectory is not None:
             start_file(replica.trajectory)
@@ -298,6 +313,10 @@ def _drive(state, update, engine: TorchSimPotential, settings: MDSettings, thres
 def _check(replica: _Replica, atoms: Atoms, sigma: np.ndarray | None, outputs, system: int, step: int,
            settings: MDSettings, threshold: float | None, max_flagged: int | None, index: int):
     """One replica's log row at a check and what follows: ("continue" | "stop" | "rewind", row)."""
+    unphysical = replica.watch.event(atoms)
+    if unphysical is not None:  # nothing after this is a state worth keeping
+        replica.result.error = f"at step {step}: {unphysical}"
+        return "stop", {**dict.fromkeys(LOG_COLUMNS, np.nan), "step": step, "event": f"stopped: {replica.result.error}"}
     row = state_row(atoms, step, replica.time_fs, sigma)
     if not (threshold is not None and sigma is not None and float(sigma.max()) > threshold):
         replica.safe = (atoms.positions.copy(), atoms.cell.array.copy(), replica.time_fs, step)
