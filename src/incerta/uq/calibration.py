@@ -226,8 +226,7 @@ class Calibration:
         """Per-atom force uncertainty (N,) eV/Å from raw scores (N,) of atoms with ``numbers`` (N,)."""
         if self.forces.kind != "isotonic":  # exp(c0 + c1 t(u)) with each atom's element's parameters
             c0, c1, offset = self._parameters(scores)[numbers].unbind(-1)
-            excess = torch.nn.functional.softplus(scores - offset) if self.forces.score_kind == "log-density" else scores
-            return torch.exp(c0 + c1 * excess.clamp_min(1e-30).log())
+            return torch.exp(c0 + c1 * transform_score(scores - offset, self.forces.score_kind == "log-density", 0.0))
         sigma = self.forces(scores)
         for z, score_map in self.forces_by_species.items():
             mask = numbers == z
