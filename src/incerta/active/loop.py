@@ -195,7 +195,7 @@ class ActiveLearning:
         largest = np.full(len(self.validation), -np.inf)
         np.maximum.at(largest, predictions["structure"].astype(int), predictions[K.FORCES_UNCERTAINTY])
         formulas = np.array([frame.to_atoms().get_chemical_formula() for frame in self.validation])
-        typical = {formula: float(np.median(largest[formulas == formula])) for formula in set(formulas)}
+        typical = {str(formula): float(np.median(largest[formulas == formula])) for formula in set(formulas)}
         return {**typical, "": float(np.median(largest))}
 
     def _baseline_picks(self, iteration: int, count: int) -> list[int]:
