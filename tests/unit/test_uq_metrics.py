@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from incerta.uq import calibration
 from incerta.uq import metrics as m
 from incerta.uq.calibration import Calibration
 
@@ -79,6 +80,32 @@ def test_power_calibration_of_log_density_scores(rng):
     assert np.exp(calibration.forces.c0) == pytest.approx(0.02, rel=0.1)
     far = calibration.forces(np.array([1e4]))[0]
     assert far < 10 * calibration.forces(np.array([80.0]))[0] * np.sqrt(1e4 / 100), "polynomial, not exponential"
+
+
+def test_log_density_map_grows_at_least_like_the_distance(rng, monkeypatch):
+    """Validation atoms near the data (latent distance 1-2.5) whose density score is noisy:
+    a free power fit comes out flatter than sigma ~ distance (regression dilution) and
+    under-estimates the error of far atoms (distance 5-8); the bounded exponent keeps the
+    near group calibrated and brings the far group's sigma closer to its error."""
+
+    def atoms(low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+        distance = rng.uniform(low, high, 4000)
+        return 5 * distance**2 + rng.normal(scale=15, size=distance.size), synthetic_forces(rng, 0.02 * distance)
+
+    (near, near_forces), (far, far_forces) = atoms(1, 2.5), atoms(5, 8)
+    rms = lambda values: float(np.sqrt(np.mean(np.square(values))))
+
+    def ratios() -> tuple[float, float, float]:
+        forces = Calibration.fit(near, near_forces, near[:100], rng.normal(size=100), "log-density").forces
+        error = lambda vectors: rms(np.linalg.norm(vectors, axis=1))
+        return forces.c1, rms(forces(near)) / error(near_forces), rms(forces(far)) / error(far_forces)
+
+    c1, near_ratio, far_ratio = ratios()
+    monkeypatch.setattr(calibration, "MIN_DISTANCE_EXPONENT", 0.0)
+    free_c1, _, free_far_ratio = ratios()
+    assert free_c1 < 0.4 and c1 == 0.5
+    assert near_ratio == pytest.approx(1.0, abs=0.1)
+    assert far_ratio > 1.3 * free_far_ratio and far_ratio < 1.0
 
 
 def test_calibration_reduces_miscalibration_on_held_out_data(rng):
