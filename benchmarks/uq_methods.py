@@ -58,6 +58,8 @@ def shift_targets(methods: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override a config value")
+    parser.add_argument("--results", default="uq_methods",
+                        help="name of the JSON in benchmarks/results (a rerun of some methods keeps the full table)")
     args = parser.parse_args()
     config = load_experiment(CONFIG, ShiftConfig, args.overrides)
     started = time.perf_counter()
@@ -85,7 +87,7 @@ def main() -> None:
     print(f"wall time: {wall / 60:.1f} min")
     sigma_over_error = {name: {g: m["per_group"][g]["mean_sigma_over_mean_error"] for g in results["groups"]}
                         for name, m in methods.items()}
-    write_results("uq_methods", {"config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides,
+    write_results(args.results, {"config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides,
                                  "wall_time_s": wall, "results": results, "matching_ensemble_under_1.2x": matching,
                                  "sigma_over_error": sigma_over_error, "targets": shift_targets(methods)})
 
