@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from incerta.active.labelling import label_on_cluster
 from incerta.active.report import write_al_report
-from incerta.active.samplers import attack_candidates, md_candidates, pool_candidates
+from incerta.active.samplers import attack_candidates, candidate_group, md_candidates, pool_candidates
 from incerta.active.selection import select
 from incerta.active.state import RunState
 from incerta.calculators.ase import usable_compiled
@@ -165,7 +165,8 @@ class ActiveLearning:
             return keys
         scores, features = self.score(model, candidates)
         thresholds = self.thresholds(model, [f for _, f in candidates])
-        picked = select(scores, features, rule.batch_size, thresholds, rule.diversity)
+        groups = [candidate_group(key) for key, _ in candidates] if rule.balance == "runs" else None
+        picked = select(scores, features, rule.batch_size, thresholds, rule.diversity, groups=groups)
         keys = [candidates[i][0] for i in picked]
         finite = scores[np.isfinite(scores)]
         self.state.log("selected", iteration=iteration, keys=keys, scores=[float(scores[i]) for i in picked],

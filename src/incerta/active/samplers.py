@@ -34,6 +34,12 @@ def training_density(potential, train_graphs: Sequence[AtomicGraph], seed: int) 
     return density
 
 
+def candidate_group(key: str) -> str:
+    """The run a candidate came from, named by its key without the last field: ``md-<iteration>-<run>``
+    (one start at one temperature), ``attack-<iteration>-<start>``, or ``pool``."""
+    return key.rsplit("-", 1)[0]
+
+
 def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
     """Every pool frame, keyed by its position in the pool."""
     return [(f"pool-{index}", frame) for index, frame in enumerate(pool)]
@@ -56,10 +62,10 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
     per_run = max(1, section.max_candidates // max(len(starts) * len(settings), 1))
     run_seed = seed + 7919 * iteration
     if section.md.replicas > 1:
-        flagged = [frame for k, md in enumerate(settings)
-                   for frame in _replica_flags(model, starts, md, thresholds, per_run, run_seed + 104729 * k, iteration, progress,
-                                               min_distance)]
-        return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
+        flagged = [(k * len(starts) + start, frame) for k, md in enumerate(settings)
+                   for start, frame in _replica_flags(model, starts, md, thresholds, per_run, run_seed + 104729 * k,
+                                                      iteration, progress, min_distance)]
+        return _keyed(flagged[: section.max_candidates], iteration)
     if section.source == "biased-md":
         train_graphs = graphs_for(model.potential, train_frames)
         density = training_density(model.potential, train_graphs, seed)
@@ -74,22 +80,29 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
         for index, start in enumerate(starts):
             run = run_watched_md(start.to_atoms(), make_calculator(), md, float(thresholds[index]), max_flagged=per_run,
                                  seed=run_seed + 104729 * k + index, progress=progress)
-            flagged += [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {index}, {md.temperature_K:g} K")
+            flagged += [(k * len(starts) + index,
+                         Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {index}, {md.temperature_K:g} K"))
                         for atoms in run.flagged]
-    return [(f"md-{iteration}-{k}", frame) for k, frame in enumerate(flagged[: section.max_candidates])]
+    return _keyed(flagged[: section.max_candidates], iteration)
+
+
+def _keyed(flagged: list[tuple[int, Frame]], iteration: int) -> list[Candidate]:
+    """MD candidates keyed ``md-<iteration>-<run>-<n>`` from (run index, frame) pairs."""
+    return [(f"md-{iteration}-{run}-{n}", frame) for n, (run, frame) in enumerate(flagged)]
 
 
 def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSection, thresholds: Sequence[float],
-                   per_start: int, seed: int, iteration: int, progress: bool, min_distance: float) -> list[Frame]:
-    """The flagged frames of ``md.replicas`` copies of every start, run in one TorchSim batch
-    (each replica ending at its first unphysical event, as ``md`` watches)."""
+                   per_start: int, seed: int, iteration: int, progress: bool, min_distance: float) -> list[tuple[int, Frame]]:
+    """(start index, frame) for the flagged frames of ``md.replicas`` copies of every start, run in one
+    TorchSim batch (each replica ending at its first unphysical event, as ``md`` watches)."""
     from incerta.calculators.replicas import run_replica_md
 
     copies = md.replicas
     replicas = [start.to_atoms() for start in starts for _ in range(copies)]
     runs = run_replica_md(replicas, model, md, np.repeat(thresholds, copies), max_flagged=max(1, per_start // copies),
                           seed=seed, min_distance=min_distance, progress=progress)
-    return [Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}")
+    return [(replica // copies,
+             Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}"))
             for replica, run in enumerate(runs) for atoms in run.flagged]
 
 

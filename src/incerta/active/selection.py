@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -25,21 +27,49 @@ def select(
     threshold: float | np.ndarray = 0.0,
     diversity: str = "fps",
     pool_factor: int = 4,
+    groups: Sequence[str] | None = None,
 ) -> list[int]:
     """Indices to label: candidates with ``scores`` > ``threshold`` (per candidate, or one value),
     at most ``batch_size``; with ``diversity='fps'`` the batch is picked by farthest-point
     sampling in ``features`` space among the ``pool_factor * batch_size`` most uncertain,
     starting from the most uncertain, so one batch holds no near-duplicates. Candidates with
-    an infinite score (flagged: e.g. an element the model never saw) come first."""
+    an infinite score (flagged: e.g. an element the model never saw) come first. With
+    ``groups`` (one name per candidate, e.g. the exploration run it came from) the rest of
+    the batch is shared out evenly among the groups with candidates above the threshold
+    (:func:`group_shares`), each share picked as above within its group."""
     scores = np.asarray(scores, dtype=float)
     flagged = np.flatnonzero(np.isinf(scores))[:batch_size].tolist()
     room = batch_size - len(flagged)
     above = np.flatnonzero(np.isfinite(scores) & (scores > threshold))
-    ranked = above[np.argsort(-scores[above])]
     if room <= 0:
         return flagged
+    if groups is None:
+        return flagged + _most_uncertain(scores, features, above, room, diversity, pool_factor)
+    names = np.asarray(groups)[above]
+    shares = group_shares({name: scores[above[names == name]] for name in dict.fromkeys(names)}, room)
+    return flagged + [index for name, share in shares.items()
+                      for index in _most_uncertain(scores, features, above[names == name], share, diversity, pool_factor)]
+
+
+def group_shares(scores: dict[str, np.ndarray], room: int) -> dict[str, int]:
+    """How many of ``room`` labels each group gets: one at a time in turn, the group with the
+    most uncertain candidate first, none beyond a group's number of candidates."""
+    order = sorted(scores, key=lambda name: -np.max(scores[name]))
+    shares = dict.fromkeys(order, 0)
+    while room > 0 and any(shares[name] < len(scores[name]) for name in order):
+        for name in order:
+            if room > 0 and shares[name] < len(scores[name]):
+                shares[name] += 1
+                room -= 1
+    return shares
+
+
+def _most_uncertain(scores: np.ndarray, features: np.ndarray, candidates: np.ndarray, room: int, diversity: str,
+                    pool_factor: int) -> list[int]:
+    """``room`` of the ``candidates`` (indices): the most uncertain, diverse with ``fps``."""
+    ranked = candidates[np.argsort(-scores[candidates])]
     if diversity == "none" or len(ranked) <= room:
-        return flagged + ranked[:room].tolist()
+        return ranked[:room].tolist()
     shortlist = ranked[: pool_factor * room]
     order = farthest_point_order(np.asarray(features)[shortlist], first=0)
-    return flagged + shortlist[order[:room]].tolist()
+    return shortlist[order[:room]].tolist()

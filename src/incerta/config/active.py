@@ -94,6 +94,10 @@ class SelectionSection(Schema):
         "runs where the model is as sure as on its data and flags only what is less familiar, at every iteration")
     batch_size: int = Field(10, ge=1, description="labels per iteration")
     diversity: Literal["fps", "none"] = "fps"
+    balance: Literal["runs", "none"] = Field(
+        "runs", description="runs: each batch shared out evenly among the exploration runs (one start at one "
+        "temperature) with candidates above the threshold, the most uncertain of each taken, so the hottest run "
+        "does not take every label; none: the most uncertain candidates wherever they come from")
 
 
 class StopSection(Schema):
