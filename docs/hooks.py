@@ -109,17 +109,25 @@ UQ_RESULTS = DOCS.parent / "benchmarks" / "results" / "uq_methods.json"
 
 
 def uq_methods_table() -> str:
-    """The committed results of benchmarks/uq_methods.py as a Markdown table."""
+    """The committed results of benchmarks/uq_methods.py as a Markdown table; a method rerun
+    alone (``--results uq_methods_<name>``) replaces its row, marked with its date."""
     if not UQ_RESULTS.is_file():
         return "*(no results yet: run `benchmarks/uq_methods.py`)*"
     payload = json.loads(UQ_RESULTS.read_text())
     machine = payload["machine"]
+    rerun = {}
+    for path in sorted(UQ_RESULTS.parent.glob("uq_methods_*.json")):
+        partial = json.loads(path.read_text())
+        for method, m in partial["results"]["methods"].items():
+            payload["results"]["methods"][method] = m
+            rerun[method] = f"{partial['machine']['date']}, `{path.name}`"
     lines = ["| method | Spearman (atoms) | AUROC 600 K vs 300 K | miscal. area 300 K / 600 K "
              "| mean σ / mean error 300 K / 600 K | Spearman (structures) 600 K | fit (s) "
              "| inference cost (x bare model) |", "|" + " --- |" * 8]
     for method, m in payload["results"]["methods"].items():
         low, high = (m["per_group"][g] for g in ("300K", "600K"))
-        lines.append(f"| `{method}` | {m['spearman_atoms']:.2f} | {m['auroc_vs_300K']['600K']:.2f} | "
+        name = f"`{method}` (rerun {rerun[method]})" if method in rerun else f"`{method}`"
+        lines.append(f"| {name} | {m['spearman_atoms']:.2f} | {m['auroc_vs_300K']['600K']:.2f} | "
                      f"{low['miscalibration_area_forces']:.3f} / {high['miscalibration_area_forces']:.3f} | "
                      f"{low['mean_sigma_over_mean_error']:.2f} / {high['mean_sigma_over_mean_error']:.2f} | "
                      f"{high['spearman_structures']:.2f} | {m['fit_time_s']:.0f} | {m['inference_overhead']:.2f} |")
