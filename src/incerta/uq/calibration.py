@@ -19,8 +19,8 @@ Maps (``kind``):
   on validation frames drawn near the training data comes out flatter (regression dilution:
   the noisy score spans only a narrow range there) and under-estimates the error of shifted
   structures. Measured on the GMM models of the exploration benchmark (acac, aspirin; 20
-  frames at 300 K, 5 of them for validation): fitted c1 0.14-0.36 gave mean sigma / error
-  0.47-0.74 on 1200 K MD; c1 = 1/2 gave 0.69-1.28 from 300 to 1200 K.
+  frames at 300 K, 5 of them for validation): fitted c1 0.14-0.36 gave RMS sigma / RMS error
+  0.47-0.74 on 1200 K MD; c1 = 1/2 gave 0.69-1.38 from 300 to 1200 K.
 * ``isotonic``: sigma^2 = monotone fit of the squared error against u (scikit-learn);
   flexible but flat beyond the range of validation scores.
 * ``conformal``: the shape of ``scale`` (std-like scores) or ``power`` (log-density scores),
