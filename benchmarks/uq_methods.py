@@ -20,6 +20,11 @@ The committed results (2026-12-03, a busy machine: LNK's fit took 52 min) are of
         fit: {calibration_data: [{path: ../../shared/data/botnet/dataset_acac/train_600K.xyz, select: '::25'}]}}}"
 
 (combined reusing the fitted LNK instead of fitting it twice more; 200 test frames per group).
+The GMM row was rerun alone after its calibration exponent was bounded (2026-12-05, 7.4 min;
+benchmarks/results/uq_methods_gmm.json, which the docs table takes in place of its row):
+
+    .venv/bin/python benchmarks/uq_methods.py --set 'shift.methods=[gmm]' --set 'shift.variants={}' \
+        --set shift.ensemble=0 --set shift.max_frames=200 --results uq_methods_gmm
 """
 
 from __future__ import annotations
