@@ -159,11 +159,10 @@ def _fit(score: np.ndarray, squared: np.ndarray, dof: int, kind: CalibrationKind
         return float(np.mean(dof * log_sigma + 0.5 * dof * squared * np.exp(-2 * log_sigma)))
 
     start = np.array([0.5 * np.log(np.mean(squared)) - np.mean(t), 1.0])
-    best = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
+    least_c1 = MIN_DISTANCE_EXPONENT if score_kind == "log-density" else None
+    best = minimize(nll, start, method="Nelder-Mead", bounds=[(None, None), (least_c1, None)],
+                    options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})
     result.c0, result.c1 = float(best.x[0]), float(best.x[1])
-    if score_kind == "log-density" and result.c1 < MIN_DISTANCE_EXPONENT:  # convex NLL: the optimum lies on the bound
-        result.c1 = MIN_DISTANCE_EXPONENT
-        result.c0 = 0.5 * float(np.log(np.mean(squared / np.exp(2 * result.c1 * t))))
     return result
 
 
