@@ -24,6 +24,7 @@ def test_per_candidate_thresholds():
 def test_flagged_candidates_come_first():
     scores = np.array([0.2, np.inf, 0.9, np.inf])
     assert select(scores, np.zeros((4, 2)), batch_size=3)[:2] == [1, 3]
+    assert select(scores, np.arange(8.0).reshape(4, 2), batch_size=2) == [1, 3], "no room left after them"
 
 
 def test_diversity_avoids_near_duplicates():
@@ -53,6 +54,7 @@ def test_batches_are_shared_among_exploration_runs():
     assert sorted(select(scores, features, 4, 0.2, "none")) == [3, 4, 5, 6]
     assert sorted(select(scores, features, 4, 0.2, "none", groups=groups)) == [1, 2, 4, 6]
     assert sorted(select(scores, features, 4, 0.45, "none", groups=groups)) == [1, 3, 4, 6], "a short run gives its room away"
+    assert select(scores, features, 1, 0.2, "fps", groups=groups) == [4], "fewer labels than runs: the most uncertain run's"
 
 
 def test_group_shares_go_round_from_the_most_uncertain_group():

@@ -39,15 +39,10 @@ def select(
     (:func:`group_shares`), each share picked as above within its group."""
     scores = np.asarray(scores, dtype=float)
     flagged = np.flatnonzero(np.isinf(scores))[:batch_size].tolist()
-    room = batch_size - len(flagged)
     above = np.flatnonzero(np.isfinite(scores) & (scores > threshold))
-    if room <= 0:
-        return flagged
-    if groups is None:
-        return flagged + _most_uncertain(scores, features, above, room, diversity, pool_factor)
-    names = np.asarray(groups)[above]
-    shares = group_shares({name: scores[above[names == name]] for name in dict.fromkeys(names)}, room)
-    return flagged + [index for name, share in shares.items()
+    names = np.asarray(groups if groups is not None else [""] * len(scores))[above]
+    shares = group_shares({name: scores[above[names == name]] for name in dict.fromkeys(names)}, batch_size - len(flagged))
+    return flagged + [index for name, share in shares.items() if share
                       for index in _most_uncertain(scores, features, above[names == name], share, diversity, pool_factor)]
 
 
@@ -55,13 +50,9 @@ def group_shares(scores: dict[str, np.ndarray], room: int) -> dict[str, int]:
     """How many of ``room`` labels each group gets: one at a time in turn, the group with the
     most uncertain candidate first, none beyond a group's number of candidates."""
     order = sorted(scores, key=lambda name: -np.max(scores[name]))
-    shares = dict.fromkeys(order, 0)
-    while room > 0 and any(shares[name] < len(scores[name]) for name in order):
-        for name in order:
-            if room > 0 and shares[name] < len(scores[name]):
-                shares[name] += 1
-                room -= 1
-    return shares
+    turns = [name for turn in range(max(map(len, scores.values()), default=0)) for name in order
+             if turn < len(scores[name])]
+    return {name: turns[:max(room, 0)].count(name) for name in order}
 
 
 def _most_uncertain(scores: np.ndarray, features: np.ndarray, candidates: np.ndarray, room: int, diversity: str,
