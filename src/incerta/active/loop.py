@@ -63,6 +63,7 @@ class ActiveLearning:
         self.config, self.out, self.progress = config, Path(out), progress
         self.state = RunState(self.out)
         self.section = config.active
+        self._typical: dict[Path, dict[str, float]] = {}  # typical_uncertainty per model, computed once
 
     # setup -----------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -190,14 +191,18 @@ class ActiveLearning:
 
     def typical_uncertainty(self, model: Path) -> dict[str, float]:
         """eV/Å: the median over the validation frames of their largest atomic force uncertainty
-        under ``model``, per chemical formula, and over all of them (key "")."""
+        under ``model``, per chemical formula, and over all of them (key ""); computed once per model
+        (the MD and the selection of an iteration both need it)."""
+        if model in self._typical:
+            return self._typical[model]
         uncertain = load_uncertain_potential(model)
         predictions = collect(uncertain, graphs_for(uncertain.potential, self.validation))
         largest = np.full(len(self.validation), -np.inf)
         np.maximum.at(largest, predictions["structure"].astype(int), predictions[K.FORCES_UNCERTAINTY])
         formulas = np.array([frame.to_atoms().get_chemical_formula() for frame in self.validation])
         typical = {str(formula): float(np.median(largest[formulas == formula])) for formula in set(formulas)}
-        return {**typical, "": float(np.median(largest))}
+        self._typical[model] = {**typical, "": float(np.median(largest))}
+        return self._typical[model]
 
     def _baseline_picks(self, iteration: int, count: int) -> list[int]:
         """Indices of ``count`` candidates for the random or uniform strategy: a seeded random
