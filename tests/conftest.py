@@ -13,6 +13,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk, molecule
+from ase.data import covalent_radii
 
 from incerta.models.potential import Potential
 from incerta.models.spec import PotentialSpec
@@ -52,6 +53,16 @@ def make_model(l_max: int = 2, cutoff: float = 4.0, species=(1, 6, 8, 14), seed:
     model = Potential(spec).double().eval()
     torch.nn.init.normal_(model.readout.output.weight)  # trained models are not flat; zero init would be
     return model
+
+
+def most_stretched_bond(atoms: Atoms) -> float:
+    """The largest bond length of a molecule over the sum of its two atoms' covalent radii (ASE's;
+    bonds: pairs within 1.2x that sum): a fragment factor just above it keeps the molecule whole
+    by a hair, independently of the MoleculeWatch under test."""
+    distances = atoms.get_all_distances()
+    radii = covalent_radii[atoms.numbers]
+    ratio = distances / (radii[:, None] + radii[None, :])
+    return float(ratio[(ratio < 1.2) & (distances > 0)].max())
 
 
 def emt_ethanol_frames(count: int, rattle: float) -> list:

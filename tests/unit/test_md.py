@@ -11,11 +11,10 @@ import torch
 from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from ase.data import covalent_radii
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
-from ase.neighborlist import natural_cutoffs, neighbor_list
 
+from conftest import most_stretched_bond
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.bias import UncertaintyBiasedCalculator, density_score
 from incerta.calculators.md import LOG_COLUMNS, MoleculeWatch, make_dynamics, run_watched_md
@@ -212,9 +211,8 @@ def test_a_run_whose_molecule_comes_apart_stops_there(model, ethanol, tmp_path):
     logging why; here the factor keeps the starting molecule whole by a hair (0.1 % above its
     most stretched bond), so the first thermal stretch of that bond splits it. Without a factor
     the run goes on."""
-    first, second, distance = neighbor_list("ijd", ethanol, natural_cutoffs(ethanol, mult=1.2))
-    ratio = distance / (covalent_radii[ethanol.numbers[first]] + covalent_radii[ethanol.numbers[second]])
-    settings = MDSettings(ensemble="nvt", temperature_K=600, steps=40, check_every=10, fragment_factor=1.001 * ratio.max())
+    settings = MDSettings(ensemble="nvt", temperature_K=600, steps=40, check_every=10,
+                          fragment_factor=1.001 * most_stretched_bond(ethanol))
     assert MoleculeWatch.of(ethanol, settings.fragment_factor, None).pieces == 1
     run = run_watched_md(ethanol, IncertaCalculator(model), settings, log=tmp_path / "log.csv", progress=False)
     assert run.steps_done < 40 and "came apart" in run.error

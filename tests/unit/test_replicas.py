@@ -11,10 +11,10 @@ import pytest
 import torch
 from ase import Atoms, units
 from ase.build import molecule
-from ase.data import covalent_radii
 from ase.md.verlet import VelocityVerlet
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from conftest import most_stretched_bond
 from incerta.calculators.ase import IncertaCalculator
 from incerta.calculators.replicas import REPLICA_LOG_COLUMNS, TorchSimPotential, replica_path, run_replica_md
 from incerta.config.active import CandidateSection
@@ -169,7 +169,7 @@ def test_a_replica_whose_molecule_comes_apart_stops_alone_at_that_check(model, t
     check where its molecule splits, logging why and keeping nothing flagged after it; without
     the factor both run every step."""
     starts = ethanols([0.02, 0.05])
-    tight = 1.001 * max(_most_stretched_bond(atoms) for atoms in starts)
+    tight = 1.001 * max(most_stretched_bond(atoms) for atoms in starts)
     settings = MDSettings(ensemble="nvt", temperature_K=600, steps=40, check_every=10, fragment_factor=tight)
     runs = run_replica_md(starts, model, settings, seed=0, progress=False, log=tmp_path / "log.csv")
     for run in runs:
@@ -177,14 +177,6 @@ def test_a_replica_whose_molecule_comes_apart_stops_alone_at_that_check(model, t
         assert run.log[-1]["event"] == f"stopped: {run.error}" and run.error.startswith(f"at step {run.log[-1]['step']}:")
     free = run_replica_md(starts, model, settings.model_copy(update={"fragment_factor": None}), seed=0, progress=False)
     assert all(run.error is None and run.steps_done == 40 for run in free)
-
-
-def _most_stretched_bond(atoms: Atoms) -> float:
-    """The largest bond length of ``atoms`` over the sum of its atoms' covalent radii (bonds: 1.2x)."""
-    distances = atoms.get_all_distances()
-    radii = covalent_radii[atoms.numbers]
-    ratio = distances / (radii[:, None] + radii[None, :])
-    return float(ratio[(ratio < 1.2) & (distances > 0)].max())
 
 
 def test_replicas_refuse_what_they_cannot_run(model, silicon, ethanol):

@@ -16,7 +16,7 @@ from incerta.config.active import AttackSection, CandidateSection, MDSection
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import AtomicGraph, frame_to_graph
-from incerta.data.neighbors import neighbor_list
+from incerta.data.neighbors import edge_lengths, neighbor_list
 from incerta.models.compiled import CompiledPotential
 from incerta.models.predict import graphs_for, model_dtype
 from incerta.uq.base import FitSettings
@@ -108,10 +108,7 @@ def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSec
 
 def _min_distance(positions: np.ndarray, frame: Frame, bound: float) -> float:
     edges, shifts = neighbor_list(positions, frame.cell, frame.pbc, bound)
-    if edges.shape[1] == 0:
-        return np.inf
-    vectors = positions[edges[1]] - positions[edges[0]] + shifts @ frame.cell
-    return float(np.linalg.norm(vectors, axis=1).min())
+    return float(edge_lengths(positions, frame.cell, edges, shifts).min(initial=np.inf))
 
 
 def attack_structure(

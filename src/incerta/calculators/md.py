@@ -29,7 +29,7 @@ from incerta.config.md import MDSettings
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
 from incerta.data.md_sampling import initial_velocities, labelled_copy, langevin
-from incerta.data.neighbors import neighbor_list
+from incerta.data.neighbors import edge_lengths, neighbor_list
 from incerta.data.validation import DataError
 
 LOG_COLUMNS = (
@@ -127,8 +127,8 @@ def _pairs(atoms: Atoms, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndar
     """Pairs (i, j) of ``atoms`` closer than ``factor`` times the sum of their covalent radii
     (ASE's; periodic images included): i, j, their distance (Å) and that as a fraction of the sum."""
     radii = covalent_radii[atoms.numbers]
-    (first, second), shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, factor * 2 * radii.max())
-    distance = np.linalg.norm(atoms.positions[second] - atoms.positions[first] + shifts @ atoms.cell.array, axis=1)
+    edges, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, factor * 2 * radii.max())
+    (first, second), distance = edges, edge_lengths(atoms.positions, atoms.cell.array, edges, shifts)
     ratio = distance / (radii[first] + radii[second])
     close = ratio < factor
     return first[close], second[close], distance[close], ratio[close]

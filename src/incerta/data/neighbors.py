@@ -22,3 +22,9 @@ def neighbor_list(
     )
     edge_index = np.stack([i.astype(np.int64), j.astype(np.int64)])
     return edge_index, shifts.astype(np.int64)
+
+
+def edge_lengths(positions: np.ndarray, cell: np.ndarray, edges: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """(E,) Å: the length of each pair of a :func:`neighbor_list` (edges (2, E), shifts (E, 3))."""
+    positions = np.asarray(positions, dtype=float)
+    return np.linalg.norm(positions[edges[1]] - positions[edges[0]] + shifts @ np.asarray(cell, dtype=float), axis=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from incerta.data.frame import Frame
-from incerta.data.neighbors import neighbor_list
+from incerta.data.neighbors import edge_lengths, neighbor_list
 
 
 class DataError(ValueError):
@@ -81,8 +81,7 @@ def _overlaps(frame: Frame, min_distance: float) -> list[str]:
 def overlaps_on_edges(frame: Frame, edges: np.ndarray, shifts: np.ndarray, min_distance: float) -> list[str]:
     """The overlap problem of ``frame`` (empty list = none) from a neighbour list of it with a
     radius of at least ``min_distance`` Å: pairs (2, E) and their cell shifts (E, 3)."""
-    positions = np.asarray(frame.positions, dtype=float)
-    distances = np.linalg.norm(positions[edges[1]] - positions[edges[0]] + shifts @ np.asarray(frame.cell), axis=1)
+    distances = edge_lengths(frame.positions, frame.cell, edges, shifts)
     close = np.flatnonzero(distances < min_distance)
     if close.size == 0:
         return []
