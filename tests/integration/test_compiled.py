@@ -134,6 +134,36 @@ def test_an_md_check_costs_one_compiled_pass(compiled_folder):
                                rtol=1e-4)
 
 
+def test_a_package_without_stress_runs_the_forces_of_a_cell(compiled_folder):
+    """A package compiled without stress (the default for a model trained on molecules) still runs
+    the forces of a periodic cell; only a stress asked for runs eagerly, with a one-time warning."""
+    calculator = IncertaCalculator(compiled_folder)
+    package, calls = calculator.compiled, []
+
+    class WithoutStress:
+        stress, path = False, package.path
+
+        def __call__(self, graph, compute_stress=False):
+            calls.append(compute_stress)
+            return package(graph, compute_stress=compute_stress)
+
+    calculator.compiled = WithoutStress()
+    silicon = structures()["silicon"].to_atoms()
+    silicon.calc = calculator
+    reference = silicon.copy()
+    reference.calc = IncertaCalculator(compiled_folder, compiled=False)
+    np.testing.assert_allclose(silicon.get_forces(), reference.get_forces(), rtol=0, atol=FORCES_TOL)
+    assert calls == [False] and "stress" not in calculator.results
+    with pytest.warns(UserWarning, match="compiled without stress: the stress runs on the eager model"):
+        stress = silicon.get_stress()
+    np.testing.assert_allclose(stress, reference.get_stress(), rtol=0, atol=STRESS_TOL)
+    assert calls == [False], "the stress came from the eager model, not from the package"
+    silicon.positions[0, 0] += 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        silicon.get_stress()
+
+
 def test_a_package_alone_gives_energy_forces_and_stress_but_no_uncertainty(compiled_folder):
     package = compiled_path(compiled_folder, "cpu", torch.float32)
     silicon = structures()["silicon"].to_atoms()

@@ -145,6 +145,7 @@ class IncertaCalculator(Calculator):
         self.annotate = annotate
         self._warned_state = False
         self._warned_periodic = False
+        self._warned_stress = False
         #: the last call's graph and outputs, reused when uncertainties are asked for on the same structure
         self._last: tuple[AtomicGraph, dict[str, torch.Tensor]] | None = None
 
@@ -185,9 +186,24 @@ class IncertaCalculator(Calculator):
     def has_uncertainty(self) -> bool:
         return isinstance(self.model, UncertainPotential)
 
-    def predict(self, graph: AtomicGraph, periodic: bool, uncertain: bool) -> dict[str, torch.Tensor]:
-        """The model's outputs for one checked structure; the uncertainty pass only when ``uncertain``."""
-        return model_outputs(self.model, graph, periodic, uncertain, self.compiled)
+    def predict(self, graph: AtomicGraph, stress: bool, uncertain: bool) -> dict[str, torch.Tensor]:
+        """The model's outputs for one checked structure, its stress with ``stress``; the
+        uncertainty pass only when ``uncertain``."""
+        return model_outputs(self.model, graph, stress, uncertain, self.compiled)
+
+    def _computes_stress(self, wanted: set[str]) -> bool:
+        """Whether a call on a periodic structure computes the stress: when asked for, or when it
+        comes at no extra cost (the eager model, or a package compiled with it), so that NPT's
+        forces and stress are one pass. A package compiled without stress runs the forces alone,
+        and a stress asked of it runs eagerly, with a one-time warning."""
+        asked = bool(wanted & {"stress", K.STRESS_UNCERTAINTY})
+        if self.compiled is None or self.compiled.stress:
+            return True
+        if asked and self.model is not None and not self._warned_stress:
+            warnings.warn(f"{self.compiled.path} was compiled without stress: the stress runs on the eager model "
+                          "(`incerta compile --stress` compiles it in)", stacklevel=4)
+            self._warned_stress = True
+        return asked
 
     def _checked_graph(self) -> AtomicGraph:
         """The graph of ``self.atoms`` after the input checks (elements, overlaps, charge and spin)."""
@@ -226,17 +242,18 @@ class IncertaCalculator(Calculator):
         graph = self._last[0] if again else self._checked_graph()
         periodic = bool(graph.pbc.any())
         self._check_properties(wanted, periodic)
-        if again and self.model.method.scores_from_outputs:
-            outputs = self.model(graph, compute_stress=periodic, outputs=self._last[1])
+        stress = periodic and self._computes_stress(wanted)
+        if again and self.model.method.scores_from_outputs and (K.STRESS in self._last[1] or not stress):
+            outputs = self.model(graph, compute_stress=stress, outputs=self._last[1])
         else:
-            outputs = self.predict(graph, periodic, uncertain)
+            outputs = self.predict(graph, stress, uncertain)
         self._last = (graph, outputs)
         as_np = lambda t: t.detach().cpu().double().numpy()
         energy = float(outputs[K.ENERGY][0].detach())
         self.results = {"energy": energy, "free_energy": energy, "forces": as_np(outputs[K.FORCES])}
         if K.ATOMIC_ENERGIES in outputs:
             self.results["energies"] = as_np(outputs[K.ATOMIC_ENERGIES])
-        if periodic:
+        if K.STRESS in outputs:
             self.results["stress"] = full_3x3_to_voigt_6_stress(as_np(outputs[K.STRESS][0]))
         if K.ATOMIC_CHARGES in outputs:
             self.results["charges"] = as_np(outputs[K.ATOMIC_CHARGES])

@@ -70,9 +70,9 @@ class UncertaintyBiasedCalculator(IncertaCalculator):
         self.density = density.to(self.device)
         self.strength, self.reference = strength, reference
 
-    def predict(self, graph: AtomicGraph, periodic: bool, uncertain: bool) -> dict[str, torch.Tensor]:
-        outputs = dict(super().predict(graph, periodic, uncertain))
-        inputs = differentiable_inputs(graph, forces=True, stress=periodic)
+    def predict(self, graph: AtomicGraph, stress: bool, uncertain: bool) -> dict[str, torch.Tensor]:
+        outputs = dict(super().predict(graph, stress, uncertain))
+        inputs = differentiable_inputs(graph, forces=True, stress=stress)
         features = self.density.potential.evaluate(inputs.graph)[K.NODE_FEATURES]
         bias = bias_energy(density_score(self.density, features), self.strength, self.reference)
         for key, value in derivatives(bias.unsqueeze(0), inputs, create_graph=False).items():
