@@ -120,3 +120,36 @@ def test_position_jacobian_rows_are_atomic_energy_gradients(model, ethanol, batc
     np.testing.assert_allclose(-jacobian.sum(0).detach().numpy(), forces, atol=1e-10)
     row = torch.autograd.grad(atomic[3], inputs.positions, retain_graph=True)[0]
     np.testing.assert_allclose(jacobian[3].detach().numpy(), row.numpy(), atol=1e-12)
+
+
+def test_chunked_messages_change_memory_not_results(silicon, monkeypatch):
+    """Above EDGE_CHUNK edges a layer's messages are summed over chunks and recomputed in the
+    backward pass: the same energy, forces, stress and training gradients (second derivatives
+    through the recomputation), with fewer per-edge tensors held for the backward."""
+    import incerta.nn.interaction as interaction
+
+    model = make_model().train()
+    graph = frame_to_graph(Frame.from_atoms(silicon.repeat((2, 2, 1))), model.spec.cutoff)
+    assert graph.edge_index.shape[1] > 6 * 16
+
+    def run() -> tuple[dict[str, torch.Tensor], list[torch.Tensor], int]:
+        out = model(graph, compute_forces=True, compute_stress=True, create_graph=True)
+        loss = (out[K.FORCES] ** 2).sum() + (out[K.STRESS] ** 2).sum() + out[K.ENERGY].sum()
+        held = {}
+
+        def pack(tensor):
+            held[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model.evaluate(differentiable_inputs(graph, forces=True, stress=True).graph)
+        return out, torch.autograd.grad(loss, list(model.parameters())), sum(held.values())
+
+    whole, whole_grads, whole_held = run()
+    monkeypatch.setattr(interaction, "EDGE_CHUNK", 16)
+    chunked, chunked_grads, chunked_held = run()
+    for key in (K.ENERGY, K.FORCES, K.STRESS):
+        torch.testing.assert_close(chunked[key], whole[key], rtol=1e-10, atol=1e-12)
+    for chunked_grad, whole_grad in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(chunked_grad, whole_grad, rtol=1e-9, atol=1e-12)
+    assert chunked_held < 0.5 * whole_held, (chunked_held, whole_held)

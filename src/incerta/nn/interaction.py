@@ -8,17 +8,26 @@ For a receiving atom i with neighbours j (edges i <- j):
 R is a radial MLP on the Bessel embedding (scaled by the smooth cutoff), (x) is a
 Clebsch–Gordan tensor product with one weight per channel and path ("uvu"), SC a
 species-dependent self-connection and Gate the gated non-linearity of e3nn.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: TorchScript (model export) reads the
+annotations of the chunked path it skips, and resolves only real types, not strings.
+"""
 
 import torch
 from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from incerta.data import keys as K
 from incerta.nn.block import Block, Data
+
+#: edges per chunk of a layer whose messages are recomputed in the backward pass instead of
+#: held for it, when a structure has more edges than this and gradients are on. Measured eagerly
+#: on the 1,536-atom water box (79k edges, fast preset, 2 threads): peak memory of energy +
+#: forces 1.72 GB unchunked, 1.19 GB at 20,000 edges, 0.96 GB at 8,000, 0.93 GB at 4,000, at
+#: the same time per call (708 vs 725 ms: the recomputation is paid back by smaller buffers)
+EDGE_CHUNK = 8192
 
 
 def hidden_irreps(num_channels: int, l_max: int) -> o3.Irreps:
@@ -93,13 +102,40 @@ class Interaction(Block):
 
     def forward(self, data: Data) -> Data:
         node_features = data[K.NODE_FEATURES]
-        receivers, senders = data[K.EDGE_INDEX][0], data[K.EDGE_INDEX][1]
         self_term = self.self_connection(node_features, data[K.SPECIES_ONE_HOT])
         up = self.linear_up(node_features)
-        weights = self.radial(data[K.EDGE_RADIAL]) * data[K.EDGE_ENVELOPE].unsqueeze(-1)
-        messages = self.tensor_product(up.index_select(0, senders), data[K.EDGE_SH], weights)
-        aggregated = torch.zeros(
-            node_features.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device
-        ).index_add_(0, receivers, messages)
+        edges = [data[K.EDGE_INDEX][0], data[K.EDGE_INDEX][1], data[K.EDGE_SH], data[K.EDGE_RADIAL],
+                 data[K.EDGE_ENVELOPE]]
+        if not torch.jit.is_scripting() and self.recomputes(edges[0]):
+            aggregated = self.chunked_messages(up, edges)
+        else:
+            aggregated = self.messages(up, edges[0], edges[1], edges[2], edges[3], edges[4])
         out = self.gate(self.linear_down(aggregated * self.inv_sqrt_neighbors) + self_term)
         return {K.NODE_FEATURES: node_features + out if self.residual else out}
+
+    def messages(self, up: torch.Tensor, receivers: torch.Tensor, senders: torch.Tensor, sh: torch.Tensor,
+                 radial: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
+        """Each atom's sum of R(|r_ij|) [(W_up h_j) (x) Y(r_ij)] over the given edges: ``up``
+        (N, irreps_in.dim), edges (E,), (E,), (E, sh.dim), (E, num_basis), (E,) -> (N, irreps_mid.dim)."""
+        weights = self.radial(radial) * envelope.unsqueeze(-1)
+        messages = self.tensor_product(up.index_select(0, senders), sh, weights)
+        return torch.zeros(up.shape[0], messages.shape[1], dtype=messages.dtype,
+                           device=messages.device).index_add_(0, receivers, messages)
+
+    @torch.jit.unused
+    def recomputes(self, receivers: torch.Tensor) -> bool:
+        """Whether the messages of these edges (receivers (E,)) are computed in chunks of
+        :data:`EDGE_CHUNK` and recomputed in the backward pass (not while tracing for
+        compilation, whose sizes are symbolic)."""
+        num_edges = receivers.shape[0]
+        return torch.is_grad_enabled() and isinstance(num_edges, int) and num_edges > EDGE_CHUNK
+
+    @torch.jit.unused
+    def chunked_messages(self, up: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`messages` summed over chunks of :data:`EDGE_CHUNK` edges, each recomputed in the
+        backward pass (activation checkpointing): the per-edge buffers of one chunk at a time."""
+        total = None
+        for start in range(0, edges[0].shape[0], EDGE_CHUNK):
+            part = checkpoint(self.messages, up, *(t[start:start + EDGE_CHUNK] for t in edges), use_reentrant=False)
+            total = part if total is None else total + part
+        return total
