@@ -124,3 +124,35 @@ def test_a_new_total_charge_on_the_same_geometry_is_recomputed(ethanol):
     assert abs(cation - neutral) > 1e-4, "the cached neutral energy must not be returned for the cation"
     ethanol.info.update(charge=0, spin=0)
     assert ethanol.get_potential_energy() == pytest.approx(neutral)
+
+
+def test_system_changes_agree_with_ase(silicon):
+    """The calculator's change check reports what ASE's compare_atoms does, for each kind of change."""
+    from ase.calculators.calculator import compare_atoms
+
+    from incerta.calculators.ase import system_changes
+
+    def edits():
+        yield "nothing", lambda atoms: None
+        yield "below the tolerance", lambda atoms: atoms.positions.__setitem__((0, 0), atoms.positions[0, 0] + 1e-17)
+        yield "a position", lambda atoms: atoms.positions.__setitem__((1, 2), atoms.positions[1, 2] + 1e-9)
+        yield "a NaN position", lambda atoms: atoms.positions.__setitem__((1, 2), np.nan)
+        yield "an element", lambda atoms: atoms.numbers.__setitem__(0, 6)
+        yield "the cell", lambda atoms: atoms.set_cell(atoms.cell.array * 1.001)
+        yield "the boundary", lambda atoms: atoms.set_pbc([True, True, False])
+        yield "magnetic moments added", lambda atoms: atoms.set_initial_magnetic_moments([1.0] * len(atoms))
+        yield "an atom more", lambda atoms: atoms.append("Si")
+
+    seen = set()
+    for name, edit in edits():
+        after = silicon.copy()
+        edit(after)
+        expected = compare_atoms(silicon, after)
+        assert sorted(system_changes(silicon, after, 1e-15)) == sorted(expected), name
+        seen.update(expected)
+    assert seen == {"positions", "numbers", "cell", "pbc", "initial_magmoms"}
+    assert system_changes(None, silicon, 1e-15) == compare_atoms(None, silicon)
+    moved = silicon.copy()
+    moved.positions += 0.1
+    moved.set_pbc(False)
+    assert system_changes(silicon, moved, 1e-15, {"positions"}) == compare_atoms(silicon, moved, 1e-15, {"positions"})
