@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import torch
-import torchpme
 
 from incerta.data.neighbors import neighbor_list
 
@@ -44,6 +43,8 @@ class PeriodicCoulomb:
     differentiable in positions, cell, widths and charges."""
 
     def __init__(self, positions: torch.Tensor, cell: torch.Tensor, width: torch.Tensor) -> None:
+        import torchpme  # only for charge equilibration in cells: other models do not load it (nor metatensor)
+
         self.positions, self.cell = positions, cell
         self.index, self.distance = periodic_pairs(positions, cell, PME_CUTOFF)
         self.pme = torchpme.PMECalculator(

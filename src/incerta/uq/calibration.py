@@ -53,9 +53,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
-from scipy.stats import chi2
-from sklearn.isotonic import IsotonicRegression
 
 from incerta.config.uncertainty import CalibrationKind
 
@@ -137,6 +134,10 @@ def _interpolate(value: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch
 
 def _fit(score: np.ndarray, squared: np.ndarray, dof: int, kind: CalibrationKind, score_kind: ScoreKind) -> ScoreMap:
     """Fit sigma(score) to squared errors (sum over ``dof`` components, each with var sigma^2/dof)."""
+    from scipy.optimize import minimize  # fitting only: inference (MD, the calculator) does not load them
+    from scipy.stats import chi2
+    from sklearn.isotonic import IsotonicRegression
+
     result = ScoreMap(kind, score_kind, offset=float(np.min(score)) if score_kind == "log-density" else 0.0)
     t = result.transform(score)
     if kind == "isotonic":

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
@@ -79,6 +78,8 @@ def register_mixture(module: torch.nn.Module, dim: int, n_components: int) -> No
 def fit_mixture(module: torch.nn.Module, features: np.ndarray, max_components: int, seed: int) -> dict:
     """Fit the mixture buffers of ``module`` (:func:`register_mixture`) to (atoms, C) features:
     full covariances, the number of components chosen by BIC (scikit-learn); returns the fit info."""
+    from sklearn.mixture import GaussianMixture  # fitting only: inference does not load scikit-learn
+
     center, scale = features.mean(axis=0), features.std(axis=0) + 1e-6
     z = (features - center) / scale
     candidates = sorted({k for k in (1, 2, 3, 4, 6, 8, 10, 12, 16) if k <= max_components and k < len(z) // 10} | {1})
