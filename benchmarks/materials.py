@@ -18,6 +18,7 @@ force RMSE, then NPT MD at 300 K and 1 bar through ``incerta md`` watched by the
 uncertainty: flags, temperature, pressure and density.
 
     .venv/bin/python benchmarks/materials.py --section water --minutes 15 --md-steps 4000
+    .venv/bin/python benchmarks/materials.py --section water --minutes 15 --dispersion rpbe   # D3 in the model
 
 Section ``qeq``: rattled rock-salt NaCl supercells from 64 to 5,832 atoms, random
 electronegativities, hardnesses and Gaussian widths (a trained model's range), total
@@ -75,13 +76,15 @@ PUBLISHED_SOURCE = ("Zuo et al., J. Phys. Chem. A 124, 731 (2020), test-set MAEs
 MODEL = {"cutoff": 5.0, "l_max": 1, "num_channels": 32, "num_layers": 3}
 
 
-def train_with_cli(folder: Path, data: dict, minutes: float, stress_weight: float, threads: int) -> dict:
-    """``incerta train`` then ``incerta uq fit --method gmm`` on ``threads`` threads; wall times in s."""
+def train_with_cli(folder: Path, data: dict, minutes: float, stress_weight: float, threads: int,
+                   model: dict | None = None) -> dict:
+    """``incerta train`` then ``incerta uq fit --method gmm`` on ``threads`` threads; wall times in s.
+    ``model``: options beside :data:`MODEL`."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {
         "seed": 0,
         "data": data,
-        "model": MODEL,
+        "model": {**MODEL, **(model or {})},
         "training": {"epochs": 100000, "max_time_minutes": minutes, "lr": 0.01, "batch_size": 4,
                      "energy_weight": 0.05, "forces_weight": 0.95, "stress_weight": stress_weight,
                      "scheduler_patience": 10, "progress": False},
@@ -142,13 +145,16 @@ def mlearn(minutes: float) -> dict:
     return results
 
 
-def water(minutes: float, md_steps: int) -> dict:
+def water(minutes: float, md_steps: int, dispersion: str | None = None) -> dict:
     """Liquid water (64 H2O, RPBE-D3, no stress labels): 40 frames to train, 10 held out; then
     NPT MD at 300 K and 1 bar through ``incerta md`` from a held-out frame, watched with a
-    threshold 1.5x the largest structure uncertainty of the held-out frames."""
-    folder = WORK / "materials" / "water"
+    threshold 1.5x the largest structure uncertainty of the held-out frames. ``dispersion``:
+    the model adds that functional's D3(BJ) two-body term (the network learns the rest)."""
+    folder = WORK / "materials" / ("water" if dispersion is None else f"water-d3-{dispersion}")
     path = shared_data() / "water_rpbe_d3" / "test-H2O_RPBE-D3.xyz"
-    trained = train_with_cli(folder, {"train": str(path), "n_val": 10}, minutes, stress_weight=0.0, threads=2)
+    model = None if dispersion is None else {"dispersion": dispersion, "dispersion_three_body": False}
+    trained = train_with_cli(folder, {"train": str(path), "n_val": 10}, minutes, stress_weight=0.0, threads=2,
+                             model=model)
     model = trained["model"]
     held_out = run_splits(model).validation
     uncertain = load_uncertain_potential(model)
@@ -256,6 +262,8 @@ def main() -> None:
     parser.add_argument("--md-steps", type=int, default=4000, help="water: NPT MD steps of 0.5 fs")
     parser.add_argument("--calls", type=int, default=3, help="qeq: timed calls per size")
     parser.add_argument("--minutes", type=float, default=12.0, help="mlearn: training budget per element")
+    parser.add_argument("--dispersion", help="water: add this functional's D3(BJ) to the model (results under "
+                        "'water_d3_<functional>')")
     args = parser.parse_args()
     previous = RESULTS / "materials.json"
     sections = json.loads(previous.read_text()) if previous.is_file() else {}  # other sections stay
@@ -270,7 +278,7 @@ def main() -> None:
                                                            "data": "mlearn test sets (the shared water set has no stress)"}})
         return
     if args.section == "water":
-        results = water(args.minutes, args.md_steps)
+        results = water(args.minutes, args.md_steps, args.dispersion)
         md = results["npt_md"]
         print_table("liquid water (RPBE-D3): held-out errors and NPT MD at 300 K", ["quantity", "value"], [
             ["energy RMSE meV/atom", f"{results['energy_rmse_meV_per_atom']:.2f}"],
@@ -278,7 +286,8 @@ def main() -> None:
             ["NPT MD", f"{md['time_ps']:.2f} ps, {len(md['flags'])} flags (threshold {md['threshold_eV_per_A']:.3f} eV/Å)"],
             ["mean T K / P GPa (second half)", f"{md['mean_temperature_K']:.0f} / {md['mean_pressure_GPa']:.3f}"],
             ["density g/cm^3 start -> end", " -> ".join(f"{d:.3f}" for d in md["density_g_per_cm3_start_end"])]])
-        write_results("materials", {**sections, "water": results})
+        key = "water" if args.dispersion is None else f"water_d3_{args.dispersion}"
+        write_results("materials", {**sections, key: {**results, "dispersion": args.dispersion}})
         return
     torch.set_num_threads(2)
     rows = qeq_cost(args.calls)
