@@ -24,9 +24,9 @@ from incerta.nn.block import Block, Data
 
 #: edges per chunk of a layer whose messages are recomputed in the backward pass instead of
 #: held for it, when a structure has more edges than this and gradients are on. Measured eagerly
-#: on the 1,536-atom water box (79k edges, fast preset, 2 threads): peak memory of energy +
-#: forces 1.72 GB unchunked, 1.19 GB at 20,000 edges, 0.96 GB at 8,000, 0.93 GB at 4,000, at
-#: the same time per call (708 vs 725 ms: the recomputation is paid back by smaller buffers)
+#: on the 1,536-atom water box (79k edges, fast preset, 2 threads): peak memory of energy,
+#: forces and stress 1.72 GB unchunked, 1.19 GB at 20,000 edges, 0.96 GB at 8,000, 0.93 GB at
+#: 4,000, at about the same time per call (708 vs 725 ms; interleaved reruns 717/753 vs 639/813)
 EDGE_CHUNK = 8192
 
 
