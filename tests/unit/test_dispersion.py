@@ -122,3 +122,33 @@ def test_a_batch_mixes_molecules_and_cells():
 def test_dispersion_refuses_unknown_functionals():
     with pytest.raises(ValidationError, match="no D3"):
         ModelConfig.model_validate({"dispersion": "not-a-functional"})
+
+
+def test_species_shifts_are_fitted_to_the_energy_without_dispersion():
+    """Reference energies made of D3 plus per-species constants (molecules and a cell): with the
+    dispersion in the model, the fitted shifts are those constants; counting it in the shifts
+    too would add its mean, tens of meV per atom, to every prediction."""
+    from incerta.data.frame import Frame
+    from incerta.data.graph import frame_to_graph
+    from incerta.models.build import DataStatistics, fixed_energy
+
+    constants = {1: -13.6, 6: -1029.5, 8: -2040.1}
+    structures = [molecule(name) for name in ("CH4", "H2O", "C2H6", "CH3OH", "H2CO", "CO2", "C6H6")]
+    ice = molecule("H2O")
+    ice.set_cell([3.2, 3.2, 3.2])
+    ice.pbc = True
+    structures.append(ice)
+    energy = fixed_energy(ModelConfig(dispersion="pbe", dispersion_three_body=False))
+    frames, graphs = [], []
+    for atoms in structures:
+        graph = frame_to_graph(Frame.from_atoms(atoms), 5.0)
+        reference = energy(graph) + sum(constants[z] for z in atoms.numbers)
+        frames.append(Frame.from_atoms(atoms))
+        frames[-1].energy = reference
+        graphs.append(graph)
+    assert energy(graphs[-1]) < 2 * energy(frame_to_graph(Frame.from_atoms(molecule("H2O")), 5.0)) < 0, "images count"
+    fitted = DataStatistics.from_frames(frames, graphs, fixed=energy).shift
+    np.testing.assert_allclose(fitted, [constants[z] for z in (1, 6, 8)], atol=1e-8)
+    counted_twice = DataStatistics.from_frames(frames, graphs).shift
+    assert np.abs(np.subtract(counted_twice, fitted)).max() > 1e-2
+    assert fixed_energy(ModelConfig()) is None

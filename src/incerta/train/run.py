@@ -30,7 +30,7 @@ from incerta.config.training import RunConfig
 from incerta.data.graph import AtomicGraph, frame_to_graph
 from incerta.data.splits import split_indices
 from incerta.data.store import GraphStore, StoreView, is_store
-from incerta.models.build import DataStatistics, build_potential, statistics_from_store
+from incerta.models.build import DataStatistics, build_potential, fixed_energy, statistics_from_store
 from incerta.models.potential import Potential
 from incerta.models.predict import error_metrics, graphs_for, model_dtype
 from incerta.train.checkpoint import load_potential, load_training_state, save_potential
@@ -195,7 +195,7 @@ def load_run_data(config: RunConfig, require: tuple[str, ...]) -> RunData:
         splits = prepare_splits(data, config.seed, require)
         train = [frame_to_graph(f, config.model.cutoff) for f in splits.train]
         validation = [frame_to_graph(f, config.model.cutoff) for f in splits.validation]
-        statistics = DataStatistics.from_frames(splits.train, train, _e0s(config))
+        statistics = DataStatistics.from_frames(splits.train, train, _e0s(config), fixed=fixed_energy(config.model))
         return RunData(train, validation, statistics, splits.record(), tests)
     if len(data.train) > 1 or data.validation:
         raise ConfigError("data.train: an on-disk store (.h5) must be the only training source; "
@@ -206,7 +206,7 @@ def load_run_data(config: RunConfig, require: tuple[str, ...]) -> RunData:
                           f"model.cutoff is {config.model.cutoff} Å; convert the data again or change the cutoff")
     n_val = data.n_val or max(1, round(data.val_fraction * len(store)))
     train_index, val_index = split_indices(len(store), n_val, data.n_train, config.seed)
-    statistics = statistics_from_store(store, train_index, _e0s(config))
+    statistics = statistics_from_store(store, train_index, _e0s(config), fixed_energy(config.model))
     record = {"store": str(store.path), "train": train_index.tolist(), "validation": val_index.tolist()}
     return RunData(StoreView(store, train_index), StoreView(store, val_index), statistics, record, tests)
 
