@@ -107,20 +107,27 @@ def test_calculator_runs_the_model_folder_package(compiled_folder):
         np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-4)
 
 
+def recording(package: CompiledPotential, stress: bool) -> tuple[object, list[bool]]:
+    """A stand-in for ``package`` that says it was compiled with ``stress`` or not, and the list
+    it appends each call's ``compute_stress`` to."""
+    calls = []
+
+    class Recording:
+        path = package.path
+
+        def __call__(self, graph, compute_stress=False):
+            calls.append(compute_stress)
+            return package(graph, compute_stress=compute_stress)
+
+    Recording.stress = stress
+    return Recording(), calls
+
+
 def test_an_md_check_costs_one_compiled_pass(compiled_folder):
     """Forces, then the force uncertainty of the same structure (an MD check): the GMM takes its
     scores from the step's own compiled pass; a new geometry runs the package again."""
     calculator = IncertaCalculator(compiled_folder)
-    package, calls = calculator.compiled, []
-
-    class Counting:
-        stress = package.stress
-
-        def __call__(self, *args, **kwargs):
-            calls.append(1)
-            return package(*args, **kwargs)
-
-    calculator.compiled = Counting()
+    calculator.compiled, calls = recording(calculator.compiled, calculator.compiled.stress)
     atoms = structures()["ethanol"].to_atoms()
     atoms.calc = calculator
     forces = atoms.get_forces()
@@ -138,16 +145,7 @@ def test_a_package_without_stress_runs_the_forces_of_a_cell(compiled_folder):
     """A package compiled without stress (the default for a model trained on molecules) still runs
     the forces of a periodic cell; only a stress asked for runs eagerly, with a one-time warning."""
     calculator = IncertaCalculator(compiled_folder)
-    package, calls = calculator.compiled, []
-
-    class WithoutStress:
-        stress, path = False, package.path
-
-        def __call__(self, graph, compute_stress=False):
-            calls.append(compute_stress)
-            return package(graph, compute_stress=compute_stress)
-
-    calculator.compiled = WithoutStress()
+    calculator.compiled, calls = recording(calculator.compiled, stress=False)
     silicon = structures()["silicon"].to_atoms()
     silicon.calc = calculator
     reference = silicon.copy()

@@ -14,6 +14,9 @@ def test_every_name_gives_the_class_of_that_name():
     assert len(METHODS) == 8 and "ensemble" not in POST_TRAINING
     for name, cls in METHODS.items():
         assert issubclass(cls, UncertaintyMethod) and cls.name == name
+    from incerta.uq.combined import ERROR_METHODS
+
+    assert set(ERROR_METHODS) <= set(METHODS) - {"combined", "gmm", "ensemble"}
 
 
 def test_inference_does_not_load_the_fitting_libraries():

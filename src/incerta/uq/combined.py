@@ -35,17 +35,13 @@ from incerta.config.schema import ConfigError
 from incerta.data.graph import AtomicGraph, batches
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod
-from incerta.uq.evidential import EvidentialUncertainty
 from incerta.uq.gmm import fit_mixture, latent_features, mixture_nll, register_mixture
-from incerta.uq.gp import LNKUncertainty, SVGPUncertainty
-from incerta.uq.llpr import LLPRUncertainty
-from incerta.uq.shallow import ShallowEnsemble
+from incerta.uq.methods import METHODS
 from incerta.utils.tensor_files import read_tensors
 
 #: methods whose per-atom score is a standard deviation and whose output carries the latent features
-ERROR_METHODS: dict[str, type[UncertaintyMethod]] = {
-    cls.name: cls for cls in (LLPRUncertainty, LNKUncertainty, SVGPUncertainty, ShallowEnsemble, EvidentialUncertainty)
-}
+#: (their classes come from the registry, which imports only the one asked for)
+ERROR_METHODS = ("llpr", "lnk", "svgp", "shallow", "ledl")
 
 
 def fit_density_weight(score: np.ndarray, excess: np.ndarray, squared_error: np.ndarray) -> tuple[float, float]:
@@ -76,7 +72,7 @@ class CombinedUncertainty(UncertaintyMethod):
         if error not in ERROR_METHODS:
             raise ConfigError(f"combined: error method '{error}' is not one of {', '.join(ERROR_METHODS)}")
         nn.Module.__init__(self)  # the potential is the error method's: held once, as error.potential
-        self.error = ERROR_METHODS[error](potential, **(error_options or {}))
+        self.error = METHODS[error](potential, **(error_options or {}))
         self.error_name, self.error_model = error, error_model
         self.quantile, self.max_components = quantile, max_components
         register_mixture(self, potential.spec.num_channels, n_components)
