@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
 
 from incerta.uq import calibration
 from incerta.uq import metrics as m
-from incerta.uq.calibration import Calibration
+from incerta.uq.calibration import Calibration, ScoreMap
 
 
 @pytest.fixture
@@ -166,24 +169,48 @@ def test_atom_sigma_applies_each_atoms_element_map(rng, kind, score_kind):
     np.testing.assert_allclose(sigma, expected, rtol=1e-12)
 
 
-def test_stress_map_recovers_the_per_component_error(rng):
-    """Structures of 8 atoms whose stress components err with standard deviation
-    0.3 * sqrt(sum sigma_i^2) / V^(2/3): the fitted map gives that back, and survives JSON."""
-    structures, atoms = 400, 8
-    score = rng.uniform(0.05, 0.5, structures * atoms)  # scale map: calibrated sigma_i = 2 * score
+def stress_case(rng, normal: float, shear: float, structures: int = 400, atoms: int = 8):
+    """Structures of ``atoms`` atoms (scale-calibrated forces, sigma_i = 2 score_i) whose normal
+    and shear stress components err with standard deviations ``normal`` and ``shear`` times
+    sqrt(sum sigma_i^2) / V^(2/3): (calibration, per-atom sigma, structure index, volumes, the
+    expected per-component sigma (B,) of each kind, stress errors (B, 3, 3))."""
+    score = rng.uniform(0.05, 0.5, structures * atoms)
     calibration = Calibration.fit(score, synthetic_forces(rng, 2.0 * score), score[:structures],
                                   rng.normal(size=structures), "std")
     structure = np.repeat(np.arange(structures), atoms)
     volume = rng.uniform(100.0, 400.0, structures)
-    sigma_atoms = 2.0 * score
-    expected = 0.3 * np.sqrt(np.bincount(structure, sigma_atoms**2)) / volume ** (2 / 3)
-    errors = rng.normal(size=(structures, 3, 3)) * expected[:, None, None]
-    errors = 0.5 * (errors + errors.transpose(0, 2, 1)) * np.where(np.eye(3), 1.0, np.sqrt(2.0))  # symmetric, same spread
+    base = np.sqrt(np.bincount(structure, (2.0 * score) ** 2)) / volume ** (2 / 3)
+    upper = np.triu(rng.normal(size=(structures, 3, 3)) * np.where(np.eye(3), normal, shear)) * base[:, None, None]
+    errors = upper + np.triu(upper, 1).transpose(0, 2, 1)  # symmetric
     calibration.fit_stress(score, np.full(structures * atoms, 29), structure, volume, errors)
+    return calibration, 2.0 * score, structure, volume, normal * base, shear * base
+
+
+def test_stress_maps_recover_the_normal_and_shear_errors(rng):
+    """Normal components err three times more than shear ones: each kind's map gives its own
+    spread back (per component, Voigt order), and survives JSON."""
+    calibration, sigma_atoms, structure, volume, normal, shear = stress_case(rng, 0.6, 0.2)
     again = Calibration.from_json(calibration.to_json())
-    predicted = again.stress_sigma(torch.as_tensor(sigma_atoms), torch.as_tensor(structure), torch.as_tensor(volume))
-    assert again.stress.c1 == pytest.approx(1.0, abs=0.1)
-    np.testing.assert_allclose(predicted.numpy(), expected, rtol=0.15)
+    predicted = again.stress_sigma(torch.as_tensor(sigma_atoms), torch.as_tensor(structure),
+                                   torch.as_tensor(volume)).numpy()
+    assert predicted.shape == (len(volume), 6)
+    assert again.stress.normal.c1 == pytest.approx(1.0, abs=0.1) and again.stress.shear.c1 == pytest.approx(1.0, abs=0.1)
+    np.testing.assert_allclose(predicted[:, :3], np.repeat(normal[:, None], 3, axis=1), rtol=0.15)
+    np.testing.assert_allclose(predicted[:, 3:], np.repeat(shear[:, None], 3, axis=1), rtol=0.15)
+
+
+def test_a_stress_map_of_six_components_still_loads(rng):
+    """A calibration file written with one map for all six components (RMS over six) gives the
+    same per-component sigma for normal and shear components."""
+    calibration = stress_case(rng, 0.3, 0.3)[0]
+    score = torch.as_tensor(np.array([0.02, 0.05, 0.2]))
+    for six in (ScoreMap("power", "std", c0=-1.3, c1=0.9),
+                ScoreMap("isotonic", "std", knots_x=[0.01, 0.1], knots_y=[4e-6, 9e-6])):
+        data = json.loads(calibration.to_json())
+        data["stress"] = asdict(six)
+        old = Calibration.from_json(json.dumps(data))
+        expected = six(score).numpy() / np.sqrt(6.0)
+        np.testing.assert_allclose(old.stress(score).numpy(), np.repeat(expected[:, None], 6, axis=1), rtol=1e-12)
 
 
 def test_no_stress_map_without_enough_periodic_structures(rng):
@@ -214,3 +241,20 @@ def test_conformal_calibration_covers_heavy_tailed_errors(rng):
     factors = [np.exp(Calibration.fit(score, gaussian, score, rng.normal(size=20000), "std", kind).forces.c0)
                for kind in ("conformal", "scale")]
     assert factors[0] == pytest.approx(factors[1], rel=0.03) and factors[1] == pytest.approx(2.0, rel=0.03)
+
+
+def test_spearman_ceiling_is_what_exact_sigmas_reach(rng):
+    """Errors drawn from the sigmas: the measured per-structure Spearman lands on the ceiling,
+    which is below 1 (the worst atom's error is noisy); scores unrelated to the sigmas have none."""
+    structures, atoms = 300, 10
+    structure = np.repeat(np.arange(structures), atoms)
+    sigma = np.exp(rng.uniform(-2.0, 0.0, structures))[structure] * rng.uniform(0.5, 1.5, structure.size)
+    errors = rng.normal(size=(structure.size, 3)) * (sigma / np.sqrt(3.0))[:, None]
+    score = np.full(structures, -np.inf)
+    np.maximum.at(score, structure, sigma)
+    worst = np.full(structures, -np.inf)
+    np.maximum.at(worst, structure, np.linalg.norm(errors, axis=1))
+    ceiling = m.spearman_if_calibrated(sigma, structure, score)
+    assert 0.6 < ceiling < 0.99
+    assert m.spearman(score, worst) == pytest.approx(ceiling, abs=0.06)
+    assert abs(m.spearman_if_calibrated(sigma, structure, rng.permutation(score))) < 0.15

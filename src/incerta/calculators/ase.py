@@ -114,8 +114,8 @@ class IncertaCalculator(Calculator):
     * ``energy_uncertainty`` eV: predicted standard deviation of the energy error;
     * ``structure_uncertainty`` eV/Å: max (or ``aggregate``) of ``forces_uncertainty``;
     * ``stress_uncertainty`` (6,) eV/Å^3, Voigt order like ``stress``: predicted RMS error of
-      each stress component (one value for all six), for periodic cells when the calibration
-      data had stress.
+      each stress component (one value for the normal components, one for the shear ones),
+      for periodic cells when the calibration data had stress.
 
     With ``annotate=True`` the uncertainties, once computed, are also copied into
     ``atoms.arrays`` / ``atoms.info``, so ``ase.io.write(..., format="extxyz")`` keeps them.
@@ -293,7 +293,7 @@ class IncertaCalculator(Calculator):
             self.results[K.ENERGY_UNCERTAINTY] = float(outputs[K.ENERGY_UNCERTAINTY][0].detach())
             self.results[K.STRUCTURE_UNCERTAINTY] = float(outputs[K.STRUCTURE_UNCERTAINTY][0].detach())
             if K.STRESS_UNCERTAINTY in outputs:
-                self.results[K.STRESS_UNCERTAINTY] = np.full(6, float(outputs[K.STRESS_UNCERTAINTY][0].detach()))
+                self.results[K.STRESS_UNCERTAINTY] = as_np(outputs[K.STRESS_UNCERTAINTY][0])
             if self.annotate and atoms is not None:
                 atoms.arrays[K.FORCES_UNCERTAINTY] = np.array(self.results[K.FORCES_UNCERTAINTY])
                 atoms.info[K.ENERGY_UNCERTAINTY] = self.results[K.ENERGY_UNCERTAINTY]

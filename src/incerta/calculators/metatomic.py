@@ -13,7 +13,7 @@ model's cutoff:
   the structure's;
 * ``incerta::forces_uncertainty`` (per atom, eV/Å): the calibrated RMS force error, the
   calculator's ``forces_uncertainty``;
-* ``incerta::stress_uncertainty`` (per system, eV/Å^3) when the calibration has a stress map.
+* ``incerta::stress_uncertainty`` (per system, eV/Å^3, six properties in Voigt order) when the calibration has a stress map.
 
 The blocks of the potential are scripted as they are (one copy of the physics); the
 uncertainty is exported for the methods in :data:`EXPORTABLE_METHODS`, whose score is a
@@ -26,7 +26,6 @@ No ``from __future__ import annotations`` here: TorchScript reads the class anno
 
 import copy
 import json
-import math
 from pathlib import Path
 from typing import Dict, Final, List, Optional
 
@@ -49,7 +48,7 @@ from incerta.data.graph import cell_volumes
 from incerta.models.potential import Potential
 from incerta.nn.electronic import segment_sum
 from incerta.train.checkpoint import load_potential
-from incerta.uq.calibration import Calibration, ScoreMap, map_score, stress_score
+from incerta.uq.calibration import Calibration, ScoreMap, StressMaps, map_score, stress_score, voigt_sigma
 from incerta.uq.gmm import GMMUncertainty, mixture_nll, segment_logsumexp
 from incerta.uq.llpr import LLPRUncertainty
 from incerta.uq.model import UncertainPotential
@@ -81,6 +80,17 @@ class ExportedScoreMap(nn.Module):
     def forward(self, score: torch.Tensor) -> torch.Tensor:
         return map_score(score, self.isotonic, self.log_density, self.c0, self.c1, self.offset,
                          self.knots_x.to(score.dtype), self.knots_y.to(score.dtype))
+
+
+class ExportedStressMaps(nn.Module):
+    """:class:`~incerta.uq.calibration.StressMaps` as a module: stress score (B,) -> sigma (B, 6)."""
+
+    def __init__(self, maps: StressMaps) -> None:
+        super().__init__()
+        self.normal, self.shear = ExportedScoreMap(maps.normal), ExportedScoreMap(maps.shear)
+
+    def forward(self, score: torch.Tensor) -> torch.Tensor:
+        return voigt_sigma(self.normal(score), self.shear(score))
 
 
 class ExportedForceMaps(nn.Module):
@@ -152,9 +162,10 @@ class LLPRScores(nn.Module):
 
 
 def _tensor_map(values: torch.Tensor, samples: Labels, name: str) -> TensorMap:
-    """One-block TensorMap of ``values`` (rows, 1) with one property named ``name``."""
+    """One-block TensorMap of ``values`` (rows, P) with properties ``name`` = 0 .. P-1."""
+    properties = torch.arange(values.shape[1], dtype=torch.int32, device=values.device).unsqueeze(1)
     block = TensorBlock(values=values, samples=samples, components=torch.jit.annotate(List[Labels], []),
-                        properties=Labels([name], torch.zeros((1, 1), dtype=torch.int32, device=values.device)))
+                        properties=Labels([name], properties))
     return TensorMap(keys=Labels(["_"], torch.zeros((1, 1), dtype=torch.int32, device=values.device)), blocks=[block])
 
 
@@ -188,7 +199,7 @@ class MetatomicPotential(nn.Module):
             self.scores, self.scores_need_gradients = scores, scores.needs_position_gradients
         self.force_maps = ExportedForceMaps(calibration) if calibration is not None else nn.Identity()
         self.energy_map = ExportedScoreMap(calibration.energy) if calibration is not None else nn.Identity()
-        self.stress_map = ExportedScoreMap(calibration.stress) if self.has_stress_map else nn.Identity()
+        self.stress_map = ExportedStressMaps(calibration.stress) if self.has_stress_map else nn.Identity()
 
     def requested_neighbor_lists(self) -> List[NeighborListOptions]:
         return [self.neighbors]
@@ -293,9 +304,8 @@ class MetatomicPotential(nn.Module):
                 raise ValueError("incerta: the calibration of this model has no stress map (no periodic validation "
                                  "structures with stress)")
             volume = cell_volumes(data[K.CELL].detach(), data[K.PBC]).double()
-            per_component = self.stress_map(stress_score(sigma, batch, volume)) / math.sqrt(6.0)
-            results[self.stress_output] = _tensor_map(per_component.to(dtype).unsqueeze(1), system_samples,
-                                                             "stress_uncertainty")
+            per_component = self.stress_map(stress_score(sigma, batch, volume))
+            results[self.stress_output] = _tensor_map(per_component.to(dtype), system_samples, "stress_uncertainty")
         return results
 
 
@@ -328,7 +338,7 @@ def _outputs(has_uncertainty: bool, has_stress_map: bool) -> dict[str, ModelOutp
     if has_stress_map:
         outputs[STRESS_UNCERTAINTY_OUTPUT] = ModelOutput(
             unit="eV/Angstrom^3", sample_kind="system",
-            description="calibrated RMS error of each of the six stress components")
+            description="calibrated RMS error of each stress component, Voigt order (xx, yy, zz, yz, xz, xy)")
     return outputs
 
 

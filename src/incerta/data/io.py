@@ -277,6 +277,10 @@ def read_mlearn(path: str | Path) -> list[Frame]:
 
     ``virial_stress`` is VASP's stress in kBar (order xx yy zz xy yz zx, positive under
     compression); it is converted as ASE's VASP reader does: stress = -0.1 GPa * value.
+    Beware: the published Ge, Mo and Si files give the yz and xz components of their Vacancy
+    and AIMD-NVT cells (and Mo's Elastic cells) in each other's place, measured against
+    energy-and-force models (``benchmarks/materials.py``); the reader keeps the documented
+    order for every cell.
     """
     path = Path(path)
     try:

@@ -54,6 +54,7 @@ COLUMNS = [
 PER_GROUP_COLUMNS = [
     ("mean σ / mean |ΔF|", "mean_sigma_over_mean_error"), ("mean σ / RMS |ΔF|", "mean_sigma_over_rms_error"),
     ("Spearman (atoms)", "spearman_forces_atoms"), ("Spearman (structures, max)", "spearman_structures"),
+    ("its ceiling if σ were exact", "spearman_structures_if_calibrated"),
     ("miscal. area", "miscalibration_area_forces"), ("ENCE", "ence_forces"),
 ]
 

@@ -33,8 +33,14 @@ Maps (``kind``):
 
 Stress: every method's calibrated per-atom force uncertainties sigma_i give one raw stress
 score per periodic structure, u = sqrt(sum_i sigma_i^2) / V^(2/3) (eV/Å^3: the virial
-(1/V) sum_i r_i x dF_i with |r_i| ~ V^(1/3)), mapped by a power law fitted to the stress
-errors of periodic validation structures (the 6 Voigt components; sigma is per component).
+(1/V) sum_i r_i x dF_i with |r_i| ~ V^(1/3)), mapped by two power laws fitted to the stress
+errors of periodic validation structures: one for the normal components (xx, yy, zz), one
+for the shear components (yz, xz, xy), so sigma is per Voigt component. They err
+differently: a pressure error moves the three normal components together, and cubic
+crystals near equilibrium have no shear stress at all. Measured on the mlearn test sets
+(``benchmarks/materials.py``, GMM): RMS normal / shear errors 0.59 / 0.19 GPa (Si), 0.33 /
+0.09 (Ge), 0.76 / 0.31 (Mo); one map for all six components gave miscalibration areas of
+0.147, 0.141 and 0.125, the two maps 0.115, 0.113 and 0.109 (Li: 0.062 against 0.043).
 Without enough such structures there is no stress map and no stress uncertainty.
 
 Force maps are fitted per element when the validation data hold at least
@@ -48,7 +54,8 @@ Spearman of uncertainty vs force error -0.08 with one map, positive per element.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -65,6 +72,8 @@ CONFORMAL_LEVEL = 0.9
 #: periodic validation structures with stress labels needed for a stress map
 MIN_STRESS_STRUCTURES = 10
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+#: the normal and the shear components of :data:`VOIGT` (each kind has its own stress map)
+NORMAL, SHEAR = slice(0, 3), slice(3, 6)
 
 
 def stress_score(atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
@@ -104,6 +113,38 @@ class ScoreMap:
             return self(torch.as_tensor(np.asarray(score, dtype=float))).numpy()
         return map_score(score, self.kind == "isotonic", self.score_kind == "log-density", self.c0, self.c1,
                          self.offset, *self.knots(score))
+
+
+@dataclass
+class StressMaps:
+    """Maps of the stress score (B,) eV/Å^3 to the RMS error of the normal (xx, yy, zz) and of
+    the shear (yz, xz, xy) stress components (each fitted on the sum of its three squares)."""
+
+    normal: ScoreMap
+    shear: ScoreMap
+
+    def __call__(self, score: torch.Tensor) -> torch.Tensor:
+        """Per-component sigma (B, 6) eV/Å^3 in Voigt order for raw stress scores (B,)."""
+        return voigt_sigma(self.normal(score), self.shear(score))
+
+    def to_dict(self) -> dict:
+        return {"normal": asdict(self.normal), "shear": asdict(self.shear)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StressMaps:
+        """Both maps, or one map of all six components (files written before the split) used for both."""
+        if "normal" in data:
+            return cls(ScoreMap(**data["normal"]), ScoreMap(**data["shear"]))
+        six = ScoreMap(**data)  # it predicted the RMS of six components: the same per component from three
+        three = replace(six, c0=six.c0 - 0.5 * math.log(2.0), knots_y=[y / 2.0 for y in six.knots_y])
+        return cls(three, three)
+
+
+def voigt_sigma(normal: torch.Tensor, shear: torch.Tensor) -> torch.Tensor:
+    """Per-component stress sigma (B, 6) in Voigt order from the RMS errors (B,) of the three
+    normal and of the three shear components (TorchScript-compatible, for exported models)."""
+    normal, shear = normal / math.sqrt(3.0), shear / math.sqrt(3.0)
+    return torch.stack([normal, normal, normal, shear, shear, shear], dim=-1)
 
 
 def transform_score(score: torch.Tensor, log_density: bool, offset: float) -> torch.Tensor:
@@ -174,13 +215,13 @@ class Calibration:
 
     ``forces`` is the global force map; ``forces_by_species`` holds per-element maps
     (atomic number -> map) that take precedence where present; ``stress`` maps
-    :func:`stress_score` to the RMS of the six Voigt error components (None: no stress map).
+    :func:`stress_score` to the normal and shear stress errors (None: no stress map).
     """
 
     forces: ScoreMap
     energy: ScoreMap
     forces_by_species: dict[int, ScoreMap] = field(default_factory=dict)
-    stress: ScoreMap | None = None
+    stress: StressMaps | None = None
     _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -226,12 +267,14 @@ class Calibration:
         sigma = self.atom_sigma(torch.as_tensor(atom_scores, dtype=torch.float64), torch.as_tensor(numbers))
         score = stress_score(sigma, torch.as_tensor(structure, dtype=torch.long),
                              torch.as_tensor(volume)).numpy()[usable]  # NaN for molecules
-        voigt = np.stack([errors[usable][:, i, j] for i, j in VOIGT], axis=1)
-        self.stress = _fit(score, np.sum(voigt**2, axis=1), 6, "power", "std")
+        squared = np.stack([errors[usable][:, i, j] for i, j in VOIGT], axis=1) ** 2
+        self.stress = StressMaps(*(_fit(score, squared[:, part].sum(axis=1), 3, "power", "std")
+                                   for part in (NORMAL, SHEAR)))
 
     def stress_sigma(self, atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
-        """Per-component stress uncertainty (B,) eV/Å^3 (the map predicts the RMS over 6 components)."""
-        return self.stress(stress_score(atom_sigma, batch, volume)) / np.sqrt(6.0)
+        """Per-component stress uncertainty (B, 6) eV/Å^3, Voigt order, from per-atom force
+        uncertainties (N,) eV/Å, the structure of each atom (N,) and cell volumes (B,) Å^3."""
+        return self.stress(stress_score(atom_sigma, batch, volume))
 
     def atom_sigma(self, scores: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """Per-atom force uncertainty (N,) eV/Å from raw scores (N,) of atoms with ``numbers`` (N,)."""
@@ -258,12 +301,12 @@ class Calibration:
     def to_json(self) -> str:
         return json.dumps({"forces": asdict(self.forces), "energy": asdict(self.energy),
                            "forces_by_species": {str(z): asdict(m) for z, m in self.forces_by_species.items()},
-                           "stress": asdict(self.stress) if self.stress is not None else None})
+                           "stress": self.stress.to_dict() if self.stress is not None else None})
 
     @classmethod
     def from_json(cls, text: str) -> Calibration:
         data = json.loads(text)
         by_species = {int(z): ScoreMap(**m) for z, m in data.get("forces_by_species", {}).items()}
-        stress = ScoreMap(**data["stress"]) if data.get("stress") else None
+        stress = StressMaps.from_dict(data["stress"]) if data.get("stress") else None
         return cls(forces=ScoreMap(**data["forces"]), energy=ScoreMap(**data["energy"]), forces_by_species=by_species,
                    stress=stress)

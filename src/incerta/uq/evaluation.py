@@ -24,7 +24,9 @@ def uncertainty_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
 
     Forces: per-atom Spearman of sigma vs |dF|, miscalibration area, Gaussian NLL and ENCE
     of the force components; energy: Spearman, miscalibration area and NLL of sigma_E;
-    structures: Spearman of the aggregated uncertainty vs the largest atomic force error; and
+    structures: Spearman of the aggregated uncertainty vs the largest atomic force error, and
+    the same for errors drawn from sigma (:func:`~incerta.uq.metrics.spearman_if_calibrated`,
+    its ceiling); and
     whether sigma keeps up with the error: mean sigma over the mean and over the RMS of |dF|
     (1: as large as the error, below 1: over-confident).
     """
@@ -38,6 +40,8 @@ def uncertainty_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
     return {
         "spearman_forces_atoms": m.spearman(sigma, force_norm),
         "spearman_structures": m.spearman(arrays["structure_uncertainty"], worst_atom),
+        "spearman_structures_if_calibrated": m.spearman_if_calibrated(sigma, arrays["structure"],
+                                                                      arrays["structure_uncertainty"]),
         "spearman_energy": m.spearman(sigma_energy, energy_error),
         "miscalibration_area_forces": m.miscalibration_area(components, component_sigma),
         "nll_forces": m.gaussian_nll(components, component_sigma),

@@ -28,6 +28,25 @@ def spearman(uncertainty: np.ndarray, error: np.ndarray) -> float:
     return float(value) if np.isfinite(value) else 0.0
 
 
+def spearman_if_calibrated(atom_sigmas: np.ndarray, structure: np.ndarray, structure_scores: np.ndarray,
+                           draws: int = 100, seed: int = 0) -> float:
+    """Median Spearman of ``structure_scores`` (B,) with each structure's largest atomic force
+    error when the errors are drawn from the per-atom sigmas (N,) themselves (Gaussian, vector
+    RMS sigma; ``structure`` (N,) the index of each atom's structure): what ranking structures
+    by their worst atom can reach if every sigma were exact. The drawn errors are noisy, so
+    this ceiling is below 1; a measured Spearman far below it means sigmas that miss where
+    the errors are, one near it means the ranking is as good as the calibrated sigmas allow."""
+    sigmas, structure = np.asarray(atom_sigmas, dtype=float), np.asarray(structure).astype(int)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        drawn = np.linalg.norm(rng.normal(size=(len(sigmas), 3)), axis=1) * sigmas / np.sqrt(3.0)
+        worst = np.full(len(structure_scores), -np.inf)
+        np.maximum.at(worst, structure, drawn)
+        values.append(spearman(structure_scores, worst))
+    return float(np.median(values))
+
+
 def auroc(in_distribution: np.ndarray, out_of_distribution: np.ndarray) -> float:
     """Area under the ROC curve for telling OOD (positive) from ID scores; 0.5 = chance."""
     scores = np.concatenate([in_distribution, out_of_distribution])

@@ -35,7 +35,7 @@ class UncertainPotential(nn.Module):
     eV, ``forces`` (N, 3) eV/Å, ``forces_uncertainty`` (N,) eV/Å, ``energy_uncertainty`` (B,)
     eV, ``structure_uncertainty`` (B,) eV/Å (``aggregate`` of the atoms), the raw scores
     ``atom_score`` (N,) and ``energy_score`` (B,), ``stress`` / ``energies`` where given, and
-    ``stress_uncertainty`` (B,) eV/Å^3 per component with stress and a stress calibration.
+    ``stress_uncertainty`` (B, 6) eV/Å^3 per Voigt component with stress and a stress calibration.
 
     >>> from incerta.data import default
     >>> from incerta.data.graph import collate

@@ -21,7 +21,7 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
     (Å^3, NaN unless periodic); with a calibrated :class:`UncertainPotential` also
     forces_uncertainty (N,), energy_uncertainty and structure_uncertainty (B,). When any graph
     has a stress label: stress_pred and stress_ref (B, 3, 3) eV/Å^3 (NaN where unknown), and
-    stress_uncertainty (B,) from a potential with a stress calibration.
+    stress_uncertainty (B, 6) from a potential with a stress calibration.
     """
     parts: dict[str, list[np.ndarray]] = {}
     offset = 0
