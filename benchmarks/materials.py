@@ -52,6 +52,7 @@ import json
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import ase.io
@@ -118,11 +119,6 @@ SHEAR_NAMES = ("yz", "xz", "xy")
 SHEAR_ORDERS = tuple(itertools.permutations(range(3)))
 
 
-def structure_groups(path: Path) -> list[str]:
-    """The mlearn ``group`` (Vacancy, AIMD-NVT, Surface, Elastic) of each structure of ``path``."""
-    return [entry["group"] for entry in json.loads(path.read_text())]
-
-
 def reorder_shear(stress: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
     """Stress (..., 3, 3) whose shear component k (yz, xz, xy) is the one found at ``order[k]``."""
     result = stress.copy()
@@ -132,8 +128,9 @@ def reorder_shear(stress: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
     return result
 
 
-def shear_order_check(model: Path, frames: list[Frame], groups: list[str]) -> dict[str, dict]:
-    """Per structure group, the RMS shear-stress error (GPa) of ``model``'s stress against the
+def shear_order_check(model: Path, frames: list[Frame]) -> dict[str, dict]:
+    """Per structure group (``frame.info["group"]``, as the mlearn reader gives it), the RMS
+    shear-stress error (GPa) of ``model``'s stress against the
     labels read in each order of their three shear components; the chosen order is the best
     one where it halves the error of the labels as read, else the order as read:
     {group: {"structures", "rms_error_GPa": {order: x}, "chosen"}} (orders named like "xz,yz,xy")."""
@@ -142,6 +139,7 @@ def shear_order_check(model: Path, frames: list[Frame], groups: list[str]) -> di
     predicted = np.concatenate([potential(graph, compute_stress=True)["stress"].detach().double().numpy()
                                 for graph in graphs]) / units.GPa
     reference = np.stack([frame.stress for frame in frames]) / units.GPa
+    groups = [frame.info["group"] for frame in frames]
     check = {}
     for group in sorted(set(groups)):
         rows = np.array([g == group for g in groups])
@@ -156,16 +154,11 @@ def shear_order_check(model: Path, frames: list[Frame], groups: list[str]) -> di
     return check
 
 
-def checked_frames(frames: list[Frame], groups: list[str], check: dict[str, dict]) -> list[Frame]:
+def checked_frames(frames: list[Frame], check: dict[str, dict]) -> list[Frame]:
     """``frames`` with each group's shear stress components in the order ``check`` chose."""
     orders = {group: tuple(SHEAR_NAMES.index(name) for name in entry["chosen"].split(",")) for group, entry in check.items()}
-    result = []
-    for frame, group in zip(frames, groups):
-        frame.info["group"] = group
-        if frame.stress is not None:
-            frame.stress = reorder_shear(np.asarray(frame.stress), orders[group])
-        result.append(frame)
-    return result
+    return [replace(frame, stress=reorder_shear(np.asarray(frame.stress), orders[frame.info["group"]]))
+            for frame in frames]
 
 
 def train_element(element: str, data: Path, minutes: float, probe_minutes: float, work: Path) -> dict:
@@ -177,12 +170,10 @@ def train_element(element: str, data: Path, minutes: float, probe_minutes: float
     paths = {"train": data / element / "training.json", "test": data / element / "test.json"}
     probe = train_with_cli(folder / "probe", {"train": {"path": str(paths["train"]), "format": "mlearn"}, "n_val": 20},
                            probe_minutes, stress_weight=0.0, threads=1)
-    groups = {name: structure_groups(path) for name, path in paths.items()}
     train = read_frames(paths["train"], format="mlearn")
-    check = shear_order_check(probe["model"], train, groups["train"])
+    check = shear_order_check(probe["model"], train)
     for name, frames in (("train", train), ("test", read_frames(paths["test"], format="mlearn"))):
-        ase.io.write(folder / f"{name}.xyz", [f.to_atoms() for f in checked_frames(frames, groups[name], check)],
-                     format="extxyz")
+        ase.io.write(folder / f"{name}.xyz", [f.to_atoms() for f in checked_frames(frames, check)], format="extxyz")
     trained = train_with_cli(folder / "main", {"train": str(folder / "train.xyz"), "n_val": 20}, minutes,
                              stress_weight=100.0, threads=1)
     return {**trained, "probe_train_s": probe["train_s"], "shear_label_check": check, "test": folder / "test.xyz"}

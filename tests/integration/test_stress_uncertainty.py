@@ -15,7 +15,7 @@ from incerta.models.predict import graphs_for
 from incerta.train.run import train_run
 from incerta.uq import metrics as uq_metrics
 from incerta.uq.base import FitSettings
-from incerta.uq.calibration import VOIGT
+from incerta.uq.calibration import NORMAL, SHEAR, VOIGT
 from incerta.uq.fit import fit_uncertainty
 from incerta.uq.predict import collect
 from incerta.uq.store import load_uncertain_potential
@@ -51,16 +51,19 @@ def test_stress_uncertainty_is_calibrated_and_ranks_errors(stress_model):
     rms_sigma = np.sqrt(np.mean(sigma**2, axis=1))
     assert uq_metrics.spearman(rms_sigma, np.sqrt(np.mean(components**2, axis=1))) > 0.4
     assert rms_sigma[20:].mean() > 1.5 * rms_sigma[:20].mean(), "larger displacements: larger stress uncertainty"
-    for part in (slice(0, 3), slice(3, 6)):  # normal and shear components, each calibrated
+    for part in (NORMAL, SHEAR):  # each kind calibrated
         z_squared = np.mean((components[:20, part] / sigma[:20, part]) ** 2)
         assert 0.5 < z_squared < 2.0, f"calibrated where validation was drawn, got mean z^2 {z_squared:.2f}"
 
 
 def test_calculator_returns_stress_uncertainty_in_voigt_form(stress_model):
-    atoms = copper_frames(1, 0.1, 0.02, seed=3)[0].to_atoms()
+    frame = copper_frames(1, 0.1, 0.02, seed=3)[0]  # labelled: collect computes its stress
+    atoms = frame.to_atoms()
     atoms.calc = IncertaCalculator(stress_model)
     sigma = atoms.calc.get_property("stress_uncertainty", atoms)
-    assert sigma.shape == (6,) and np.all(sigma > 0)
-    assert np.all(sigma[:3] == sigma[0]) and np.all(sigma[3:] == sigma[3]), "one value per kind: normal, shear"
+    uncertain = load_uncertain_potential(stress_model)
+    expected = collect(uncertain, graphs_for(uncertain.potential, [frame]))["stress_uncertainty"][0]
+    assert sigma.shape == (6,) and expected[0] != expected[3], "the normal and shear maps differ"
+    np.testing.assert_allclose(sigma, expected, rtol=1e-12)
     assert atoms.get_stress().shape == (6,)
     np.testing.assert_allclose(atoms.info["stress_uncertainty"], sigma)

@@ -128,6 +128,8 @@ def test_shared_readers(shared_data):
     for relative, n in counts.items():
         frames = read_frames(shared_data / relative, require=("energy", "forces"))
         assert len(frames) == n, relative
+    silicon = read_frames(shared_data / "mlearn_zuo2020/data/Si/test.json")
+    assert [f.info["group"] for f in silicon].count("Elastic") == 6, "mlearn groups kept in frame.info"
     carbon = read_frames(shared_data / "n2p2_4g_examples/examples/nnp-train/Carbon_chain_4G/input.data")
     assert {f.charge for f in carbon} == {0.0, 1.0}
     bond = np.linalg.norm(carbon[0].positions[0] - carbon[0].positions[2])

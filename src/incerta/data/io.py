@@ -277,6 +277,7 @@ def read_mlearn(path: str | Path) -> list[Frame]:
 
     ``virial_stress`` is VASP's stress in kBar (order xx yy zz xy yz zx, positive under
     compression); it is converted as ASE's VASP reader does: stress = -0.1 GPa * value.
+    Each entry's ``group`` (Vacancy, AIMD-NVT, Surface, Elastic) goes to ``frame.info["group"]``.
     Beware: the published Ge, Mo and Si files give the yz and xz components of their Vacancy
     and AIMD-NVT cells (and Mo's Elastic cells) in each other's place, measured against
     energy-and-force models (``benchmarks/materials.py``); the reader keeps the documented
@@ -305,7 +306,7 @@ def read_mlearn(path: str | Path) -> list[Frame]:
             numbers=numbers, positions=positions, cell=cell, pbc=np.ones(3, dtype=bool),
             energy=outputs.get("energy"),
             forces=None if outputs.get("forces") is None else np.asarray(outputs["forces"], dtype=float),
-            stress=stress, source=source,
+            stress=stress, source=source, info={"group": entry["group"]} if "group" in entry else {},
         ))
     return frames
 

@@ -13,12 +13,6 @@ from incerta.uq.model import UncertainPotential
 from incerta.uq.predict import collect
 
 
-def per_structure_max(values: np.ndarray, structure: np.ndarray, count: int) -> np.ndarray:
-    out = np.full(count, -np.inf)
-    np.maximum.at(out, structure.astype(int), values)
-    return out
-
-
 def uncertainty_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
     """Metrics from :func:`incerta.uq.predict.collect` arrays of a calibrated potential.
 
@@ -36,7 +30,7 @@ def uncertainty_metrics(arrays: dict[str, np.ndarray]) -> dict[str, float]:
     components, component_sigma = m.force_components(force_error, sigma)
     energy_error = arrays["energy_pred"] - arrays["energy_ref"]
     sigma_energy = arrays["energy_uncertainty"]
-    worst_atom = per_structure_max(force_norm, arrays["structure"], len(energy_error))
+    worst_atom = m.per_structure_max(force_norm, arrays["structure"], len(energy_error))
     return {
         "spearman_forces_atoms": m.spearman(sigma, force_norm),
         "spearman_structures": m.spearman(arrays["structure_uncertainty"], worst_atom),

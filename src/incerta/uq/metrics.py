@@ -28,6 +28,14 @@ def spearman(uncertainty: np.ndarray, error: np.ndarray) -> float:
     return float(value) if np.isfinite(value) else 0.0
 
 
+def per_structure_max(values: np.ndarray, structure: np.ndarray, count: int) -> np.ndarray:
+    """Largest of the per-atom ``values`` (N,) in each of ``count`` structures, ``structure`` (N,)
+    the index of each atom's structure."""
+    out = np.full(count, -np.inf)
+    np.maximum.at(out, np.asarray(structure).astype(int), values)
+    return out
+
+
 def spearman_if_calibrated(atom_sigmas: np.ndarray, structure: np.ndarray, structure_scores: np.ndarray,
                            draws: int = 100, seed: int = 0) -> float:
     """Median Spearman of ``structure_scores`` (B,) with each structure's largest atomic force
@@ -36,14 +44,12 @@ def spearman_if_calibrated(atom_sigmas: np.ndarray, structure: np.ndarray, struc
     by their worst atom can reach if every sigma were exact. The drawn errors are noisy, so
     this ceiling is below 1; a measured Spearman far below it means sigmas that miss where
     the errors are, one near it means the ranking is as good as the calibrated sigmas allow."""
-    sigmas, structure = np.asarray(atom_sigmas, dtype=float), np.asarray(structure).astype(int)
+    sigmas = np.asarray(atom_sigmas, dtype=float)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(draws):
         drawn = np.linalg.norm(rng.normal(size=(len(sigmas), 3)), axis=1) * sigmas / np.sqrt(3.0)
-        worst = np.full(len(structure_scores), -np.inf)
-        np.maximum.at(worst, structure, drawn)
-        values.append(spearman(structure_scores, worst))
+        values.append(spearman(structure_scores, per_structure_max(drawn, structure, len(structure_scores))))
     return float(np.median(values))
 
 
