@@ -102,7 +102,9 @@ def demo_active_configs(reference: Path, epochs: int | None = None) -> dict[str,
     """Two short loops from the same 30 frames at 300 K (10 for validation), 5 GFN2-xTB labels per
     iteration up to 15: ``uniform`` labels the ``reference`` MD at a stride (the practice without
     active learning); ``uncertainty-md`` labels the most uncertain (and mutually most different)
-    frames of model-driven MD at 300, 600 and 1200 K. ``epochs`` caps the training of every iteration."""
+    frames of model-driven MD at 300, 600 and 1200 K. Every iteration trains 60 epochs (the first
+    from scratch, the others warm from the last model): with 30 warm epochs the models were
+    under-trained and the test error rose between rounds. ``epochs`` caps the training of every iteration."""
     candidates = {
         "uniform": {"source": "pool", "pool": [str(reference)]},
         "uncertainty-md": {"source": "md", "structures": {"path": str(default.path("train")), "select": ":1"},
@@ -125,13 +127,11 @@ def demo_active_configs(reference: Path, epochs: int | None = None) -> dict[str,
                 "selection": {"strategy": "uniform" if strategy == "uniform" else "uncertainty", "threshold": 0.1,
                               "batch_size": 5},
                 "stop": {"max_labels": 15, "max_iterations": 3},
-                "epochs_per_iteration": 30,
                 "cluster": {"workers": 1},
                 "test": [str(default.path(k)) for k in TEST_GROUPS.values()],
             },
         })
         if epochs is not None:
             config.training.epochs = min(config.training.epochs, epochs)
-            config.active.epochs_per_iteration = min(config.active.epochs_per_iteration, epochs)
         configs[strategy] = config
     return configs
