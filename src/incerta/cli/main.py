@@ -467,6 +467,44 @@ def data_convert(
     console.print(f"{count} structures written to {out} (cutoff {cutoff} Å)")
 
 
+@data_app.command("check")
+def data_check(
+    data: Path = typer.Argument(..., help="Labelled periodic structures with stress, in any supported format."),
+    model: Path = typer.Option(..., "--model", "-m", help="A trained model folder; best trained on energies and "
+                               "forces alone, so its stress owes nothing to the labels under test."),
+    fmt: str = typer.Option("auto", "--format", help="The file format (auto: from the name)."),
+    group_by: str | None = typer.Option(None, help="The per-structure key that names a structure's group "
+                                        "(default: mlearn's group, else extended XYZ's config_type)."),
+    write: Path | None = typer.Option(None, help="Write the frames with each group's shear stress in the order "
+                                      "the model agrees with (extended XYZ)."),
+) -> None:
+    """Check the order of the shear stress labels, group by group, against a model's stress."""
+    import ase.io
+
+    from incerta.data.io import read_frames
+    from incerta.evaluate.label_check import AS_READ, checked_frames, model_stress, shear_order_check
+    from incerta.train.checkpoint import load_potential
+    from incerta.utils.files import atomic_write
+
+    try:
+        frames = read_frames(data, format=fmt)
+        check = shear_order_check(model_stress(load_potential(model), frames), frames, group_by)
+    except USER_ERRORS as err:
+        fail(err)
+    rows = [[group, entry["structures"], entry["rms_error_GPa"][AS_READ], min(entry["rms_error_GPa"].values()),
+             entry["chosen"]] for group, entry in check.items()]
+    print_rows(f"shear stress labels of {data} against {model}",
+               ["group", "structures", "RMS shear error as read (GPa)", "best order's (GPa)", "order to use"], rows)
+    reordered = [group for group, entry in check.items() if entry["chosen"] != AS_READ]
+    if reordered:
+        console.print(f"[bold yellow]warning:[/] the shear labels of {', '.join(reordered)} match the model only "
+                      "reordered (a place gives the component found there)", highlight=False)
+    if write is not None:
+        fixed = checked_frames(frames, check, group_by)
+        atomic_write(write, lambda tmp: ase.io.write(tmp, [f.to_atoms() for f in fixed], format="extxyz"))
+        console.print(f"{len(fixed)} structures written to {write}")
+
+
 def print_rows(title: str, header: list[str], rows: list[list]) -> None:
     """A plain table; floats with 3 decimals."""
     table = Table(title=title)

@@ -1,0 +1,101 @@
+"""Label conventions checked against a model: is each group's shear stress in the order the model reads?
+
+Published stress labels do not always order the three shear components the way their format
+says. In the mlearn files (Zuo et al. 2020) the Vacancy and AIMD-NVT cells of Ge, Mo and Si
+give yz and xz in each other's place, while their Elastic cells follow VASP's order. Trained
+on both, a model learns a contradiction. A model trained on energies and forces alone (its
+stress is the exact strain derivative of its energy) settles it: per structure group, the
+order of the labels' shear components that matches the model's stress best.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+from ase import units
+
+from incerta.data.frame import Frame
+from incerta.data.validation import DataError
+from incerta.models.potential import Potential
+from incerta.models.predict import graphs_for
+from incerta.uq.calibration import VOIGT
+
+#: the shear components (yz, xz, xy) as (row, column) of a 3x3 stress
+SHEAR_PAIRS = VOIGT[3:]
+SHEAR_NAMES = ("yz", "xz", "xy")
+#: every order the three shear components may have been written in; order[k] is where component k was found
+SHEAR_ORDERS = tuple(itertools.permutations(range(3)))
+AS_READ = "yz,xz,xy"
+#: a group's labels are reordered only where another order at least halves the RMS shear error
+REORDER_GAIN = 0.5
+
+
+def order_name(order: Sequence[int]) -> str:
+    """(1, 0, 2) -> 'xz,yz,xy': the component found in each Voigt shear place."""
+    return ",".join(SHEAR_NAMES[k] for k in order)
+
+
+def reorder_shear(stress: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """Stress (..., 3, 3) whose shear component k (yz, xz, xy) is the one found at ``order[k]``."""
+    result = np.array(stress, dtype=float, copy=True)
+    for k, source in enumerate(order):
+        (i, j), (a, b) = SHEAR_PAIRS[k], SHEAR_PAIRS[source]
+        result[..., i, j] = result[..., j, i] = stress[..., a, b]
+    return result
+
+
+def frame_group(frame: Frame, key: str | None) -> str:
+    """The group a frame belongs to: ``frame.info[key]`` (``key`` None: the mlearn ``group``,
+    else extended XYZ's ``config_type``, else one group 'all')."""
+    if key is not None:
+        return str(frame.info.get(key, "all"))
+    return str(frame.info.get("group", frame.info.get("config_type", "all")))
+
+
+def model_stress(potential: Potential, frames: Sequence[Frame]) -> np.ndarray:
+    """The model's stress of each frame, (B, 3, 3) in eV/Å^3."""
+    return np.concatenate([potential(graph, compute_stress=True)["stress"].detach().double().cpu().numpy()
+                           for graph in graphs_for(potential, list(frames))])
+
+
+def shear_order_check(predicted: np.ndarray, frames: Sequence[Frame], group_key: str | None = None) -> dict[str, dict]:
+    """Per group of the ``frames`` with stress labels, the RMS shear error (GPa) of ``predicted``
+    stresses ((B, 3, 3) eV/Å^3, one per frame) against the labels read in each order of their
+    shear components; the chosen order is the best one where it at least halves the error of
+    the labels as read, else the order as read:
+    {group: {"structures", "rms_error_GPa": {order: x}, "chosen"}} (orders named like 'xz,yz,xy')."""
+    labelled = [k for k, frame in enumerate(frames) if frame.stress is not None]
+    if not labelled:
+        first = f" (first: {frames[0].source})" if frames else ""
+        raise DataError(f"none of the {len(frames)} frames{first} has a stress label: there is nothing to check")
+    reference = np.stack([frames[k].stress for k in labelled]) / units.GPa
+    predicted = np.asarray(predicted)[labelled] / units.GPa
+    groups = np.array([frame_group(frames[k], group_key) for k in labelled])
+    check = {}
+    for group in sorted(set(groups)):
+        rows = groups == group
+        errors = {}
+        for order in SHEAR_ORDERS:
+            labels = reorder_shear(reference[rows], order)
+            errors[order_name(order)] = float(np.sqrt(np.mean(
+                [(predicted[rows][:, i, j] - labels[:, i, j]) ** 2 for i, j in SHEAR_PAIRS])))
+        best, lowest = min(errors.items(), key=lambda item: item[1])
+        check[str(group)] = {"structures": int(rows.sum()), "rms_error_GPa": errors,
+                             "chosen": best if lowest < REORDER_GAIN * errors[AS_READ] else AS_READ}
+    return check
+
+
+def checked_frames(frames: Sequence[Frame], check: dict[str, dict], group_key: str | None = None) -> list[Frame]:
+    """``frames`` with each group's shear stress components in the order ``check`` chose: new
+    frames where it reorders, the same frames elsewhere (no stress, order as read, group unseen)."""
+    orders = {group: tuple(SHEAR_NAMES.index(name) for name in entry["chosen"].split(","))
+              for group, entry in check.items() if entry["chosen"] != AS_READ}
+    result = []
+    for frame in frames:
+        order = orders.get(frame_group(frame, group_key))
+        result.append(frame if frame.stress is None or order is None else
+                      replace(frame, stress=reorder_shear(np.asarray(frame.stress), order)))
+    return result
