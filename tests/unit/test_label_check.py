@@ -8,13 +8,14 @@ from dataclasses import replace
 import ase.io
 import numpy as np
 import pytest
+from ase import units
 from conftest import copper_frames, make_model
 from typer.testing import CliRunner
 
 from incerta.cli.main import app
 from incerta.data.io import read_frames
 from incerta.data.validation import DataError
-from incerta.evaluate.label_check import checked_frames, model_stress, shear_order_check
+from incerta.evaluate.label_check import checked_frames, label_scale, model_stress, shear_order_check
 from incerta.train.checkpoint import save_potential
 
 #: the mislabelling under test: the yz place holds xz, the xz place holds xy, the xy place holds yz
@@ -66,6 +67,19 @@ def test_no_order_replaces_the_labels_unless_it_halves_the_error():
     assert check["all"]["structures"] == 10
 
 
+def test_label_scale_finds_a_flipped_sign_and_kbar_read_as_gpa_whatever_the_pressure_offset():
+    """Labels as computed, negated, and ten times too large (kBar read as GPa), against a model
+    whose pressure is off by 5 GPa (a model not trained on stress): scales 1, -1 and 0.1."""
+    frames = copper_frames(12, rattle=0.05, strain=0.04, seed=6)
+    truth = np.stack([f.stress for f in frames])
+    factors = {"as computed": 1.0, "negated": -1.0, "kbar": 10.0}
+    labelled = [replace(f, stress=factors[name] * f.stress, info={"group": name})
+                for f, name in zip(frames, list(factors) * 4)]
+    offset = 5.0 * units.GPa * np.eye(3)
+    scales = label_scale(truth + offset, labelled)
+    assert scales == pytest.approx({"as computed": 1.0, "negated": -1.0, "kbar": 0.1}, rel=1e-9)
+
+
 def test_frames_without_stress_are_skipped_and_none_at_all_is_an_error(ethanol):
     from incerta.data.frame import Frame
 
@@ -92,9 +106,21 @@ def test_data_check_command_reports_and_writes_the_reordered_labels(tmp_path):
                                       "--write", str(tmp_path / "fixed.xyz")])
     assert result.exit_code == 0, result.output
     assert "shear labels of md match" in result.output and CYCLED in result.output
+    assert "times" not in result.output, "labels and model agree in scale: no scale warning"
     fixed = read_frames(tmp_path / "fixed.xyz")
     np.testing.assert_allclose(np.stack([f.stress for f in fixed]), stress, rtol=1e-6, atol=1e-12)
     assert [f.info["config_type"] for f in fixed] == ["md"] * 4 + ["elastic"] * 4
+
+
+def test_data_check_command_warns_about_labels_of_the_opposite_sign(tmp_path):
+    model = make_model(species=(29,), cutoff=3.0)
+    save_potential(model, tmp_path / "model")
+    frames = copper_frames(6, rattle=0.05, strain=0.04, seed=7)
+    stress = model_stress(model, frames)
+    ase.io.write(tmp_path / "cells.xyz", [replace(f, stress=-s).to_atoms() for f, s in zip(frames, stress)], format="extxyz")
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "cells.xyz"), "--model", str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    assert "match the model only times -1" in result.output and "opposite sign convention" in result.output
 
 
 def test_data_check_command_names_a_file_without_stress(tmp_path):

@@ -478,29 +478,46 @@ def data_check(
     write: Path | None = typer.Option(None, help="Write the frames with each group's shear stress in the order "
                                       "the model agrees with (extended XYZ)."),
 ) -> None:
-    """Check the order of the shear stress labels, group by group, against a model's stress."""
+    """Check the stress labels, group by group, against a model's stress: the order of their shear
+    components, then their scale (sign and units)."""
     import ase.io
 
     from incerta.data.io import read_frames
-    from incerta.evaluate.label_check import AS_READ, checked_frames, model_stress, shear_order_check
+    from incerta.evaluate.label_check import (
+        AS_READ,
+        PLAUSIBLE_SCALE,
+        checked_frames,
+        label_scale,
+        model_stress,
+        shear_order_check,
+    )
     from incerta.train.checkpoint import load_potential
     from incerta.utils.files import atomic_write
 
     try:
         frames = read_frames(data, format=fmt)
-        check = shear_order_check(model_stress(load_potential(model), frames), frames, group_by)
+        predicted = model_stress(load_potential(model), frames)
+        check = shear_order_check(predicted, frames, group_by)
     except USER_ERRORS as err:
         fail(err)
+    fixed = checked_frames(frames, check, group_by)
+    scales = label_scale(predicted, fixed, group_by)
     rows = [[group, entry["structures"], entry["rms_error_GPa"][AS_READ], min(entry["rms_error_GPa"].values()),
-             entry["chosen"]] for group, entry in check.items()]
-    print_rows(f"shear stress labels of {data} against {model}",
-               ["group", "structures", "RMS shear error as read (GPa)", "best order's (GPa)", "order to use"], rows)
+             entry["chosen"], scales[group]] for group, entry in check.items()]
+    print_rows(f"stress labels of {data} against {model}",
+               ["group", "structures", "RMS shear error as read (GPa)", "best order's (GPa)", "order to use",
+                "label scale"], rows)
     reordered = [group for group, entry in check.items() if entry["chosen"] != AS_READ]
     if reordered:
         console.print(f"[bold yellow]warning:[/] the shear labels of {', '.join(reordered)} match the model only "
-                      "reordered (a place gives the component found there)", highlight=False)
+                      "reordered (a place gives the component found there)", highlight=False, soft_wrap=True)
+    low, high = PLAUSIBLE_SCALE
+    for group, scale in scales.items():
+        if not low <= scale <= high:
+            console.print(f"[bold yellow]warning:[/] the labels of {group} match the model only times {scale:.3g} "
+                          "(about -1: the opposite sign convention; 0.1 or 10: kBar taken for GPa or the "
+                          "reverse; 0.006 or 160: GPa taken for eV/Å^3 or the reverse)", highlight=False, soft_wrap=True)
     if write is not None:
-        fixed = checked_frames(frames, check, group_by)
         atomic_write(write, lambda tmp: ase.io.write(tmp, [f.to_atoms() for f in fixed], format="extxyz"))
         console.print(f"{len(fixed)} structures written to {write}")
 

@@ -5,7 +5,11 @@ says. In the mlearn files (Zuo et al. 2020) the Vacancy and AIMD-NVT cells of Ge
 give yz and xz in each other's place, while their Elastic cells follow VASP's order. Trained
 on both, a model learns a contradiction. A model trained on energies and forces alone (its
 stress is the exact strain derivative of its energy) settles it: per structure group, the
-order of the labels' shear components that matches the model's stress best.
+order of the labels' shear components that matches the model's stress best. The same model
+also tells a sign or unit slip: its stress and the labels should agree in scale, so the
+least-squares factor taking the labels onto the model's stress (shear and deviatoric normal
+components, which a pressure offset of a model not trained on stress leaves alone) is near 1;
+-1 points to the opposite sign convention, 0.1 or 10 to kBar against GPa.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ SHEAR_ORDERS = tuple(itertools.permutations(range(3)))
 AS_READ = "yz,xz,xy"
 #: a group's labels are reordered only where another order at least halves the RMS shear error
 REORDER_GAIN = 0.5
+#: label scales (see :func:`label_scale`) outside this range are warned about; energy-and-force
+#: models of the mlearn elements gave 0.84-1.03 (shear) and 0.50-1.03 (deviatoric normal)
+PLAUSIBLE_SCALE = (0.5, 2.0)
 
 
 def order_name(order: Sequence[int]) -> str:
@@ -99,3 +106,26 @@ def checked_frames(frames: Sequence[Frame], check: dict[str, dict], group_key: s
         result.append(frame if frame.stress is None or order is None else
                       replace(frame, stress=reorder_shear(np.asarray(frame.stress), order)))
     return result
+
+
+def label_scale(predicted: np.ndarray, frames: Sequence[Frame], group_key: str | None = None) -> dict[str, float]:
+    """Per group, the least-squares factor s taking the stress labels of ``frames`` onto the
+    ``predicted`` stresses ((B, 3, 3), one per frame): the three shear and the three deviatoric
+    normal components (each normal minus the mean of the three) of every labelled frame. Near 1
+    where labels and model share units and sign; check the shear order first (:func:`checked_frames`)."""
+    parts = {}
+    for k, frame in enumerate(frames):
+        if frame.stress is not None:
+            pair = [_pressure_free_components(np.asarray(frame.stress)), _pressure_free_components(np.asarray(predicted[k]))]
+            parts.setdefault(frame_group(frame, group_key), []).append(pair)
+    scales = {}
+    for group, pairs in sorted(parts.items()):
+        labels, model = (np.concatenate(side) for side in zip(*pairs))
+        scales[group] = float(labels @ model / (labels @ labels)) if labels @ labels > 0 else float("nan")
+    return scales
+
+
+def _pressure_free_components(stress: np.ndarray) -> np.ndarray:
+    """The shear and the deviatoric normal components (6,) of a 3x3 stress."""
+    normal = np.diag(stress)
+    return np.concatenate([[stress[i, j] for i, j in SHEAR_PAIRS], normal - normal.mean()])
