@@ -9,9 +9,9 @@ import ase.io
 import numpy as np
 import pytest
 from ase import units
-from conftest import copper_frames, make_model
 from typer.testing import CliRunner
 
+from conftest import copper_frames, make_model
 from incerta.cli.main import app
 from incerta.data.io import read_frames
 from incerta.data.validation import DataError
@@ -76,8 +76,26 @@ def test_label_scale_finds_a_flipped_sign_and_kbar_read_as_gpa_whatever_the_pres
     labelled = [replace(f, stress=factors[name] * f.stress, info={"group": name})
                 for f, name in zip(frames, list(factors) * 4)]
     offset = 5.0 * units.GPa * np.eye(3)
-    scales = label_scale(truth + offset, labelled)
-    assert scales == pytest.approx({"as computed": 1.0, "negated": -1.0, "kbar": 0.1}, rel=1e-9)
+    fits = label_scale(truth + offset, labelled)
+    assert {g: fit["scale"] for g, fit in fits.items()} == pytest.approx({"as computed": 1.0, "negated": -1.0, "kbar": 0.1})
+    assert {g: fit["correlation"] for g, fit in fits.items()} == pytest.approx({"as computed": 1.0, "negated": -1.0, "kbar": 1.0})
+
+
+def test_labels_unrelated_to_the_model_get_a_weak_correlation_and_no_warning(tmp_path):
+    """Surface-like labels: noise the model does not follow. The scale is then far from 1 but
+    the correlation is weak, so the command does not call it a unit slip."""
+    model = make_model(species=(29,), cutoff=3.0)
+    save_potential(model, tmp_path / "model")
+    frames = copper_frames(8, rattle=0.05, strain=0.04, seed=8)
+    rng = np.random.default_rng(9)
+    noise = [0.01 * rng.normal(size=(3, 3)) for _ in frames]
+    labelled = [replace(f, stress=(n + n.T) / 2) for f, n in zip(frames, noise)]
+    fit = label_scale(model_stress(model, frames), labelled)["all"]
+    assert abs(fit["correlation"]) < 0.8
+    ase.io.write(tmp_path / "cells.xyz", [f.to_atoms() for f in labelled], format="extxyz")
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "cells.xyz"), "--model", str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    assert "times" not in result.output
 
 
 def test_frames_without_stress_are_skipped_and_none_at_all_is_an_error(ethanol):

@@ -485,6 +485,7 @@ def data_check(
     from incerta.data.io import read_frames
     from incerta.evaluate.label_check import (
         AS_READ,
+        MIN_CORRELATION,
         PLAUSIBLE_SCALE,
         checked_frames,
         label_scale,
@@ -503,18 +504,18 @@ def data_check(
     fixed = checked_frames(frames, check, group_by)
     scales = label_scale(predicted, fixed, group_by)
     rows = [[group, entry["structures"], entry["rms_error_GPa"][AS_READ], min(entry["rms_error_GPa"].values()),
-             entry["chosen"], scales[group]] for group, entry in check.items()]
+             entry["chosen"], scales[group]["scale"], scales[group]["correlation"]] for group, entry in check.items()]
     print_rows(f"stress labels of {data} against {model}",
                ["group", "structures", "RMS shear error as read (GPa)", "best order's (GPa)", "order to use",
-                "label scale"], rows)
+                "label scale", "correlation"], rows)
     reordered = [group for group, entry in check.items() if entry["chosen"] != AS_READ]
     if reordered:
         console.print(f"[bold yellow]warning:[/] the shear labels of {', '.join(reordered)} match the model only "
                       "reordered (a place gives the component found there)", highlight=False, soft_wrap=True)
     low, high = PLAUSIBLE_SCALE
-    for group, scale in scales.items():
-        if not low <= scale <= high:
-            console.print(f"[bold yellow]warning:[/] the labels of {group} match the model only times {scale:.3g} "
+    for group, fit in scales.items():
+        if abs(fit["correlation"]) >= MIN_CORRELATION and not low <= fit["scale"] <= high:
+            console.print(f"[bold yellow]warning:[/] the labels of {group} match the model only times {fit['scale']:.3g} "
                           "(about -1: the opposite sign convention; 0.1 or 10: kBar taken for GPa or the "
                           "reverse; 0.006 or 160: GPa taken for eV/Å^3 or the reverse)", highlight=False, soft_wrap=True)
     if write is not None:
