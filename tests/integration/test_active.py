@@ -14,6 +14,7 @@ import ase.io
 import cloudpickle
 import numpy as np
 import pytest
+import torch
 import yaml
 from ase.build import molecule
 
@@ -27,6 +28,7 @@ from incerta.calculators.md import MoleculeWatch, make_dynamics, run_watched_md
 from incerta.config import ALConfig, load_experiment
 from incerta.config.active import AttackSection, CandidateSection
 from incerta.config.md import MDSettings
+from incerta.config.schema import ConfigError
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.io import read_frames
@@ -87,6 +89,37 @@ def test_uncertainty_selection_picks_higher_error_frames_than_random(first_itera
     random_means = [np.mean([errors[k] for k in rng.choice(list(frames), size=len(chosen), replace=False)]) for _ in range(200)]
     chosen_mean = np.mean([errors[k] for k in chosen])
     assert chosen_mean > np.percentile(random_means, 95), (chosen_mean, np.mean(random_means))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_the_loop_scores_candidates_on_the_gpu_as_on_the_cpu(first_iteration, acac_slices):
+    """active.device cuda: the same thresholds, candidate scores and diversity features as on the
+    CPU (to float32 precision: the loop's model is float32), and its exploration MD runs there."""
+    loop, model = first_iteration
+    candidates = loop.candidates(0, model, set())
+    on_device = {}
+    for device in ("cpu", "cuda"):
+        loop.device, loop._typical = device, {}
+        scores, features = loop.score(model, candidates)
+        on_device[device] = (scores, features, loop.thresholds(model, [f for _, f in candidates]))
+    for cpu, gpu in zip(on_device["cpu"], on_device["cuda"]):
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-6)  # float32 model
+    section = CandidateSection(source="md", max_candidates=2, md={"temperatures_K": [300.0], "steps": 20, "check_every": 10,
+                                                                   "on_flag": "continue"})
+    made = md_candidates(load_uncertain_potential(model), read_frames(acac_slices / "pool.xyz")[:1], section, 0.0,
+                         iteration=1, seed=0, progress=False, device="cuda")
+    assert len(made) == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_the_loop_cannot_see_is_refused_before_any_work(acac_slices, tmp_path):
+    config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz"),
+                                     device="cuda"), ALConfig)
+    with pytest.raises(ConfigError, match=r"active.device is 'cuda' but PyTorch sees no GPU here"):
+        ActiveLearning(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"active.device: Value error, 'gpu' is not a device"):
+        load_experiment(al_yaml(tmp_path, "t.xyz", "p.xyz", device="gpu"), ALConfig)
 
 
 def test_oracle_failure_is_survived_and_journaled(tmp_path):

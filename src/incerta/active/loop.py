@@ -33,6 +33,7 @@ from incerta.calculators.ase import usable_compiled
 from incerta.calculators.compiling import compile_model
 from incerta.config.active import ALConfig
 from incerta.config.data import DataSource
+from incerta.config.schema import ConfigError
 from incerta.config.sources import data_set_name, load_sources, prepare_splits
 from incerta.config.training import RunConfig
 from incerta.data import keys as K
@@ -60,6 +61,7 @@ class ActiveLearning:
     """One run folder; :meth:`run` goes until a stop criterion and returns the reason."""
 
     def __init__(self, config: ALConfig, out: str | Path, progress: bool = True) -> None:
+        self.device = loop_device(config.active.device)
         self.config, self.out, self.progress = config, Path(out), progress
         self.state = RunState(self.out)
         self.section = config.active
@@ -115,10 +117,12 @@ class ActiveLearning:
             splits = prepare_splits(config.data, config.seed)
             uncertainty = self.section.uncertainty
             fit_uncertainty(model, uncertainty.method, splits.train, splits.validation, uncertainty.options,
-                            FitSettings(**uncertainty.fit.model_dump(), seed=self.config.seed, progress=self.progress))
-        if self.section.compile and not compiled_path(model, "cpu", getattr(torch, self.config.model.dtype)).exists():
+                            FitSettings(**uncertainty.fit.model_dump(), seed=self.config.seed, progress=self.progress,
+                                        device=self.device))
+        if (self.section.compile
+                and not compiled_path(model, self.device, getattr(torch, self.config.model.dtype)).exists()):
             try:
-                compile_model(model)
+                compile_model(model, device=self.device)
             except CompileError as err:
                 warnings.warn(f"iteration {iteration}: {err}; its MD runs eagerly", stacklevel=2)
         if not any(e["iteration"] == iteration for e in self.state.events("trained")):
@@ -138,10 +142,10 @@ class ActiveLearning:
         if not keys_path.exists():
             uncertain = load_uncertain_potential(model)
             if source.source in ("md", "biased-md"):
-                compiled = usable_compiled(uncertain, None, model, "cpu") if self.section.compile else None
+                compiled = usable_compiled(uncertain, None, model, self.device) if self.section.compile else None
                 made = md_candidates(uncertain, self.starts, source, self.thresholds(model, self.starts), iteration,
                                      self.config.seed, self.progress, self.training_frames(),
-                                     min_distance=self.config.data.min_distance, compiled=compiled)
+                                     min_distance=self.config.data.min_distance, compiled=compiled, device=self.device)
             else:
                 made = attack_candidates(uncertain.potential, self.training_frames(), self.starts,
                                          source, iteration, self.config.seed)
@@ -195,7 +199,7 @@ class ActiveLearning:
         (the MD and the selection of an iteration both need it)."""
         if model in self._typical:
             return self._typical[model]
-        uncertain = load_uncertain_potential(model)
+        uncertain = load_uncertain_potential(model).to(self.device)
         predictions = collect(uncertain, graphs_for(uncertain.potential, self.validation))
         largest = np.full(len(self.validation), -np.inf)
         np.maximum.at(largest, predictions["structure"].astype(int), predictions[K.FORCES_UNCERTAINTY])
@@ -215,7 +219,7 @@ class ActiveLearning:
     def score(self, model: Path, candidates: list[tuple[str, Frame]]) -> tuple[np.ndarray, np.ndarray]:
         """Per candidate: its score (:meth:`structure_scores`) and mean latent features
         (B, channels), the space batch diversity works in."""
-        uncertain = load_uncertain_potential(model)
+        uncertain = load_uncertain_potential(model).to(self.device)
         cutoff, dtype = uncertain.potential.spec.cutoff, next(uncertain.potential.parameters()).dtype
         graphs = [frame_to_graph(f, cutoff).to(dtype=dtype) for _, f in candidates]  # unknown elements: flagged
         scores = self.structure_scores(collect(uncertain, graphs))
@@ -286,17 +290,28 @@ class ActiveLearning:
         return None
 
 
+def loop_device(requested: str) -> str:
+    """The device of ``active.device``: ``auto`` takes a GPU when there is one; a GPU that
+    PyTorch cannot see is a configuration error, raised before any work."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"active.device is '{requested}' but PyTorch sees no GPU here; use cpu or auto")
+    return requested
+
+
 def _structure_features(uncertain, graphs, known: np.ndarray) -> np.ndarray:
     """Mean latent features per candidate structure (for batch diversity); zeros for the
     ``known == False`` ones (flagged candidates, chosen regardless of diversity)."""
     potential = uncertain.potential
+    device = next(potential.parameters()).device
     means = np.zeros((len(graphs), potential.spec.num_channels))
     index = np.flatnonzero(known)
     for start in range(0, len(index), 32):
         chunk = index[start: start + 32]
         batch = collate([graphs[i] for i in chunk])
         with torch.no_grad():
-            features = potential(batch, compute_forces=False)[K.NODE_FEATURES].double().numpy()
+            features = potential(batch.to(device), compute_forces=False)[K.NODE_FEATURES].double().cpu().numpy()
         total = np.zeros((len(chunk), features.shape[1]))
         np.add.at(total, batch.batch.numpy(), features)
         means[chunk] = total / batch.num_atoms.numpy()[:, None]

@@ -48,7 +48,7 @@ def pool_candidates(pool: Sequence[Frame]) -> list[Candidate]:
 def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: CandidateSection,
                   thresholds: float | Sequence[float], iteration: int, seed: int, progress: bool,
                   train_frames: Sequence[Frame] = (), min_distance: float = 0.5,
-                  compiled: CompiledPotential | None = None) -> list[Candidate]:
+                  compiled: CompiledPotential | None = None, device: str = "cpu") -> list[Candidate]:
     """Frames flagged by uncertainty-watched MD from each starting structure at each exploration
     temperature, above ``thresholds`` (eV/Å; one value, or one per start); with source
     ``biased-md`` the MD runs on the energy tilted by a density bias fitted on
@@ -56,7 +56,7 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
     through TorchSim. A run whose atoms come closer than ``min_distance`` Å (the data's own
     overlap limit, so every candidate can be read back and labelled) ends there, keeping what
     it flagged before. ``compiled``, a package of the model's potential, runs the MD steps
-    (not the batched replicas)."""
+    (not the batched replicas); the MD runs on ``device``."""
     settings = section.md.runs()
     thresholds = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(starts),))
     per_run = max(1, section.max_candidates // max(len(starts) * len(settings), 1))
@@ -64,16 +64,16 @@ def md_candidates(model: UncertainPotential, starts: Sequence[Frame], section: C
     if section.md.replicas > 1:
         flagged = [(k * len(starts) + start, frame) for k, md in enumerate(settings)
                    for start, frame in _replica_flags(model, starts, md, thresholds, per_run, run_seed + 104729 * k,
-                                                      iteration, progress, min_distance)]
+                                                      iteration, progress, min_distance, device)]
         return _keyed(flagged[: section.max_candidates], iteration)
     if section.source == "biased-md":
         train_graphs = graphs_for(model.potential, train_frames)
         density = training_density(model.potential, train_graphs, seed)
         reference = score_reference(density, train_graphs)
         make_calculator = lambda: UncertaintyBiasedCalculator(model, density, section.md.bias_eV, reference, annotate=False,
-                                                              min_distance=min_distance, compiled=compiled)
+                                                              min_distance=min_distance, compiled=compiled, device=device)
     else:
-        make_calculator = lambda: IncertaCalculator(model, annotate=False, min_distance=min_distance,
+        make_calculator = lambda: IncertaCalculator(model, device, annotate=False, min_distance=min_distance,
                                                     compiled=compiled)
     flagged = []
     for k, md in enumerate(settings):
@@ -92,7 +92,8 @@ def _keyed(flagged: list[tuple[int, Frame]], iteration: int) -> list[Candidate]:
 
 
 def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSection, thresholds: Sequence[float],
-                   per_start: int, seed: int, iteration: int, progress: bool, min_distance: float) -> list[tuple[int, Frame]]:
+                   per_start: int, seed: int, iteration: int, progress: bool, min_distance: float,
+                   device: str) -> list[tuple[int, Frame]]:
     """(start index, frame) for the flagged frames of ``md.replicas`` copies of every start, run in one
     TorchSim batch (each replica ending at its first unphysical event, as ``md`` watches)."""
     from incerta.calculators.replicas import run_replica_md
@@ -100,7 +101,7 @@ def _replica_flags(model: UncertainPotential, starts: Sequence[Frame], md: MDSec
     copies = md.replicas
     replicas = [start.to_atoms() for start in starts for _ in range(copies)]
     runs = run_replica_md(replicas, model, md, np.repeat(thresholds, copies), max_flagged=max(1, per_start // copies),
-                          seed=seed, min_distance=min_distance, progress=progress)
+                          seed=seed, min_distance=min_distance, progress=progress, device=device)
     return [(replica // copies,
              Frame.from_atoms(atoms, source=f"md iteration {iteration}, start {replica // copies}, replica {replica % copies}"))
             for replica, run in enumerate(runs) for atoms in run.flagged]

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from incerta.config.data import DataSource
 from incerta.config.md import FlagPolicy, MDSettings
-from incerta.config.schema import Schema, as_list
+from incerta.config.schema import Schema, as_list, device_name
 from incerta.config.training import RunConfig
 from incerta.config.uncertainty import UncertaintySection
 from incerta.data.oracles import OracleName
@@ -129,8 +129,12 @@ class ActiveSection(Schema):
                           "a model that cannot compile runs eagerly, with a warning")
     cluster: ClusterSection = ClusterSection()
     test: list[DataSource] = Field([], description="extra labelled sets for the learning curves")
+    device: str = Field("auto", description="where each iteration's uncertainty fit, exploration MD and candidate "
+                        "scoring run: cpu, cuda, cuda:N, or auto (the GPU when there is one); training follows "
+                        "training.device, labelling the oracle")
 
     _lists = field_validator("test", mode="before")(as_list)
+    _device = field_validator("device")(device_name)
 
     @model_validator(mode="after")
     def _md_leaves_its_start(self) -> ActiveSection:

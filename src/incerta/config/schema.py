@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Collection, Sized
 from typing import Any
 
@@ -33,6 +34,13 @@ def at_least(count: int, message: str) -> Callable[[Sized], Sized]:
         return value
 
     return check
+
+
+def device_name(value: str) -> str:
+    """A field check: auto, cpu, cuda or cuda:N."""
+    if value != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
+        raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N")
+    return value
 
 
 def one_of(known: Collection[str]) -> Callable[[str | None], str | None]:

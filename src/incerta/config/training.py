@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import yaml
@@ -10,7 +9,7 @@ from pydantic import Field, field_validator
 
 from incerta.config.data import DataConfig
 from incerta.config.model import ModelConfig
-from incerta.config.schema import Schema
+from incerta.config.schema import Schema, device_name
 
 
 class TrainingConfig(Schema):
@@ -41,12 +40,7 @@ class TrainingConfig(Schema):
     device: str = Field("auto", description="where training runs: cpu, cuda, cuda:N, or auto (the GPU when there is one); "
                         "data-parallel ranks on GPUs take cuda:LOCAL_RANK")
 
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if value != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", value):
-            raise ValueError(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N")
-        return value
+    _device = field_validator("device")(device_name)
 
 
 class RunConfig(Schema):

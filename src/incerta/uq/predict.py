@@ -14,7 +14,8 @@ from incerta.uq.model import UncertainPotential
 
 
 def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[AtomicGraph], batch_size: int = 16) -> dict[str, np.ndarray]:
-    """Predictions, raw scores (and calibrated uncertainties) as flat numpy arrays.
+    """Predictions, raw scores (and calibrated uncertainties) as flat numpy arrays; the
+    predictor runs on its own device (the graphs are moved there batch by batch).
 
     Per atom (N): atom_score, forces_pred/forces_ref (N, 3), numbers, structure (index of
     the structure); per structure (B): energy_score, energy_pred, energy_ref, n_atoms, volume
@@ -27,7 +28,9 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
     offset = 0
     as_np = lambda t: t.detach().double().cpu().numpy()
     with_stress = any(g.stress is not None and bool(known_rows(g.stress).any()) for g in graphs)
+    device = next(predictor.parameters()).device
     for batch in batches(graphs, batch_size):
+        batch = batch.to(device)
         if isinstance(predictor, UncertainPotential):
             out = predictor(batch, compute_stress=with_stress)
             row = {"energy_pred": out["energy"], "forces_pred": out["forces"], "atom_score": out["atom_score"],
