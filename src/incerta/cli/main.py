@@ -511,7 +511,7 @@ def data_check(
     reordered = [group for group, entry in check.items() if entry["chosen"] != AS_READ]
     if reordered:
         console.print(f"[bold yellow]warning:[/] the shear labels of {', '.join(reordered)} match the model only "
-                      "reordered (a place gives the component found there)", highlight=False, soft_wrap=True)
+                      "reordered; an order such as 'xz,yz,xy' names, for yz, xz and xy in turn, the place it was found in", highlight=False, soft_wrap=True)
     low, high = PLAUSIBLE_SCALE
     for group, fit in scales.items():
         if abs(fit["correlation"]) >= MIN_CORRELATION and not low <= fit["scale"] <= high:

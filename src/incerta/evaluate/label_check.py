@@ -44,7 +44,7 @@ MIN_CORRELATION = 0.8
 
 
 def order_name(order: Sequence[int]) -> str:
-    """(1, 0, 2) -> 'xz,yz,xy': the component found in each Voigt shear place."""
+    """(1, 0, 2) -> 'xz,yz,xy': for yz, xz and xy in turn, the place of the labels it was found in."""
     return ",".join(SHEAR_NAMES[k] for k in order)
 
 
