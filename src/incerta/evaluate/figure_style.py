@@ -32,10 +32,11 @@ def plain_number(value: float, _position: int | None = None) -> str:
 
 
 class ReadableLogLocator(LogLocator):
-    """Log ticks as dense as the axis has room for (about one label per half inch): 1-9, 1-2-5,
-    1-3 or 1 times powers of ten; a range too short for two of them gets evenly spaced ticks."""
+    """Log ticks as dense as the axis has room for (about one label per half inch): the densest
+    of 1-9, 1-2-5, 1-3 or 1 times powers of ten whose ticks inside the axis range fit; a range
+    too short for two of them gets evenly spaced ticks."""
 
-    CHOICES = ((9, (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)), (3, (1.0, 2.0, 5.0)), (2, (1.0, 3.0)), (0, (1.0,)))
+    CHOICES = ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0), (1.0, 2.0, 5.0), (1.0, 3.0), (1.0,))
     INCHES_PER_LABEL = 0.5
 
     def __init__(self) -> None:
@@ -45,9 +46,17 @@ class ReadableLogLocator(LogLocator):
         if self.axis is not None and vmin > 0 and vmax > 0 and vmin != vmax:
             box = self.axis.axes.bbox
             inches = (box.width if self.axis.axis_name == "x" else box.height) / self.axis.figure.dpi
-            per_decade = inches / self.INCHES_PER_LABEL / max(abs(np.log10(vmax / vmin)), 1e-9)
-            self.set_params(subs=next(subs for needed, subs in self.CHOICES if per_decade >= needed))
+            room = inches / self.INCHES_PER_LABEL
+            low, high = sorted((vmin, vmax))
+            self.set_params(subs=next((subs for subs in self.CHOICES if ticks_between(subs, low, high) <= room),
+                                      self.CHOICES[-1]))
         return super().tick_values(vmin, vmax)
+
+
+def ticks_between(subs: tuple[float, ...], low: float, high: float) -> int:
+    """How many of ``subs`` times powers of ten lie in [low, high] (0 < low < high)."""
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    return sum(low <= sub * 10.0**decade <= high for decade in decades for sub in subs)
 
 
 def readable_log(axis: Axis) -> None:
