@@ -3,9 +3,12 @@ errors, larger where the stress errors are, and returned by the calculator in Vo
 
 from __future__ import annotations
 
+import shutil
+
 import ase.io
 import numpy as np
 import pytest
+import torch
 
 from conftest import copper_frames
 from incerta import IncertaCalculator
@@ -16,7 +19,7 @@ from incerta.train.run import train_run
 from incerta.uq import metrics as uq_metrics
 from incerta.uq.base import FitSettings
 from incerta.uq.calibration import NORMAL, SHEAR, VOIGT
-from incerta.uq.fit import fit_uncertainty
+from incerta.uq.fit import fit_uncertainty, run_splits
 from incerta.uq.predict import collect
 from incerta.uq.store import load_uncertain_potential
 
@@ -67,3 +70,27 @@ def test_calculator_returns_stress_uncertainty_in_voigt_form(stress_model):
     np.testing.assert_allclose(sigma, expected, rtol=1e-12)
     assert atoms.get_stress().shape == (6,)
     np.testing.assert_allclose(atoms.info["stress_uncertainty"], sigma)
+
+
+def test_a_shallow_ensemble_calibrates_stress_on_the_spread_of_its_heads(stress_model, tmp_path):
+    """Shallow heads give their own stress score: the fitted maps read it (not the force
+    uncertainties), the potential's stress_uncertainty is those maps applied to it, and it is
+    calibrated on the validation cells and larger for cells displaced beyond the training data."""
+    splits = run_splits(stress_model)
+    model = shutil.copytree(stress_model, tmp_path / "model")
+    fit_uncertainty(model, "shallow", splits.train, splits.validation, settings=FitSettings(progress=False))
+    uncertain = load_uncertain_potential(model)
+    assert uncertain.calibration.stress is not None and uncertain.calibration.stress.score == "method"
+    inside, beyond = copper_frames(20, 0.08, 0.02, seed=1), copper_frames(20, 0.25, 0.05, seed=2)
+    graphs = graphs_for(uncertain.potential, inside + beyond)
+    arrays, raw = collect(uncertain, graphs), collect(uncertain.method, graphs)
+    expected = uncertain.calibration.stress(torch.as_tensor(raw["stress_score"])).numpy()
+    np.testing.assert_allclose(arrays["stress_uncertainty"], expected, rtol=1e-10)
+    errors = arrays["stress_pred"] - arrays["stress_ref"]
+    components = np.stack([errors[:, i, j] for i, j in VOIGT], axis=1)
+    sigma = arrays["stress_uncertainty"]
+    z_squared = np.mean((components[:20] / sigma[:20]) ** 2)
+    rms_sigma = np.sqrt(np.mean(sigma**2, axis=1))
+    assert 0.5 < z_squared < 2.0, f"calibrated where validation was drawn, got mean z^2 {z_squared:.2f}"
+    assert uq_metrics.spearman(rms_sigma, np.sqrt(np.mean(components**2, axis=1))) > 0.4
+    assert rms_sigma[20:].mean() > 1.5 * rms_sigma[:20].mean(), "larger displacements: larger stress uncertainty"

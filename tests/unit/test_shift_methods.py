@@ -11,12 +11,15 @@ from scipy.stats import norm
 from conftest import emt_ethanol_frames, make_model
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
+from incerta.data.frame import Frame
 from incerta.data.graph import collate
 from incerta.models.derivatives import differentiable_inputs, position_jacobian
 from incerta.models.predict import graphs_for
 from incerta.train.checkpoint import save_potential
 from incerta.uq.base import FitSettings
+from incerta.uq.calibration import VOIGT
 from incerta.uq.combined import fit_density_weight
+from incerta.uq.ensemble import DeepEnsemble
 from incerta.uq.fit import fit_uncertainty
 from incerta.uq.llpr import LLPRUncertainty
 from incerta.uq.shallow import ShallowEnsemble, ensemble_nll
@@ -140,3 +143,53 @@ def test_combined_reuses_an_error_method_fitted_before(tmp_path):
     torch.testing.assert_close(reused.projection, fitted.projection)
     with pytest.raises(ConfigError, match="has 'llpr' attached, not 'lnk'"):
         fit_uncertainty(second, "combined", frames[:10], frames[10:], {"error_model": str(first)}, FitSettings(progress=False))
+
+
+def strained_stresses(energies_of, atoms, step: float = 1e-5) -> np.ndarray:
+    """(M, 3, 3) stresses eV/Å^3 of M energies ``energies_of(atoms) -> (M,)`` by central finite
+    differences of symmetric strains (ASE's convention: sigma = (1/V) dE/d(strain))."""
+    volume = atoms.get_volume()
+    stresses = None
+    for i, j in VOIGT:
+        strain = np.zeros((3, 3))
+        strain[i, j] = strain[j, i] = step
+        plus, minus = atoms.copy(), atoms.copy()
+        for copy, sign in ((plus, 1.0), (minus, -1.0)):
+            copy.set_cell(atoms.cell.array @ (np.eye(3) + sign * strain), scale_atoms=True)
+        derivative = (energies_of(plus) - energies_of(minus)) / (2 * step) / (1 if i == j else 2) / volume
+        stresses = np.zeros((len(derivative), 3, 3)) if stresses is None else stresses
+        stresses[:, i, j] = stresses[:, j, i] = derivative
+    return stresses
+
+
+def spread(stresses: np.ndarray) -> float:
+    """RMS over members of the distance of their six Voigt components from the members' mean."""
+    voigt = np.stack([stresses[:, i, j] for i, j in VOIGT], axis=1)
+    return float(np.sqrt(((voigt - voigt.mean(0)) ** 2).sum(1).mean()))
+
+
+def test_shallow_heads_stress_score_is_the_spread_of_their_own_stresses(silicon):
+    """Each head's stress by finite differences of its own energy under strain; the method's
+    mean stress and its stress score (their spread) agree with them."""
+    method = ShallowEnsemble(make_model(species=(14,)), heads=4, init_noise=0.5)
+
+    def head_energies(atoms) -> np.ndarray:
+        graph = graphs_for(method.potential, [Frame.from_atoms(atoms)])[0]
+        with torch.no_grad():
+            return method._head_energies(method.potential.evaluate(graph), graph)[0].numpy()
+
+    expected = strained_stresses(head_energies, silicon)
+    raw = method(graphs_for(method.potential, [Frame.from_atoms(silicon)])[0], compute_stress=True)
+    assert spread(expected) > 1e-3, "heads that differ: a spread to compare"
+    np.testing.assert_allclose(raw.stress[0].detach().numpy(), expected.mean(0), rtol=1e-6, atol=1e-9)
+    assert float(raw.stress_score[0]) == pytest.approx(spread(expected), rel=1e-6)
+
+
+def test_deep_ensemble_stress_score_is_the_spread_of_its_members_stresses(silicon):
+    members = [make_model(species=(14,), seed=seed) for seed in range(3)]
+    ensemble = DeepEnsemble.from_members(members)
+    graph = graphs_for(members[0], [Frame.from_atoms(silicon)])[0]
+    own = np.stack([m(graph, compute_stress=True, create_graph=False)[K.STRESS][0].detach().numpy() for m in members])
+    raw = ensemble(graph, compute_stress=True)
+    assert float(raw.stress_score[0]) == pytest.approx(spread(own), rel=1e-10)
+    assert ensemble(graph).stress_score is None, "no stress asked: no stress score"

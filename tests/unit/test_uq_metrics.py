@@ -199,6 +199,28 @@ def test_stress_maps_recover_the_normal_and_shear_errors(rng):
     np.testing.assert_allclose(predicted[:, 3:], np.repeat(shear[:, None], 3, axis=1), rtol=0.15)
 
 
+def test_stress_maps_read_the_methods_own_score_where_it_gives_one(rng):
+    """Stress errors that follow a method's own stress score (the spread of its members), not the
+    force uncertainties: the maps fitted on that score give the spread back, the calibration says
+    which score it reads, and asking for sigma without that score is an error."""
+    calibration, sigma_atoms, structure, volume, *_ = stress_case(rng, 0.3, 0.3)
+    own = rng.uniform(1e-4, 1e-2, len(volume))  # eV/Å^3
+    upper = np.triu(rng.normal(size=(len(volume), 3, 3))) * own[:, None, None] * np.where(np.eye(3), 1.0, 0.5)
+    errors = upper + np.triu(upper, 1).transpose(0, 2, 1)
+    calibration.fit_stress(sigma_atoms, np.full(sigma_atoms.size, 29), structure, volume, errors, method_scores=own)
+    again = Calibration.from_json(calibration.to_json())
+    assert again.stress.score == "method"
+    predicted = again.stress_sigma(torch.as_tensor(sigma_atoms), torch.as_tensor(structure), torch.as_tensor(volume),
+                                   torch.as_tensor(own)).numpy()
+    np.testing.assert_allclose(predicted[:, 0], own, rtol=0.15)
+    np.testing.assert_allclose(predicted[:, 3], 0.5 * own, rtol=0.15)
+    with pytest.raises(ValueError, match="reads the method's own stress score"):
+        again.stress_sigma(torch.as_tensor(sigma_atoms), torch.as_tensor(structure), torch.as_tensor(volume))
+    data = json.loads(calibration.to_json())
+    del data["stress"]["score"]  # a file written before method scores
+    assert Calibration.from_json(json.dumps(data)).stress.score == "forces"
+
+
 def test_a_stress_map_of_six_components_still_loads(rng):
     """A calibration file written with one map for all six components (RMS over six) gives the
     same per-component sigma for normal and shear components."""

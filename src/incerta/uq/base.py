@@ -22,7 +22,7 @@ from incerta.config.uncertainty import CalibrationKind, FitSection
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
 from incerta.models.potential import Potential
-from incerta.uq.calibration import ScoreKind
+from incerta.uq.calibration import VOIGT, ScoreKind
 
 
 @dataclass
@@ -32,7 +32,9 @@ class UncertainOutput:
     energy (B,) eV; forces (N, 3) eV/Å; atom_score (N,) and energy_score (B,) raw
     scores (unit depends on the method, see ``score_kind``); stress (B, 3, 3) when asked;
     per-atom energies (N,) eV where the method defines them; the per-atom latent features
-    (N, C) the prediction used, where the method has them (density scores reuse them).
+    (N, C) the prediction used, where the method has them (density scores reuse them); with
+    stress, a method made of members (ensemble, shallow heads) also gives its own raw stress
+    score (B,) eV/Å^3, the spread of the members' stresses (:func:`member_stress_spread`).
     """
 
     energy: torch.Tensor
@@ -42,6 +44,15 @@ class UncertainOutput:
     stress: torch.Tensor | None = None
     energies: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    stress_score: torch.Tensor | None = None
+
+
+def member_stress_spread(stresses: torch.Tensor) -> torch.Tensor:
+    """Raw stress score (B,) eV/Å^3 of M members' stresses (M, B, 3, 3): the root of the mean
+    over members of the squared distance of their six Voigt components from the members' mean."""
+    deviation = stresses - stresses.mean(0)
+    rows, columns = zip(*VOIGT)
+    return deviation[:, :, list(rows), list(columns)].pow(2).sum(-1).mean(0).sqrt()
 
 
 class FitSettings(FitSection):

@@ -41,7 +41,9 @@ crystals near equilibrium have no shear stress at all. Measured on the mlearn te
 (``benchmarks/materials.py``, GMM): RMS normal / shear errors 0.59 / 0.19 GPa (Si), 0.33 /
 0.09 (Ge), 0.76 / 0.31 (Mo); one map for all six components gave miscalibration areas of
 0.147, 0.141 and 0.125, the two maps 0.115, 0.113 and 0.109 (Li: 0.062 against 0.043).
-Without enough such structures there is no stress map and no stress uncertainty.
+Without enough such structures there is no stress map and no stress uncertainty. Methods
+made of members (deep ensemble, shallow heads) give a score of their own instead, the spread
+of their members' stresses (``UncertainOutput.stress_score``), and their maps read that.
 
 Force maps are fitted per element when the validation data hold at least
 ``MIN_ATOMS_PER_SPECIES`` atoms of it (one global map otherwise, and for elements the
@@ -118,23 +120,27 @@ class ScoreMap:
 @dataclass
 class StressMaps:
     """Maps of the stress score (B,) eV/Å^3 to the RMS error of the normal (xx, yy, zz) and of
-    the shear (yz, xz, xy) stress components (each fitted on the sum of its three squares)."""
+    the shear (yz, xz, xy) stress components (each fitted on the sum of its three squares).
+    ``score``: which score they read, ``forces`` (:func:`stress_score` of the calibrated force
+    uncertainties) or ``method`` (the method's own, e.g. the spread of its members' stresses)."""
 
     normal: ScoreMap
     shear: ScoreMap
+    score: Literal["forces", "method"] = "forces"
 
     def __call__(self, score: torch.Tensor) -> torch.Tensor:
         """Per-component sigma (B, 6) eV/Å^3 in Voigt order for raw stress scores (B,)."""
         return voigt_sigma(self.normal(score), self.shear(score))
 
     def to_dict(self) -> dict:
-        return {"normal": asdict(self.normal), "shear": asdict(self.shear)}
+        return {"normal": asdict(self.normal), "shear": asdict(self.shear), "score": self.score}
 
     @classmethod
     def from_dict(cls, data: dict) -> StressMaps:
-        """Both maps, or one map of all six components (files written before the split) used for both."""
+        """Both maps, or one map of all six components (files written before the split) used for
+        both; files written before method scores read the force-derived score."""
         if "normal" in data:
-            return cls(ScoreMap(**data["normal"]), ScoreMap(**data["shear"]))
+            return cls(ScoreMap(**data["normal"]), ScoreMap(**data["shear"]), data.get("score", "forces"))
         six = ScoreMap(**data)  # it predicted the RMS of six components: the same per component from three
         three = replace(six, c0=six.c0 - 0.5 * math.log(2.0), knots_y=[y / 2.0 for y in six.knots_y])
         return cls(three, three)
@@ -255,26 +261,37 @@ class Calibration:
         )
 
     def fit_stress(self, atom_scores: np.ndarray, numbers: np.ndarray, structure: np.ndarray, volume: np.ndarray,
-                   stress_errors: np.ndarray) -> None:
+                   stress_errors: np.ndarray, method_scores: np.ndarray | None = None) -> None:
         """Fit the stress map on periodic structures: per-atom raw scores (N,), atomic numbers
         (N,), structure index of each atom (N,), volumes (B,) Å^3 (NaN for molecules) and
-        stress errors (B, 3, 3) eV/Å^3 (NaN where unknown). Too few such structures: no map."""
+        stress errors (B, 3, 3) eV/Å^3 (NaN where unknown). With the method's own raw stress
+        scores (B,) eV/Å^3 the maps read those; otherwise the score of the calibrated force
+        uncertainties. Too few such structures: no map."""
         errors = np.asarray(stress_errors, dtype=float).reshape(-1, 3, 3)
         usable = np.isfinite(errors).all(axis=(1, 2)) & np.isfinite(volume)
         if usable.sum() < MIN_STRESS_STRUCTURES:
             self.stress = None
             return
-        sigma = self.atom_sigma(torch.as_tensor(atom_scores, dtype=torch.float64), torch.as_tensor(numbers))
-        score = stress_score(sigma, torch.as_tensor(structure, dtype=torch.long),
-                             torch.as_tensor(volume)).numpy()[usable]  # NaN for molecules
+        if method_scores is not None:
+            score = np.asarray(method_scores, dtype=float)[usable]
+        else:
+            sigma = self.atom_sigma(torch.as_tensor(atom_scores, dtype=torch.float64), torch.as_tensor(numbers))
+            score = stress_score(sigma, torch.as_tensor(structure, dtype=torch.long),
+                                 torch.as_tensor(volume)).numpy()[usable]  # NaN for molecules
         squared = np.stack([errors[usable][:, i, j] for i, j in VOIGT], axis=1) ** 2
-        self.stress = StressMaps(*(_fit(score, squared[:, part].sum(axis=1), 3, "power", "std")
-                                   for part in (NORMAL, SHEAR)))
+        self.stress = StressMaps(*(_fit(score, squared[:, part].sum(axis=1), 3, "power", "std") for part in (NORMAL, SHEAR)),
+                                 score="forces" if method_scores is None else "method")
 
-    def stress_sigma(self, atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
+    def stress_sigma(self, atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor,
+                     method_score: torch.Tensor | None = None) -> torch.Tensor:
         """Per-component stress uncertainty (B, 6) eV/Å^3, Voigt order, from per-atom force
-        uncertainties (N,) eV/Å, the structure of each atom (N,) and cell volumes (B,) Å^3."""
-        return self.stress(stress_score(atom_sigma, batch, volume))
+        uncertainties (N,) eV/Å, the structure of each atom (N,) and cell volumes (B,) Å^3, or
+        from the method's own raw stress score (B,) eV/Å^3 where the maps were fitted on it."""
+        if self.stress.score == "forces":
+            return self.stress(stress_score(atom_sigma, batch, volume))
+        if method_score is None:
+            raise ValueError("this stress calibration reads the method's own stress score, which was not given")
+        return self.stress(method_score)
 
     def atom_sigma(self, scores: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """Per-atom force uncertainty (N,) eV/Å from raw scores (N,) of atoms with ``numbers`` (N,)."""

@@ -138,7 +138,8 @@ class CombinedUncertainty(UncertaintyMethod):
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
         raw, excess = self._parts(graph, compute_stress)
         score = (raw.atom_score.double().pow(2) + self.weight * excess).sqrt().to(raw.atom_score.dtype)
-        return UncertainOutput(raw.energy, raw.forces, score, raw.energy_score, raw.stress, raw.energies, raw.features)
+        return UncertainOutput(raw.energy, raw.forces, score, raw.energy_score, raw.stress, raw.energies, raw.features,
+                               raw.stress_score)
 
     def predict(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         return self.error.predict(graph, compute_stress)

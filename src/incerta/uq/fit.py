@@ -37,7 +37,7 @@ def calibrate(method: UncertaintyMethod, graphs: Sequence[AtomicGraph], kind: Ca
     )
     if "stress_ref" in arrays:
         calibration.fit_stress(arrays["atom_score"], arrays["numbers"], arrays["structure"], arrays["volume"],
-                               arrays["stress_pred"] - arrays["stress_ref"])
+                               arrays["stress_pred"] - arrays["stress_ref"], arrays.get("stress_score"))
     return calibration
 
 

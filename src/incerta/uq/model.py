@@ -103,7 +103,8 @@ class UncertainPotential(nn.Module):
         if raw.stress is not None:
             out[K.STRESS] = raw.stress
             if self.calibration.stress is not None:
-                out[K.STRESS_UNCERTAINTY] = self.calibration.stress_sigma(sigma_atoms, graph.batch, cell_volumes(graph.cell, graph.pbc))
+                out[K.STRESS_UNCERTAINTY] = self.calibration.stress_sigma(
+                    sigma_atoms, graph.batch, cell_volumes(graph.cell, graph.pbc), raw.stress_score)
         if raw.energies is not None:
             out[K.ATOMIC_ENERGIES] = raw.energies
         if not bool(known.all()):

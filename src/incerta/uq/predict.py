@@ -22,7 +22,8 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
     (Å^3, NaN unless periodic); with a calibrated :class:`UncertainPotential` also
     forces_uncertainty (N,), energy_uncertainty and structure_uncertainty (B,). When any graph
     has a stress label: stress_pred and stress_ref (B, 3, 3) eV/Å^3 (NaN where unknown), and
-    stress_uncertainty (B, 6) from a potential with a stress calibration.
+    stress_uncertainty (B, 6) from a potential with a stress calibration; from a method made of
+    members, also its own raw stress_score (B,) eV/Å^3.
     """
     parts: dict[str, list[np.ndarray]] = {}
     offset = 0
@@ -42,6 +43,8 @@ def collect(predictor: UncertaintyMethod | UncertainPotential, graphs: Sequence[
             raw = predictor(batch, compute_stress=with_stress)
             row = {"energy_pred": raw.energy, "forces_pred": raw.forces, "atom_score": raw.atom_score,
                    "energy_score": raw.energy_score}
+            if with_stress and raw.stress_score is not None:
+                row["stress_score"] = raw.stress_score
             stress = raw.stress
         if with_stress:
             row["stress_pred"] = stress

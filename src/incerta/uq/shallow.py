@@ -31,7 +31,7 @@ from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
 from incerta.models.derivatives import derivatives, differentiable_inputs, position_jacobian
 from incerta.models.potential import Potential
-from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
+from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen, member_stress_spread
 from incerta.uq.finetune import train_module
 from incerta.uq.llpr import last_layer_terms
 
@@ -147,17 +147,18 @@ class ShallowEnsemble(UncertaintyMethod):
         inputs = differentiable_inputs(graph, forces=True, stress=compute_stress)
         out = self.potential.evaluate(inputs.graph)
         energies = self._head_energies(out, inputs.graph)
-        stress = None
+        stresses = None
         if compute_stress:
             per_head = [
                 derivatives(energies[:, k], inputs, create_graph=False, retain_graph=k < self.num_heads - 1)
                 for k in range(self.num_heads)
             ]
             forces = torch.stack([d[K.FORCES] for d in per_head])  # (M, N, 3)
-            stress = torch.stack([d[K.STRESS] for d in per_head]).mean(0)
+            stresses = torch.stack([d[K.STRESS] for d in per_head])  # (M, B, 3, 3)
         else:  # one structure (MD): 71 ms instead of 127 ms on acac with 8 heads
             forces = -position_jacobian(energies.sum(0), inputs.positions, batched=graph.num_graphs == 1)
         mean_forces = forces.mean(0)
         atom = (forces - mean_forces).pow(2).sum(-1).mean(0).sqrt()
         return UncertainOutput(energies.mean(1).detach(), mean_forces, atom, energies.std(1, unbiased=False).detach(),
-                               stress, features=out[K.NODE_FEATURES])
+                               None if stresses is None else stresses.mean(0), features=out[K.NODE_FEATURES],
+                               stress_score=None if stresses is None else member_stress_spread(stresses))
