@@ -67,7 +67,8 @@ def learning_curve(history: Sequence[Mapping[str, float]]) -> Figure:
     log_axes(ax_f, x=False)
     ax_f.legend(fontsize=8)
     ax_lr.plot(epochs, [h["lr"] for h in history])
-    ax_lr.set(xlabel="epoch", ylabel="learning rate", yscale="log")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate")
+    log_axes(ax_lr, x=False)
     for ax in (ax_f, ax_lr):
         integer_ticks(ax.xaxis)
     return finish(fig)
