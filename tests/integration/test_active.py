@@ -36,6 +36,7 @@ from incerta.data.oracles import PySCFOracle, TBLiteOracle
 from incerta.models.predict import graphs_for
 from incerta.uq.store import load_uncertain_potential
 from incerta.utils.cluster import ClusterSpec, connect
+from incerta.utils.distributed import DeviceError
 
 SMALL_MODEL = {"l_max": 1, "num_channels": 16, "num_layers": 2, "radial_hidden": [32], "readout_hidden": 16}
 
@@ -115,7 +116,7 @@ def test_the_loop_scores_candidates_on_the_gpu_as_on_the_cpu(first_iteration, ac
 def test_a_gpu_the_loop_cannot_see_is_refused_before_any_work(acac_slices, tmp_path):
     config = load_experiment(al_yaml(tmp_path, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz"),
                                      device="cuda"), ALConfig)
-    with pytest.raises(ConfigError, match=r"active.device is 'cuda' but PyTorch sees no GPU here"):
+    with pytest.raises(DeviceError, match=r"active.device is 'cuda' but PyTorch sees no GPU here"):
         ActiveLearning(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match=r"active.device: Value error, 'gpu' is not a device"):

@@ -10,7 +10,6 @@ from scipy.spatial.transform import Rotation
 
 from incerta import IncertaCalculator
 from incerta.config import RunConfig
-from incerta.config.schema import ConfigError
 from incerta.config.sources import prepare_splits
 from incerta.data.frame import Frame
 from incerta.data.io import read_frames
@@ -23,6 +22,7 @@ from incerta.uq.fit import fit_uncertainty
 from incerta.uq.methods import POST_TRAINING
 from incerta.uq.predict import collect
 from incerta.uq.store import load_uncertain_potential
+from incerta.utils.distributed import DeviceError
 
 SETTINGS = {
     "seed": 1,
@@ -163,7 +163,7 @@ def test_a_fit_asked_on_a_missing_gpu_says_so(base_run, tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "potential.safetensors").write_bytes((run / "model" / "potential.safetensors").read_bytes())
-    with pytest.raises(ConfigError, match=r"'cuda'.*no GPU here"):
+    with pytest.raises(DeviceError, match=r"the fit's device is 'cuda' but PyTorch sees no GPU here"):
         fit_uncertainty(model, "gmm", splits.train, splits.validation, settings=FIT.model_copy(update={"device": "cuda"}))
     assert not (model / "uncertainty.safetensors").exists()
 

@@ -33,7 +33,6 @@ from incerta.calculators.ase import usable_compiled
 from incerta.calculators.compiling import compile_model
 from incerta.config.active import ALConfig
 from incerta.config.data import DataSource
-from incerta.config.schema import ConfigError
 from incerta.config.sources import data_set_name, load_sources, prepare_splits
 from incerta.config.training import RunConfig
 from incerta.data import keys as K
@@ -50,6 +49,7 @@ from incerta.uq.fit import fit_uncertainty
 from incerta.uq.predict import collect
 from incerta.uq.store import has_uncertainty, load_uncertain_potential
 from incerta.utils.cluster import ClusterSpec, connect
+from incerta.utils.distributed import training_device
 from incerta.utils.files import atomic_write, atomic_write_text
 
 
@@ -61,7 +61,7 @@ class ActiveLearning:
     """One run folder; :meth:`run` goes until a stop criterion and returns the reason."""
 
     def __init__(self, config: ALConfig, out: str | Path, progress: bool = True) -> None:
-        self.device = loop_device(config.active.device)
+        self.device = str(training_device(config.active.device, "active.device"))
         self.config, self.out, self.progress = config, Path(out), progress
         self.state = RunState(self.out)
         self.section = config.active
@@ -288,16 +288,6 @@ class ActiveLearning:
         if target and trained and trained[-1]["metrics"]["validation"]["forces_rmse_meV_per_A"] <= target:
             return "validation error target reached"
         return None
-
-
-def loop_device(requested: str) -> str:
-    """The device of ``active.device``: ``auto`` takes a GPU when there is one; a GPU that
-    PyTorch cannot see is a configuration error, raised before any work."""
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested != "cpu" and not torch.cuda.is_available():
-        raise ConfigError(f"active.device is '{requested}' but PyTorch sees no GPU here; use cpu or auto")
-    return requested
 
 
 def _structure_features(uncertain, graphs, known: np.ndarray) -> np.ndarray:

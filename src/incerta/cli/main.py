@@ -17,6 +17,7 @@ from incerta.config.schema import ConfigError, explain
 from incerta.config.uncertainty import FitSection
 from incerta.data.validation import DataError
 from incerta.models.potential import UnknownSpeciesError
+from incerta.utils.distributed import DeviceError
 from incerta.utils.tensor_files import CheckpointError
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownSpeciesError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, UnknownSpeciesError, DeviceError)
 
 
 def fail(error: Exception) -> None:

@@ -6,7 +6,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import yaml
 
 from incerta.config.schema import ConfigError
@@ -24,6 +23,7 @@ from incerta.uq.ensemble import DeepEnsemble
 from incerta.uq.methods import METHODS
 from incerta.uq.predict import collect
 from incerta.uq.store import save_uncertainty
+from incerta.utils.distributed import training_device
 
 
 def calibrate(method: UncertaintyMethod, graphs: Sequence[AtomicGraph], kind: CalibrationKind | None = None) -> Calibration:
@@ -78,8 +78,7 @@ def fit_uncertainty(
         raise ConfigError(f"unknown method '{method}'; choose one of {', '.join(n for n in METHODS if n != 'ensemble')} "
                           "(ensembles are trained with: incerta train CONFIG --ensemble K)")
     settings = settings or FitSettings()
-    if settings.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"the fit was asked to run on '{settings.device}', but PyTorch sees no GPU here; use cpu")
+    training_device(settings.device, "the fit's device")  # a GPU PyTorch cannot see: DeviceError
     potential = load_potential(model).to(settings.device)
     instance = METHODS[method](potential, **(options or {}))
     return _fit_and_save(model, instance, graphs_for(potential, train), graphs_for(potential, validation), settings)

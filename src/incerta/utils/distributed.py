@@ -60,15 +60,20 @@ def init_from_environment(device: str = "auto") -> bool:
     return True
 
 
-def training_device(requested: str = "auto") -> torch.device:
-    """The device this process trains on: ``auto`` takes a GPU when there is one; a
-    data-parallel rank on GPUs takes the one numbered by its LOCAL_RANK."""
+class DeviceError(RuntimeError):
+    """A device was asked for that PyTorch cannot see; the message names the setting."""
+
+
+def training_device(requested: str = "auto", setting: str = "training.device") -> torch.device:
+    """The device this process works on (``setting``: the configuration key that asked for it,
+    named in the error): ``auto`` takes a GPU when there is one; a data-parallel rank on GPUs
+    takes the one numbered by its LOCAL_RANK."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"training.device is '{requested}' but PyTorch sees no GPU here; use cpu or auto")
+            raise DeviceError(f"{setting} is '{requested}' but PyTorch sees no GPU here; use cpu")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         torch.cuda.set_device(device)
