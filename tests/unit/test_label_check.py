@@ -15,7 +15,13 @@ from conftest import copper_frames, make_model
 from incerta.cli.main import app
 from incerta.data.io import read_frames
 from incerta.data.validation import DataError
-from incerta.evaluate.label_check import checked_frames, label_scale, model_stress, shear_order_check
+from incerta.evaluate.label_check import (
+    checked_frames,
+    implausible_scales,
+    label_scale,
+    model_stress,
+    shear_order_check,
+)
 from incerta.train.checkpoint import save_potential
 
 #: the mislabelling under test: the yz place holds xz, the xz place holds xy, the xy place holds yz
@@ -79,6 +85,7 @@ def test_label_scale_finds_a_flipped_sign_and_kbar_read_as_gpa_whatever_the_pres
     fits = label_scale(truth + offset, labelled)
     assert {g: fit["scale"] for g, fit in fits.items()} == pytest.approx({"as computed": 1.0, "negated": -1.0, "kbar": 0.1})
     assert {g: fit["correlation"] for g, fit in fits.items()} == pytest.approx({"as computed": 1.0, "negated": -1.0, "kbar": 1.0})
+    assert implausible_scales(fits) == pytest.approx({"negated": -1.0, "kbar": 0.1})
 
 
 def test_labels_unrelated_to_the_model_get_a_weak_correlation_and_no_warning(tmp_path):
@@ -92,6 +99,7 @@ def test_labels_unrelated_to_the_model_get_a_weak_correlation_and_no_warning(tmp
     labelled = [replace(f, stress=(n + n.T) / 2) for f, n in zip(frames, noise)]
     fit = label_scale(model_stress(model, frames), labelled)["all"]
     assert abs(fit["correlation"]) < 0.8 and not 0.5 <= fit["scale"] <= 2.0, fit
+    assert implausible_scales({"all": fit}) == {}, "too weak a correlation to judge"
     ase.io.write(tmp_path / "cells.xyz", [f.to_atoms() for f in labelled], format="extxyz")
     result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "cells.xyz"), "--model", str(tmp_path / "model")])
     assert result.exit_code == 0, result.output

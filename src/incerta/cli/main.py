@@ -486,9 +486,8 @@ def data_check(
     from incerta.data.io import read_frames
     from incerta.evaluate.label_check import (
         AS_READ,
-        MIN_CORRELATION,
-        PLAUSIBLE_SCALE,
         checked_frames,
+        implausible_scales,
         label_scale,
         model_stress,
         shear_order_check,
@@ -513,12 +512,10 @@ def data_check(
     if reordered:
         console.print(f"[bold yellow]warning:[/] the shear labels of {', '.join(reordered)} match the model only "
                       "reordered; an order such as 'xz,yz,xy' names, for yz, xz and xy in turn, the place it was found in", highlight=False, soft_wrap=True)
-    low, high = PLAUSIBLE_SCALE
-    for group, fit in scales.items():
-        if abs(fit["correlation"]) >= MIN_CORRELATION and not low <= fit["scale"] <= high:
-            console.print(f"[bold yellow]warning:[/] the labels of {group} match the model only times {fit['scale']:.3g} "
-                          "(about -1: the opposite sign convention; 0.1 or 10: kBar taken for GPa or the "
-                          "reverse; 0.006 or 160: GPa taken for eV/Å^3 or the reverse)", highlight=False, soft_wrap=True)
+    for group, scale in implausible_scales(scales).items():
+        console.print(f"[bold yellow]warning:[/] the labels of {group} match the model only times {scale:.3g} "
+                      "(about -1: the opposite sign convention; 0.1 or 10: kBar taken for GPa or the "
+                      "reverse; 0.006 or 160: GPa taken for eV/Å^3 or the reverse)", highlight=False, soft_wrap=True)
     if write is not None:
         atomic_write(write, lambda tmp: ase.io.write(tmp, [f.to_atoms() for f in fixed], format="extxyz"))
         console.print(f"{len(fixed)} structures written to {write}")

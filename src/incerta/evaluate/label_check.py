@@ -19,12 +19,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
+import torch
 from ase import units
 
+from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.validation import DataError
 from incerta.models.potential import Potential
-from incerta.models.predict import graphs_for
+from incerta.models.predict import graphs_for, predict_batches
 from incerta.uq.calibration import VOIGT
 
 #: the shear components (yz, xz, xy) as (row, column) of a 3x3 stress
@@ -66,9 +68,12 @@ def frame_group(frame: Frame, key: str | None) -> str:
 
 
 def model_stress(potential: Potential, frames: Sequence[Frame]) -> np.ndarray:
-    """The model's stress of each frame, (B, 3, 3) in eV/Å^3."""
-    return np.concatenate([potential(graph, compute_stress=True)["stress"].detach().double().cpu().numpy()
-                           for graph in graphs_for(potential, list(frames))])
+    """The model's stress of each frame, (B, 3, 3) in eV/Å^3 (NaN for molecules), in batches."""
+    stresses = []
+    for batch, outputs in predict_batches(potential, graphs_for(potential, list(frames))):
+        stress = outputs.get(K.STRESS, torch.full((batch.num_graphs, 3, 3), torch.nan))
+        stresses.append(torch.where(batch.pbc.any(dim=-1)[:, None, None], stress, torch.nan).double().numpy())
+    return np.concatenate(stresses)
 
 
 def shear_order_check(predicted: np.ndarray, frames: Sequence[Frame], group_key: str | None = None) -> dict[str, dict]:
@@ -131,6 +136,14 @@ def label_scale(predicted: np.ndarray, frames: Sequence[Frame], group_key: str |
                          "correlation": float(np.mean((labels - labels.mean()) * (model - model.mean())) / spread)
                          if spread > 0 else float("nan")}
     return result
+
+
+def implausible_scales(fits: dict[str, dict]) -> dict[str, float]:
+    """The groups of :func:`label_scale` whose labels look like a sign or unit slip: scale outside
+    :data:`PLAUSIBLE_SCALE` where the correlation is strong enough to judge ({group: scale})."""
+    low, high = PLAUSIBLE_SCALE
+    return {group: fit["scale"] for group, fit in fits.items()
+            if abs(fit["correlation"]) >= MIN_CORRELATION and not low <= fit["scale"] <= high}
 
 
 def _pressure_free_components(stress: np.ndarray) -> np.ndarray:
