@@ -84,12 +84,11 @@ class ExportedScoreMap(nn.Module):
 
 class ExportedStressMaps(nn.Module):
     """:class:`~incerta.uq.calibration.StressMaps` as a module: stress score (B,) -> sigma (B, 6)
-    (the score of the force uncertainties: the exportable methods have no stress score of their own)."""
+    (the score of the force uncertainties: the methods with a stress score of their own, made of
+    members, are not in :data:`EXPORTABLE_METHODS`)."""
 
     def __init__(self, maps: StressMaps) -> None:
         super().__init__()
-        if maps.score != "forces":
-            raise ExportError("the stress calibration reads a method's own stress score, which the export cannot compute")
         self.normal, self.shear = ExportedScoreMap(maps.normal), ExportedScoreMap(maps.shear)
 
     def forward(self, score: torch.Tensor) -> torch.Tensor:
