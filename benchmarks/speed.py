@@ -8,7 +8,12 @@ periodic liquid-water box (1,536 atoms, the shared RPBE-D3 frame repeated 2x2x2)
 quartiles of repeated energy+forces calls after 3 warm-up calls, float32, ``--threads``
 threads; every row is measured ``--rounds`` times, the rounds interleaved, and the median of
 the rounds' medians kept (the machine's speed drifts). The "+ GMM" and "+ LLPR" rows ask for
-the per-atom force uncertainty at every call (what an MD check step costs). LLPR's pass runs
+the per-atom force uncertainty at every call (what an MD check step costs), their calls
+alternating with calls of the same calculator that do not: the uncertainty's cost
+(``gmm_over_compiled``, ``llpr_over_compiled``) is the ratio of the two, paired in time, because
+between processes the machine's drift (up to 1.5x between rounds of one row, seen here) exceeds
+what is measured. GMM's raw scores are compiled into the package (``incerta compile`` on a model
+with GMM attached). LLPR's pass runs
 eagerly, and on the water box its row had not finished its 13 calls after 5 minutes, so it is
 left out there. LNK is not a row: its energy comes from a learned GP readout, not from the
 compiled potential, so it runs eagerly (``incerta compile`` refuses it).
@@ -75,8 +80,8 @@ def compiled_copy(trained: Path, folder: Path) -> Path:
 def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[str, Path]:
     """Model folders under ``work`` holding the trained potential and its package, bare
     (``work.name``) and with each of ``methods`` (``work.name-method``; fitted on the accuracy
-    benchmark's training split, calibrated on its validation frames; a method keeps the
-    potential's weights, so the package is compiled once and copied)."""
+    benchmark's training split, calibrated on its validation frames, then compiled again, so
+    that the package holds the method's raw scores where they compile in, GMM's)."""
     split = trained.parent.parent
     folders = {work.name: compiled_copy(trained, work)}
     for name in methods:
@@ -86,6 +91,7 @@ def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[
         if not (folder / "uncertainty.safetensors").exists():
             subprocess.run([INCERTA, "uq", "fit", folder, "--method", name, "--train", split / "train.xyz",
                             "--val", split / "valid.xyz"], check=True)
+            subprocess.run([INCERTA, "compile", folder], check=True)  # with the method's scores where they compile in
     return folders
 
 
@@ -93,15 +99,21 @@ def summary(label: str, measured: list[dict]) -> dict:
     """One row of one system over its rounds: the median of the rounds' medians (and of their
     quartiles), the largest peak memory, and every round's median."""
     median = lambda key: float(statistics.median(m[key] for m in measured))
-    return {**measured[0], "row": label, "median_ms": median("median_ms"), "q25_ms": median("q25_ms"),
-            "q75_ms": median("q75_ms"), "atom_steps_per_s": measured[0]["atoms"] / median("median_ms") * 1e3,
-            "peak_rss_MB": max(m["peak_rss_MB"] for m in measured), "round_medians_ms": [m["median_ms"] for m in measured]}
+    row = {**measured[0], "row": label, "median_ms": median("median_ms"), "q25_ms": median("q25_ms"),
+           "q75_ms": median("q75_ms"), "atom_steps_per_s": measured[0]["atoms"] / median("median_ms") * 1e3,
+           "peak_rss_MB": max(m["peak_rss_MB"] for m in measured), "round_medians_ms": [m["median_ms"] for m in measured]}
+    if "without_uncertainty_median_ms" in measured[0]:
+        row["without_uncertainty_median_ms"] = median("without_uncertainty_median_ms")
+        row["uncertainty_cost_paired"] = float(statistics.median(
+            m["median_ms"] / m["without_uncertainty_median_ms"] for m in measured))
+    return row
 
 
 def time_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
     """Per system, a row's median time over a compiled incerta model's: the peers over ``TIMED``
-    (and, ``*_accurate``, over the accurate preset's), the eager model and the uncertainty rows
-    over the compiled model they share their weights with."""
+    (and, ``*_accurate``, over the accurate preset's) and the eager model over the compiled one;
+    the uncertainty rows' cost is their paired ratio (calls with and without the uncertainty,
+    alternating in one process, median over the rounds)."""
     median = {(r["row"], r["system"]): r["median_ms"] for r in results}
     pairs = {
         "nequip_over_incerta_compiled": ("NequIP compiled", TIMED),
@@ -109,12 +121,13 @@ def time_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
         "nequip_over_incerta_compiled_accurate": ("NequIP compiled", "incerta compiled"),
         "mace_over_incerta_compiled_accurate": ("MACE", "incerta compiled"),
         "eager_over_compiled": ("incerta eager", "incerta compiled"),
-        "gmm_over_compiled": ("fast compiled + GMM", TIMED),
-        "llpr_over_compiled": ("fast compiled + LLPR", TIMED),
     }
     ratios = {name: {s: median[(row, s)] / median[(reference, s)] for s in SYSTEMS
                      if (row, s) in median and (reference, s) in median}
               for name, (row, reference) in pairs.items()}
+    paired = {"gmm_over_compiled": "fast compiled + GMM", "llpr_over_compiled": "fast compiled + LLPR"}
+    ratios |= {name: {r["system"]: r["uncertainty_cost_paired"] for r in results if r["row"] == row}
+               for name, row in paired.items()}
     return {name: values for name, values in ratios.items() if values}
 
 

@@ -1,7 +1,10 @@
 """Time one calculator on one system in a fresh process (run under either code's venv).
 
 Prints JSON: median and quartile ms per energy+forces call (with ``--uncertainty``, energy, forces
-and the per-atom force uncertainty), atoms*steps/s, peak RSS. Only ASE, NumPy and the code under
+and the per-atom force uncertainty, its calls alternating with calls of the same calculator that
+do not ask for it, whose median is ``without_uncertainty_median_ms``: the uncertainty's cost is
+their ratio, paired in time, so the machine's drift between processes does not enter it),
+atoms*steps/s, peak RSS. Only ASE, NumPy and the code under
 test are imported, so it runs in a peer's venv too.
 """
 
@@ -70,22 +73,24 @@ def main() -> None:
     atoms = build_system(args.system, args.data)
     atoms.calc = calculator(args.code, args.model, args.compiled)
     rng = np.random.default_rng(0)
-    times = []
+    times, paired = [], []
     for call in range(args.calls + 3):
-        atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)
-        started = time.perf_counter()
-        atoms.get_forces()
-        if args.uncertainty:
-            atoms.calc.get_property("forces_uncertainty", atoms)
-        if call >= 3:
-            times.append(time.perf_counter() - started)
+        for asked in (False, True) if args.uncertainty else (False,):  # paired: the same package without it
+            atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)
+            started = time.perf_counter()
+            atoms.get_forces()
+            if asked:
+                atoms.calc.get_property("forces_uncertainty", atoms)
+            if call >= 3:
+                (times if asked or not args.uncertainty else paired).append(time.perf_counter() - started)
     median = float(np.median(times))
+    extra = {"without_uncertainty_median_ms": 1e3 * float(np.median(paired))} if paired else {}
     print(json.dumps({
         "code": args.code, "compiled": args.compiled, "uncertainty": args.uncertainty, "system": args.system,
         "atoms": len(atoms),
         "median_ms": 1e3 * median, "q25_ms": 1e3 * float(np.percentile(times, 25)),
         "q75_ms": 1e3 * float(np.percentile(times, 75)), "atom_steps_per_s": len(atoms) / median,
-        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra,
     }))
 
 

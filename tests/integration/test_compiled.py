@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,13 +21,15 @@ from incerta.cli.main import app
 from incerta.data import keys as K
 from incerta.data.frame import Frame
 from incerta.data.graph import collate, frame_to_graph
-from incerta.models.compiled import CompiledPotential, CompileError, compiled_path
+from incerta.models.compiled import SCORE_KEYS, CompiledPotential, CompileError, compiled_path
 from incerta.models.predict import graphs_for
 from incerta.train.checkpoint import load_potential, save_potential
 from incerta.uq.base import FitSettings
+from incerta.uq.calibration import Calibration
 from incerta.uq.fit import calibrate
 from incerta.uq.gmm import GMMUncertainty
-from incerta.uq.store import save_uncertainty
+from incerta.uq.model import SIGMA_KEYS
+from incerta.uq.store import load_uncertain_potential, save_uncertainty
 
 runner = CliRunner()
 #: float32 agreement asked of compiled inference: eV, eV/Å, eV/Å^3
@@ -83,13 +86,19 @@ def test_compiled_equals_eager_for_any_size_and_batch(compiled_folder):
         assert_close(compiled(graph, compute_stress=periodic), expected, periodic)
     batch = collate(list(graphs.values()))
     expected = eager(batch, compute_forces=True)
-    assert_close(compiled(batch), expected, stress=False)
+    outputs = compiled(batch)
+    assert_close(outputs, expected, stress=False)
     assert float(expected[K.FORCES][-1].abs().max()) == 0.0 and float(expected[K.ENERGY].std()) > 1.0
+    uncertain = load_uncertain_potential(compiled_folder)  # the GMM's scores and uncertainties are compiled in
+    assert compiled.scorer == uncertain.fingerprint()
+    expected = uncertain(batch)
+    for key in SCORE_KEYS:
+        torch.testing.assert_close(outputs[key], expected[key].detach(), rtol=1e-4, atol=1e-6, msg=key)
 
 
 def test_calculator_runs_the_model_folder_package(compiled_folder):
     """IncertaCalculator finds the package beside the weights: the energies, forces, stress and
-    (GMM, from the package's features) uncertainties of the eager calculator."""
+    (GMM, computed in the package) uncertainties of the eager calculator."""
     fast, slow = IncertaCalculator(compiled_folder), IncertaCalculator(compiled_folder, compiled=False)
     assert fast.compiled is not None and slow.compiled is None
     for name, frame in structures().items():
@@ -100,11 +109,12 @@ def test_calculator_runs_the_model_folder_package(compiled_folder):
         for calculator in (fast, slow):
             atoms.calc = calculator
             results[calculator] = (atoms.get_potential_energy(), atoms.get_forces(),
-                                   calculator.get_property(K.FORCES_UNCERTAINTY, atoms))
-        (energy, forces, sigma), (energy_ref, forces_ref, sigma_ref) = results[fast], results[slow]
+                                   *(calculator.get_property(key, atoms) for key in SIGMA_KEYS))
+        (energy, forces, *sigmas), (energy_ref, forces_ref, *sigmas_ref) = results[fast], results[slow]
         assert abs(energy - energy_ref) < ENERGY_TOL, name
         np.testing.assert_allclose(forces, forces_ref, rtol=0, atol=FORCES_TOL)
-        np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-4)
+        for sigma, sigma_ref in zip(sigmas, sigmas_ref):
+            np.testing.assert_allclose(sigma, sigma_ref, rtol=1e-4)
 
 
 def recording(package: CompiledPotential, stress: bool) -> tuple[object, list[bool]]:
@@ -193,6 +203,28 @@ def test_a_package_of_other_weights_is_not_used(compiled_folder, tmp_path):
     assert calculator.compiled is None
     with pytest.raises(CompileError, match="other weights"):
         IncertaCalculator(folder, compiled=compiled_path(folder, "cpu", torch.float32))
+
+
+def test_uncertainties_of_another_calibration_are_not_read_from_the_package(compiled_folder, tmp_path):
+    """The package holds the GMM's calibrated uncertainties: with a new calibration beside it, the
+    package still runs the potential, but its uncertainties are dropped with a warning and come
+    from the new calibration, as the eager model gives them."""
+    folder = tmp_path / "model"
+    shutil.copytree(compiled_folder, folder)
+    atoms = structures()["ethanol"].to_atoms()
+    atoms.calc = IncertaCalculator(folder)
+    compiled_sigma = atoms.calc.get_property(K.FORCES_UNCERTAINTY, atoms)
+    uncertain = load_uncertain_potential(folder)
+    old = uncertain.calibration
+    save_uncertainty(folder, uncertain.method, Calibration(replace(old.forces, c0=old.forces.c0 + 1.0), old.energy), {})
+    with pytest.warns(UserWarning, match="another fit or calibration"):
+        calculator = IncertaCalculator(folder)
+    assert calculator.compiled is not None and calculator.compiled.scorer is None
+    atoms.calc = calculator
+    sigma = calculator.get_property(K.FORCES_UNCERTAINTY, atoms)
+    atoms.calc = IncertaCalculator(folder, compiled=False)
+    np.testing.assert_allclose(sigma, atoms.calc.get_property(K.FORCES_UNCERTAINTY, atoms), rtol=1e-4)
+    assert not np.allclose(sigma, compiled_sigma, rtol=0.1)
 
 
 def test_a_foreign_file_is_refused(tmp_path):

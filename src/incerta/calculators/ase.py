@@ -82,7 +82,8 @@ def usable_compiled(model: Potential | UncertainPotential, choice: CompiledChoic
     a path or a loaded package: that one, which must hold these weights; None: the package of the
     model folder ``folder`` for ``device`` and the weights' dtype, if there is one, and if it
     cannot serve (other weights, unreadable, a method predicting with more than the potential)
-    a one-line warning and the eager model."""
+    a one-line warning and the eager model. Uncertainties compiled from another fit or calibration
+    of the attached method are dropped (warned), and then computed eagerly."""
     if choice is False or (choice is None and folder is None):
         return None
     potential = model.potential if isinstance(model, UncertainPotential) else model
@@ -94,6 +95,11 @@ def usable_compiled(model: Potential | UncertainPotential, choice: CompiledChoic
             raise CompileError(f"the '{model.method.name}' method predicts with more than its potential")
         compiled = path if isinstance(path, CompiledPotential) else CompiledPotential(path, device)
         compiled.check_weights(potential)
+        if isinstance(model, UncertainPotential) and compiled.scorer not in (None, model.fingerprint()):
+            warnings.warn(f"{compiled.path}: its uncertainties come from another fit or calibration of "
+                          f"'{model.method.name}' than this model's, so they run eagerly (run `incerta compile` "
+                          "again)", stacklevel=3)
+            compiled.scorer = None
     except CompileError as err:
         if choice is not None:
             raise
@@ -262,12 +268,13 @@ class IncertaCalculator(Calculator):
                 f"{'a' if self.model.calibration.stress is not None else 'no'} stress map)")
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
-        super().calculate(atoms, properties, system_changes)
         wanted = set(properties)
         uncertain = bool(wanted & set(UNCERTAINTY_KEYS))
         # uncertainty asked for on the structure of the last call (an MD check after the step's
         # forces): a method that can takes its scores from that call's outputs, checks and graph
         again = uncertain and not system_changes and self._last is not None and self.has_uncertainty
+        if not again:  # (self.atoms already is this structure)
+            super().calculate(atoms, properties, system_changes)
         graph = self._last[0] if again else self._checked_graph()
         periodic = bool(graph.pbc.any())
         self._check_properties(wanted, periodic)

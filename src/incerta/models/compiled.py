@@ -7,6 +7,12 @@ numbers of atoms, edges and structures, and compiles it ahead of time with Induc
 with the eager potential's call signature and outputs, so the calculator, MD and active
 learning use it in place of the eager model.
 
+An uncertainty whose raw scores follow from the potential's outputs alone (a density on the
+latent features, GMM) can be compiled into the same program (``scorer``): the package then also
+gives the raw scores and the calibrated uncertainties (:data:`SCORE_KEYS`), tied to the fit they
+come from by its digest, so that a package compiled before a new uncertainty fit or calibration
+is never read as this one's.
+
 Inductor's CPU code generation fails on the atomic adds of ``index_add`` (an assertion in its
 vectorised store, torch 2.13); the trace therefore writes every ``index_add`` as the
 equivalent ``scatter_reduce(..., "sum")``, which Inductor hands to ATen's kernel, so the rest
@@ -22,6 +28,7 @@ import inspect
 import json
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,31 +49,40 @@ COMPILED_NAME = "compiled-{device}-{dtype}.pt2"
 INPUT_NAMES = ("positions", "numbers", "cell", "pbc", "batch", "edge_index", "edge_shifts", "charge", "spin")
 #: the program's outputs (keys of :mod:`incerta.data.keys`) besides the stress, when the potential gives them
 OUTPUT_KEYS = (K.ENERGY, K.FORCES, K.ATOMIC_ENERGIES, K.NODE_FEATURES, K.LAST_LAYER_FEATURES)
+#: the outputs a compiled scorer adds: raw scores (N,), (B,); uncertainties (N,) eV/Å, (B,) eV, (B,) eV/Å
+SCORE_KEYS = (K.ATOM_SCORE, K.ENERGY_SCORE, K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY)
+#: an uncertainty's scores (:data:`SCORE_KEYS`) from a graph and its potential's outputs (traceable torch operations)
+Scorer = Callable[[AtomicGraph, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
 class CompileError(RuntimeError):
     """The potential could not be compiled; the message names the step and the cause."""
 
 
-def weights_digest(potential: Potential) -> str:
-    """SHA-256 of the potential's weights and buffers: ties a compiled file to the weights it was made from."""
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's weights and buffers: ties a compiled file to the weights it was made from."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(potential.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
-def _program(potential: Potential, stress: bool):
+def _program(potential: Potential, stress: bool, scorer: Scorer | None):
     """The function traced: the program's inputs -> (output keys, their tensors), through the
-    eager potential's own forward (the species check is done by the caller at run time)."""
+    eager potential's own forward and the scorer's (the species check is done by the caller at
+    run time)."""
 
     def run(positions, numbers, cell, pbc, batch, edge_index, edge_shifts, charge, spin):
         graph = AtomicGraph(positions=positions, numbers=numbers, edge_index=edge_index, edge_shifts=edge_shifts,
                             cell=cell, pbc=pbc, batch=batch, charge=charge, spin=spin)
         out = potential(graph, compute_forces=True, compute_stress=stress, create_graph=False,
                         species=potential.species_lookup[numbers])
-        return {key: out[key] for key in (*OUTPUT_KEYS, K.STRESS) if key in out}
+        program = {key: out[key] for key in (*OUTPUT_KEYS, K.STRESS) if key in out}
+        if scorer is not None:
+            scores = scorer(graph, out)
+            program.update({key: scores[key] for key in SCORE_KEYS})
+        return program
 
     return run
 
@@ -110,10 +126,14 @@ def example_inputs(potential: Potential, device: str | torch.device) -> tuple[to
             torch.zeros(pairs.shape[1], 3, **floats), torch.zeros(2, **floats), torch.zeros(2, **floats))
 
 
-def compile_potential(potential: Potential, path: str | Path, device: str = "cpu", stress: bool = True) -> Path:
+def compile_potential(potential: Potential, path: str | Path, device: str = "cpu", stress: bool = True,
+                      scorer: Scorer | None = None, scorer_digest: str | None = None) -> Path:
     """Compile ``potential`` (its dtype) for ``device`` into the package ``path`` (written
-    atomically); with ``stress`` the program also gives the stress of periodic structures.
+    atomically); with ``stress`` the program also gives the stress of periodic structures, with
+    ``scorer`` the uncertainties (:data:`SCORE_KEYS`) of the fit whose digest is ``scorer_digest``.
     Raises :class:`CompileError` naming the step that failed (tracing, export, compilation)."""
+    if (scorer is None) != (scorer_digest is None):
+        raise ValueError("a compiled scorer needs the digest of its fit, and only a scorer has one")
     path = Path(path)
     potential = potential.to(device).eval()
     inputs = example_inputs(potential, device)
@@ -122,7 +142,7 @@ def compile_potential(potential: Potential, path: str | Path, device: str = "cpu
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")  # torch's own pytree
             with torch.enable_grad():
-                traced = make_fx(_program(potential, stress), tracing_mode="symbolic", _allow_non_fake_inputs=True,
+                traced = make_fx(_program(potential, stress, scorer), tracing_mode="symbolic", _allow_non_fake_inputs=True,
                                  decomposition_table=SCATTER_DECOMPOSITIONS)(*inputs)
             step = "exporting with dynamic sizes"
             atoms, edges = torch.export.Dim("atoms", min=2), torch.export.Dim("edges", min=2)
@@ -135,6 +155,7 @@ def compile_potential(potential: Potential, path: str | Path, device: str = "cpu
                 "incerta_version": __version__, "spec": potential.spec.model_dump_json(),
                 "weights": weights_digest(potential), "dtype": str(inputs[0].dtype).removeprefix("torch."),
                 "device": torch.device(device).type, "stress": json.dumps(stress),
+                "scorer": json.dumps(scorer_digest),
             }
 
             def write(temporary: Path) -> None:
@@ -173,8 +194,10 @@ class CompiledPotential:
     gives ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å, ``energies`` (N,) eV, ``node_features``,
     ``last_layer_features`` and, for a package made with stress, ``stress`` (B, 3, 3) eV/Å^3.
 
-    ``spec``, ``species``, ``dtype``, ``device`` and ``weights`` (digest) come from the
-    package's metadata; the caller checks the graph's elements (as for the eager model)."""
+    ``spec``, ``species``, ``dtype``, ``device``, ``weights`` (digest) and ``scorer`` (the
+    digest of the uncertainty fit whose scores, :data:`SCORE_KEYS`, the package also gives; None
+    without, and set to None to drop them) come from the package's metadata; the caller checks
+    the graph's elements (as for the eager model)."""
 
     def __init__(self, path: str | Path, device: str | torch.device | None = None) -> None:
         self.path = Path(path)
@@ -192,6 +215,7 @@ class CompiledPotential:
                                f"run `incerta compile` with --device {torch.device(device).type}")
         self.stress = json.loads(metadata["stress"])
         self.weights = metadata["weights"]
+        self.scorer = json.loads(metadata.get("scorer", "null"))
         self.version = metadata["incerta_version"]
 
     def check_weights(self, potential: Potential) -> None:
@@ -209,4 +233,5 @@ class CompiledPotential:
         if compute_stress and not self.stress:
             raise CompileError(f"{self.path} was compiled without stress; run `incerta compile` again with --stress")
         outputs = self.program(*(getattr(graph, name) for name in INPUT_NAMES))
-        return {key: value for key, value in outputs.items() if compute_stress or key != K.STRESS}
+        dropped = (() if compute_stress else (K.STRESS,)) + (() if self.scorer is not None else SCORE_KEYS)
+        return {key: value for key, value in outputs.items() if key not in dropped}

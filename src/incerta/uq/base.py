@@ -92,10 +92,19 @@ class UncertaintyMethod(nn.Module, ABC):
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
         """Predictions and raw uncertainty scores for a batch."""
 
+    def output_scores(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The raw scores ``atom_score`` (N,) and ``energy_score`` (B,) from the potential's outputs
+        for ``graph``, in traceable torch operations (``incerta compile`` builds them into the
+        package); only for methods with ``scores_from_outputs``."""
+        raise NotImplementedError(f"{self.name} computes its scores in its own pass")
+
     def scores(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> UncertainOutput:
         """``forward``'s result from ``outputs``, the potential's own outputs for ``graph`` (forces
-        included); only for methods with ``scores_from_outputs``."""
-        raise NotImplementedError(f"{self.name} computes its scores in its own pass")
+        included), which already hold the raw scores where a package compiled with this method's
+        weights computed them; only for methods with ``scores_from_outputs``."""
+        raw = outputs if K.ATOM_SCORE in outputs else self.output_scores(graph, outputs)
+        return UncertainOutput(outputs[K.ENERGY], outputs[K.FORCES], raw[K.ATOM_SCORE], raw[K.ENERGY_SCORE],
+                               outputs.get(K.STRESS), outputs.get(K.ATOMIC_ENERGIES), outputs.get(K.NODE_FEATURES))
 
     def predict(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         """``forward``'s predictions (energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3) when asked,

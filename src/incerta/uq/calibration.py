@@ -113,8 +113,9 @@ class ScoreMap:
         """sigma for raw ``score`` (any shape); differentiable for torch tensors."""
         if not isinstance(score, torch.Tensor):
             return self(torch.as_tensor(np.asarray(score, dtype=float))).numpy()
-        return map_score(score, self.kind == "isotonic", self.score_kind == "log-density", self.c0, self.c1,
-                         self.offset, *self.knots(score))
+        isotonic = self.kind == "isotonic"
+        knots = self.knots(score) if isotonic else (score[:0], score[:0])  # unread by the power law
+        return map_score(score, isotonic, self.score_kind == "log-density", self.c0, self.c1, self.offset, *knots)
 
 
 @dataclass
@@ -299,10 +300,8 @@ class Calibration:
             c0, c1, offset = self._parameters(scores)[numbers].unbind(-1)
             return torch.exp(c0 + c1 * transform_score(scores - offset, self.forces.score_kind == "log-density", 0.0))
         sigma = self.forces(scores)
-        for z, score_map in self.forces_by_species.items():
-            mask = numbers == z
-            if bool(mask.any()):
-                sigma = torch.where(mask, score_map(scores), sigma)
+        for z, score_map in self.forces_by_species.items():  # no test on the data: a compiled package traces this
+            sigma = torch.where(numbers == z, score_map(scores), sigma)
         return sigma
 
     def _parameters(self, like: torch.Tensor) -> torch.Tensor:

@@ -55,11 +55,9 @@ class GMMUncertainty(UncertaintyMethod):
         return self.scores(graph, self.potential(graph, compute_forces=True, compute_stress=compute_stress,
                                                  create_graph=False))
 
-    def scores(self, graph: AtomicGraph, out: dict[str, torch.Tensor]) -> UncertainOutput:
-        nll = self.negative_log_likelihood(out[K.NODE_FEATURES])
-        energy_score = segment_logsumexp(nll, graph.batch, graph.num_graphs)
-        return UncertainOutput(out[K.ENERGY], out[K.FORCES], nll, energy_score, out.get(K.STRESS), out[K.ATOMIC_ENERGIES],
-                               out[K.NODE_FEATURES])
+    def output_scores(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        nll = self.negative_log_likelihood(outputs[K.NODE_FEATURES])
+        return {K.ATOM_SCORE: nll, K.ENERGY_SCORE: segment_logsumexp(nll, graph.batch, graph.num_graphs)}
 
 
 MIXTURE_BUFFERS = ("center", "scale", "log_weights", "means", "precision_cholesky")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Literal
 
@@ -10,11 +11,14 @@ from torch import nn
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, cell_volumes
+from incerta.models.compiled import weights_digest
 from incerta.models.potential import Potential
 from incerta.uq.base import UncertaintyMethod
 from incerta.uq.calibration import Calibration
 
 Aggregate = Literal["max", "mean", "sum"]
+#: the calibrated uncertainties of a structure's atoms and of the structure
+SIGMA_KEYS = (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY)
 
 
 def aggregate_atoms(values: torch.Tensor, batch: torch.Tensor, num_graphs: int, how: Aggregate) -> torch.Tensor:
@@ -68,6 +72,27 @@ class UncertainPotential(nn.Module):
     def potential(self) -> Potential:
         return self.method.potential
 
+    def calibrated(self, atom_score: torch.Tensor, energy_score: torch.Tensor,
+                   graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        """The calibrated uncertainties (:data:`SIGMA_KEYS`) of raw scores (N,) and (B,): per atom
+        (N,) eV/Å, per structure in energy (B,) eV and aggregated over atoms (B,) eV/Å."""
+        sigma_atoms = self.calibration.atom_sigma(atom_score, graph.numbers)
+        return {K.FORCES_UNCERTAINTY: sigma_atoms, K.ENERGY_UNCERTAINTY: self.calibration.energy(energy_score),
+                K.STRUCTURE_UNCERTAINTY: aggregate_atoms(sigma_atoms, graph.batch, graph.num_graphs, self.aggregate)}
+
+    def output_uncertainties(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The raw scores and calibrated uncertainties from the potential's outputs for ``graph``
+        (elements known to the model), in traceable torch operations: what ``incerta compile``
+        builds into the package of a method with ``scores_from_outputs``."""
+        raw = self.method.output_scores(graph, outputs)
+        return {**raw, **self.calibrated(raw[K.ATOM_SCORE], raw[K.ENERGY_SCORE], graph)}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of all that :meth:`output_uncertainties` reads: the method's weights, the
+        calibration and the aggregation (ties a compiled package's uncertainties to this fit)."""
+        text = f"{weights_digest(self.method)} {self.calibration.to_json()} {self.aggregate}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def predict(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         """The same energy, forces (and stress) as ``forward``, without the uncertainty where the method
         allows it (MD steps between checks); the graph's elements must be known to the model."""
@@ -80,9 +105,11 @@ class UncertainPotential(nn.Module):
 
         ``outputs``: the potential's outputs for ``graph``, already computed (e.g. by a compiled
         package); a method with ``scores_from_outputs`` takes its scores from them instead of
-        running its own pass."""
+        running its own pass, and the calibrated uncertainties too where they hold them (a
+        package compiled with this fit, :meth:`output_uncertainties`)."""
         known = self.potential.species_lookup[graph.numbers.clamp(0, len(self.potential.species_lookup) - 1)] >= 0
-        if not bool(known.all()):
+        all_known = bool(known.all())
+        if not all_known:
             placeholder = torch.full_like(graph.numbers, self.potential.species[0])
             graph = replace(graph, numbers=torch.where(known, graph.numbers, placeholder))
             outputs = None
@@ -90,16 +117,13 @@ class UncertainPotential(nn.Module):
             raw = self.method.scores(graph, outputs)
         else:
             raw = self.method(graph, compute_stress=compute_stress)
-        sigma_atoms = self.calibration.atom_sigma(raw.atom_score, graph.numbers)
-        out = {
-            K.ENERGY: raw.energy,
-            K.FORCES: raw.forces,
-            K.FORCES_UNCERTAINTY: sigma_atoms,
-            K.ENERGY_UNCERTAINTY: self.calibration.energy(raw.energy_score),
-            K.STRUCTURE_UNCERTAINTY: aggregate_atoms(sigma_atoms, graph.batch, graph.num_graphs, self.aggregate),
-            K.ATOM_SCORE: raw.atom_score,
-            K.ENERGY_SCORE: raw.energy_score,
-        }
+        if outputs is not None and K.FORCES_UNCERTAINTY in outputs:  # a package compiled with this fit
+            sigmas = {key: outputs[key] for key in SIGMA_KEYS}
+        else:
+            sigmas = self.calibrated(raw.atom_score, raw.energy_score, graph)
+        sigma_atoms = sigmas[K.FORCES_UNCERTAINTY]
+        out = {K.ENERGY: raw.energy, K.FORCES: raw.forces, **sigmas, K.ATOM_SCORE: raw.atom_score,
+               K.ENERGY_SCORE: raw.energy_score}
         if raw.stress is not None:
             out[K.STRESS] = raw.stress
             if self.calibration.stress is not None:
@@ -107,7 +131,7 @@ class UncertainPotential(nn.Module):
                     sigma_atoms, graph.batch, cell_volumes(graph.cell, graph.pbc), raw.stress_score)
         if raw.energies is not None:
             out[K.ATOMIC_ENERGIES] = raw.energies
-        if not bool(known.all()):
+        if not all_known:
             _flag_unknown(out, graph, known)
         return out
 
