@@ -11,11 +11,10 @@ the rounds' medians kept (the machine's speed drifts). The "+ GMM" and "+ LLPR" 
 the per-atom force uncertainty at every call (what an MD check step costs), their calls
 alternating with calls of the same calculator that do not: the uncertainty's cost
 (``gmm_over_compiled``, ``llpr_over_compiled``) is the ratio of the two, paired in time, because
-between processes the machine's drift (up to 1.5x between rounds of one row, seen here) exceeds
-what is measured. GMM's raw scores are compiled into the package (``incerta compile`` on a model
-with GMM attached). LLPR's pass runs
-eagerly, and on the water box its row had not finished its 13 calls after 5 minutes, so it is
-left out there. LNK is not a row: its energy comes from a learned GP readout, not from the
+between processes the machine's drift (up to 2x between rounds of one row, seen here) exceeds
+what is measured. GMM's scores and calibrated uncertainties are compiled into the package
+(``incerta compile`` on a model with GMM attached). LLPR's pass runs eagerly, and on the water
+box its row had not finished its 13 calls after 5 minutes, so it is left out there. LNK is not a row: its energy comes from a learned GP readout, not from the
 compiled potential, so it runs eagerly (``incerta compile`` refuses it).
 
 Models: incerta's (both presets) and MACE's are the ones trained by ``accuracy_acac.py`` (run it
@@ -81,7 +80,7 @@ def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[
     """Model folders under ``work`` holding the trained potential and its package, bare
     (``work.name``) and with each of ``methods`` (``work.name-method``; fitted on the accuracy
     benchmark's training split, calibrated on its validation frames, then compiled again, so
-    that the package holds the method's raw scores where they compile in, GMM's)."""
+    that the package holds the method's uncertainties where they compile in, GMM's)."""
     split = trained.parent.parent
     folders = {work.name: compiled_copy(trained, work)}
     for name in methods:
@@ -91,7 +90,7 @@ def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[
         if not (folder / "uncertainty.safetensors").exists():
             subprocess.run([INCERTA, "uq", "fit", folder, "--method", name, "--train", split / "train.xyz",
                             "--val", split / "valid.xyz"], check=True)
-            subprocess.run([INCERTA, "compile", folder], check=True)  # with the method's scores where they compile in
+            subprocess.run([INCERTA, "compile", folder], check=True)  # with the method's uncertainties where they compile in
     return folders
 
 
