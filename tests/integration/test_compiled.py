@@ -208,7 +208,7 @@ def test_a_package_of_other_weights_is_not_used(compiled_folder, tmp_path):
 def test_uncertainties_of_another_calibration_are_not_read_from_the_package(compiled_folder, tmp_path):
     """The package holds the GMM's calibrated uncertainties: with a new calibration beside it, the
     package still runs the potential, but its uncertainties are dropped with a warning and come
-    from the new calibration, as the eager model gives them."""
+    from the new calibration, as the eager model gives them; likewise for another aggregation."""
     folder = tmp_path / "model"
     shutil.copytree(compiled_folder, folder)
     atoms = structures()["ethanol"].to_atoms()
@@ -217,9 +217,11 @@ def test_uncertainties_of_another_calibration_are_not_read_from_the_package(comp
     uncertain = load_uncertain_potential(folder)
     old = uncertain.calibration
     save_uncertainty(folder, uncertain.method, Calibration(replace(old.forces, c0=old.forces.c0 + 1.0), old.energy), {})
-    with pytest.warns(UserWarning, match="another fit or calibration"):
+    with pytest.warns(UserWarning, match="another fit, calibration or aggregation"):
         calculator = IncertaCalculator(folder)
     assert calculator.compiled is not None and calculator.compiled.scorer is None
+    with pytest.warns(UserWarning, match="another fit, calibration or aggregation"):  # the package's is "max"
+        IncertaCalculator(compiled_folder, aggregate="mean")
     atoms.calc = calculator
     sigma = calculator.get_property(K.FORCES_UNCERTAINTY, atoms)
     atoms.calc = IncertaCalculator(folder, compiled=False)

@@ -82,8 +82,8 @@ def usable_compiled(model: Potential | UncertainPotential, choice: CompiledChoic
     a path or a loaded package: that one, which must hold these weights; None: the package of the
     model folder ``folder`` for ``device`` and the weights' dtype, if there is one, and if it
     cannot serve (other weights, unreadable, a method predicting with more than the potential)
-    a one-line warning and the eager model. Uncertainties compiled from another fit or calibration
-    of the attached method are dropped (warned), and then computed eagerly."""
+    a one-line warning and the eager model. Uncertainties compiled from another fit, calibration
+    or aggregation of the attached method are dropped (warned), and then computed eagerly."""
     if choice is False or (choice is None and folder is None):
         return None
     potential = model.potential if isinstance(model, UncertainPotential) else model
@@ -96,9 +96,9 @@ def usable_compiled(model: Potential | UncertainPotential, choice: CompiledChoic
         compiled = path if isinstance(path, CompiledPotential) else CompiledPotential(path, device)
         compiled.check_weights(potential)
         if isinstance(model, UncertainPotential) and compiled.scorer not in (None, model.fingerprint()):
-            warnings.warn(f"{compiled.path}: its uncertainties come from another fit or calibration of "
-                          f"'{model.method.name}' than this model's, so they run eagerly (run `incerta compile` "
-                          "again)", stacklevel=3)
+            warnings.warn(f"{compiled.path}: its uncertainties come from another fit, calibration or aggregation "
+                          f"of '{model.method.name}' than this calculator's, so they run eagerly (run `incerta "
+                          "compile` again)", stacklevel=3)
             compiled.scorer = None
     except CompileError as err:
         if choice is not None:
