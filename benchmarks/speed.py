@@ -39,6 +39,8 @@ from pathlib import Path
 
 from common import INCERTA, WORK, print_table, shared_data, write_results
 
+from incerta.uq.methods import METHODS
+
 SYSTEMS = ("acac_15", "ethanol_cluster_27", "water_box_1536")
 WORKER = Path(__file__).resolve().parent / "speed_worker.py"
 PACKAGE = "compiled-cpu-float32.pt2"
@@ -79,8 +81,8 @@ def compiled_copy(trained: Path, folder: Path) -> Path:
 def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[str, Path]:
     """Model folders under ``work`` holding the trained potential and its package, bare
     (``work.name``) and with each of ``methods`` (``work.name-method``; fitted on the accuracy
-    benchmark's training split, calibrated on its validation frames, then compiled again, so
-    that the package holds the method's uncertainties where they compile in, GMM's)."""
+    benchmark's training split, calibrated on its validation frames; the package is copied from
+    the bare folder, and compiled again for a method whose uncertainties compile into it, GMM)."""
     split = trained.parent.parent
     folders = {work.name: compiled_copy(trained, work)}
     for name in methods:
@@ -90,7 +92,8 @@ def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[
         if not (folder / "uncertainty.safetensors").exists():
             subprocess.run([INCERTA, "uq", "fit", folder, "--method", name, "--train", split / "train.xyz",
                             "--val", split / "valid.xyz"], check=True)
-            subprocess.run([INCERTA, "compile", folder], check=True)  # with the method's uncertainties where they compile in
+            if METHODS[name].scores_from_outputs:  # its uncertainties compile into the package
+                subprocess.run([INCERTA, "compile", folder], check=True)
     return folders
 
 

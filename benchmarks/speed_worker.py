@@ -82,7 +82,7 @@ def main() -> None:
             if asked:
                 atoms.calc.get_property("forces_uncertainty", atoms)
             if call >= 3:
-                (times if asked or not args.uncertainty else paired).append(time.perf_counter() - started)
+                (times if asked == args.uncertainty else paired).append(time.perf_counter() - started)
     median = float(np.median(times))
     extra = {"without_uncertainty_median_ms": 1e3 * float(np.median(paired))} if paired else {}
     print(json.dumps({

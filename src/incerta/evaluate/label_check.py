@@ -131,10 +131,9 @@ def label_scale(predicted: np.ndarray, frames: Sequence[Frame], group_key: str |
     result = {}
     for group, pairs in sorted(parts.items()):
         labels, model = (np.concatenate(side) for side in zip(*pairs))
-        spread = np.std(labels) * np.std(model)
-        result[group] = {"scale": float(labels @ model / (labels @ labels)) if labels @ labels > 0 else float("nan"),
-                         "correlation": float(np.mean((labels - labels.mean()) * (model - model.mean())) / spread)
-                         if spread > 0 else float("nan")}
+        with np.errstate(divide="ignore", invalid="ignore"):  # labels or model all zero: NaN, judged unreadable
+            result[group] = {"scale": float(labels @ model / (labels @ labels)),
+                             "correlation": float(np.corrcoef(labels, model)[0, 1])}
     return result
 
 

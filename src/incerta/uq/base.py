@@ -34,7 +34,7 @@ class UncertainOutput:
     per-atom energies (N,) eV where the method defines them; the per-atom latent features
     (N, C) the prediction used, where the method has them (density scores reuse them); with
     stress, a method made of members (ensemble, shallow heads) also gives its own raw stress
-    score (B,) eV/Å^3, the spread of the members' stresses (:func:`member_stress_spread`).
+    score (B,) eV/Å^3, the spread of the members' stresses (:func:`member_stress`).
     """
 
     energy: torch.Tensor
@@ -47,12 +47,16 @@ class UncertainOutput:
     stress_score: torch.Tensor | None = None
 
 
-def member_stress_spread(stresses: torch.Tensor) -> torch.Tensor:
-    """Raw stress score (B,) eV/Å^3 of M members' stresses (M, B, 3, 3): the root of the mean
-    over members of the squared distance of their six Voigt components from the members' mean."""
-    deviation = stresses - stresses.mean(0)
+def member_stress(stresses: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The :class:`UncertainOutput` fields of M members' stresses (M, B, 3, 3) eV/Å^3 (None: no
+    stress asked, no fields): ``stress``, their mean (B, 3, 3), and ``stress_score`` (B,), the root
+    of the mean over members of the squared distance of their six Voigt components from the mean."""
+    if stresses is None:
+        return {}
+    mean = stresses.mean(0)
     rows, columns = zip(*VOIGT)
-    return deviation[:, :, list(rows), list(columns)].pow(2).sum(-1).mean(0).sqrt()
+    spread = (stresses - mean)[:, :, list(rows), list(columns)].pow(2).sum(-1).mean(0).sqrt()
+    return {"stress": mean, "stress_score": spread}
 
 
 class FitSettings(FitSection):

@@ -11,7 +11,7 @@ from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
 from incerta.models.potential import Potential
 from incerta.models.spec import PotentialSpec
-from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen, member_stress_spread
+from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen, member_stress
 
 
 class DeepEnsemble(UncertaintyMethod):
@@ -58,6 +58,5 @@ class DeepEnsemble(UncertaintyMethod):
         atom = (forces - mean_forces).pow(2).sum(-1).mean(0).sqrt()
         stresses = torch.stack([o[K.STRESS] for o in outputs]) if compute_stress else None  # (K, B, 3, 3)
         atomic = torch.stack([o[K.ATOMIC_ENERGIES] for o in outputs]).mean(0)
-        return UncertainOutput(energies.mean(0), mean_forces, atom, energies.std(0, unbiased=False),
-                               None if stresses is None else stresses.mean(0), atomic,
-                               stress_score=None if stresses is None else member_stress_spread(stresses))
+        return UncertainOutput(energies.mean(0), mean_forces, atom, energies.std(0, unbiased=False), energies=atomic,
+                               **member_stress(stresses))

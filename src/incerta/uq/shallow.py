@@ -31,7 +31,7 @@ from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
 from incerta.models.derivatives import derivatives, differentiable_inputs, position_jacobian
 from incerta.models.potential import Potential
-from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen, member_stress_spread
+from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen, member_stress
 from incerta.uq.finetune import train_module
 from incerta.uq.llpr import last_layer_terms
 
@@ -160,5 +160,4 @@ class ShallowEnsemble(UncertaintyMethod):
         mean_forces = forces.mean(0)
         atom = (forces - mean_forces).pow(2).sum(-1).mean(0).sqrt()
         return UncertainOutput(energies.mean(1).detach(), mean_forces, atom, energies.std(1, unbiased=False).detach(),
-                               None if stresses is None else stresses.mean(0), features=out[K.NODE_FEATURES],
-                               stress_score=None if stresses is None else member_stress_spread(stresses))
+                               features=out[K.NODE_FEATURES], **member_stress(stresses))
