@@ -9,22 +9,26 @@ quartiles of repeated energy+forces calls after 3 warm-up calls, float32, ``--th
 threads; every row is measured ``--rounds`` times, the rounds interleaved, and the median of
 the rounds' medians kept (the machine's speed drifts). The "+ GMM" and "+ LLPR" rows ask for
 the per-atom force uncertainty at every call (what an MD check step costs), their calls
-alternating with calls of the same calculator that do not: the uncertainty's cost
-(``gmm_over_compiled``, ``llpr_over_compiled``) is the ratio of the two, paired in time, because
-between processes the machine's drift (up to 2x between rounds of one row, seen here) exceeds
-what is measured. GMM's scores and calibrated uncertainties are compiled into the package
-(``incerta compile`` on a model with GMM attached). LLPR's pass runs eagerly, and on the water
-box its row had not finished its 13 calls after 5 minutes, so it is left out there. LNK is not a row: its energy comes from a learned GP readout, not from the
-compiled potential, so it runs eagerly (``incerta compile`` refuses it).
+alternating with energy+forces calls of the bare fast package in the same process: the
+uncertainty's cost (``gmm_over_compiled``, ``lnk_over_compiled``, ``llpr_over_compiled``) is the
+ratio of the two, paired in time, because between processes the machine's drift (up to 2x
+between rounds of one row, seen here) exceeds what is measured. GMM's scores and calibrated
+uncertainties are compiled into the package (``incerta compile`` on a model with GMM attached),
+and so is LNK's whole prediction (its energy is its GP readout on the backbone's features, the
+backbone trained with it). LLPR's pass runs eagerly, and on the water box its row had not
+finished its 13 calls after 5 minutes, so it is left out there.
 
 Models: incerta's (both presets) and MACE's are the ones trained by ``accuracy_acac.py`` (run it
 first; the incerta models are compiled here, and GMM and LLPR are fitted on the fast one's
-training split and calibrated on its validation frames), NequIP's the one trained and compiled by ``nequip_peer.py`` (in its own venv,
+training split and calibrated on its validation frames; LNK's joint fit is that of
+``incerta uq fit --method lnk``), NequIP's the one trained and compiled by ``nequip_peer.py`` (in its own venv,
 ``peers.py nequip``; ``accuracy_acac.py --codes nequip`` runs it).
 Timing does not depend on the weights, so the water box runs the acac models (H, C, O).
 
     .venv/bin/python benchmarks/speed.py
     .venv/bin/python benchmarks/speed.py --peers none --calls 10 --rounds 1   # incerta rows only
+    .venv/bin/python benchmarks/speed.py --peers none --rows "fast preset compiled" "fast compiled + LNK" \
+        --results speed_lnk   # some rows, into their own results file
 """
 
 from __future__ import annotations
@@ -53,17 +57,21 @@ ROWS = {
     "incerta compiled": ("incerta", "bare", True, False),
     "fast preset compiled": ("incerta", "fast", True, False),
     "fast compiled + GMM": ("incerta", "fast-gmm", True, True),
+    "fast compiled + LNK": ("incerta", "fast-lnk", True, True),
     "fast compiled + LLPR": ("incerta", "fast-llpr", True, True),
     "MACE": ("mace", "mace", False, False),
     "NequIP compiled": ("nequip", "nequip", False, False),
 }
 
 
-def measure(python: Path, row: tuple, model: Path, system: str, data: Path, calls: int, threads: int) -> dict:
+def measure(python: Path, row: tuple, model: Path, system: str, data: Path, calls: int, threads: int,
+            bare: Path | None = None) -> dict:
+    """One row on one system in a fresh worker; an uncertainty row's calls alternate with ``bare``'s."""
     code, _, compiled, uncertainty = row
     command = [str(python), str(WORKER), "--code", code, "--model", str(model), "--system", system,
                "--data", str(data), "--calls", str(calls), "--threads", str(threads)]
     command += ["--compiled"] * compiled + ["--uncertainty"] * uncertainty
+    command += ["--paired-with", str(bare)] if uncertainty and bare is not None else []
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -82,7 +90,8 @@ def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[
     """Model folders under ``work`` holding the trained potential and its package, bare
     (``work.name``) and with each of ``methods`` (``work.name-method``; fitted on the accuracy
     benchmark's training split, calibrated on its validation frames; the package is copied from
-    the bare folder, and compiled again for a method whose uncertainties compile into it, GMM)."""
+    the bare folder, and compiled again for a method whose uncertainties compile into it, GMM,
+    or whose whole prediction does, LNK)."""
     split = trained.parent.parent
     folders = {work.name: compiled_copy(trained, work)}
     for name in methods:
@@ -92,7 +101,7 @@ def incerta_models(trained: Path, work: Path, methods: tuple[str, ...]) -> dict[
         if not (folder / "uncertainty.safetensors").exists():
             subprocess.run([INCERTA, "uq", "fit", folder, "--method", name, "--train", split / "train.xyz",
                             "--val", split / "valid.xyz"], check=True)
-            if METHODS[name].scores_from_outputs:  # its uncertainties compile into the package
+            if METHODS[name].scores_from_outputs or METHODS[name].compiles_predictions:
                 subprocess.run([INCERTA, "compile", folder], check=True)
     return folders
 
@@ -127,7 +136,8 @@ def time_ratios(results: list[dict]) -> dict[str, dict[str, float]]:
     ratios = {name: {s: median[(row, s)] / median[(reference, s)] for s in SYSTEMS
                      if (row, s) in median and (reference, s) in median}
               for name, (row, reference) in pairs.items()}
-    paired = {"gmm_over_compiled": "fast compiled + GMM", "llpr_over_compiled": "fast compiled + LLPR"}
+    paired = {"gmm_over_compiled": "fast compiled + GMM", "lnk_over_compiled": "fast compiled + LNK",
+              "llpr_over_compiled": "fast compiled + LLPR"}
     ratios |= {name: {r["system"]: r["uncertainty_cost_paired"] for r in results if r["row"] == row}
                for name, row in paired.items()}
     return {name: values for name, values in ratios.items() if values}
@@ -139,16 +149,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="measurements of every row, interleaved")
     parser.add_argument("--peers", choices=["all", "none"], default="all")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows to measure")
+    parser.add_argument("--results", default="speed", help="name of the results file (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     data = shared_data()
-    trained = {preset: WORK / "accuracy_acac" / f"incerta-{preset}" / "model" for preset in ("accurate", "fast")}
+    rows = {label: ROWS[label] for label in args.rows if ROWS[label][0] == "incerta" or args.peers == "all"}
+    keys = {row[1] for row in rows.values()}
+    methods = tuple(sorted(key.removeprefix("fast-") for key in keys if key.startswith("fast-")))
+    presets = {"accurate": "bare"} if "bare" in keys else {}
+    presets |= {"fast": "fast"} if methods or "fast" in keys else {}
+    trained = {preset: WORK / "accuracy_acac" / f"incerta-{preset}" / "model" for preset in presets}
     for folder in trained.values():
         if not folder.exists():
             raise SystemExit(f"{folder} missing: run benchmarks/accuracy_acac.py first")
-    folders = {**incerta_models(trained["accurate"], WORK / "speed" / "bare", ()),
-               **incerta_models(trained["fast"], WORK / "speed" / "fast", ("gmm", "llpr"))}
+    folders = {key: path for preset, name in presets.items()
+               for key, path in incerta_models(trained[preset], WORK / "speed" / name,
+                                               methods if preset == "fast" else ()).items()}
     models = {key: (Path(sys.executable), folder) for key, folder in folders.items()}
-    rows = {label: row for label, row in ROWS.items() if row[1] in models or (row[0] != "incerta" and args.peers == "all")}
     if args.peers == "all":
         from nequip_peer import PACKAGE
         from peers import peer_python
@@ -167,7 +184,7 @@ def main() -> None:
                     continue  # LLPR's eager pass is too slow there (see the module docstring)
                 python, model = models[row[1]]
                 rounds.setdefault((label, system), []).append(
-                    measure(python, row, model, system, data, calls, args.threads))
+                    measure(python, row, model, system, data, calls, args.threads, folders.get("fast")))
                 print(f"round {round_}  {system:20s} {label:22s} {rounds[label, system][-1]['median_ms']:10.2f} ms",
                       flush=True)
     results = [summary(label, measured) for (label, _), measured in rounds.items()]
@@ -176,12 +193,12 @@ def main() -> None:
     print_table(f"energy+forces through ASE ({args.threads} threads, float32)",
                 ["row", "system", "atoms", "median ms", "q25 ms", "q75 ms", "atom-steps/s", "peak RSS MB"], table)
     ratios = time_ratios(results)
-    print("\ntime ratios (> 1: the compiled incerta model is faster; gmm / llpr: the uncertainty's cost)")
+    print("\ntime ratios (> 1: the compiled incerta model is faster; gmm / lnk / llpr: the uncertainty's cost)")
     for name, values in ratios.items():
         print(f"  {name}: " + ", ".join(f"{s} {x:.2f}" for s, x in values.items()))
-    water = next(r for r in results if r["row"] == TIMED and r["system"] == "water_box_1536")
-    write_results("speed", {"threads": args.threads, "timed_row": TIMED, "results": results, "ratios": ratios,
-                            "water_peak_rss_MB": water["peak_rss_MB"]})
+    water = [r["peak_rss_MB"] for r in results if r["row"] == TIMED and r["system"] == "water_box_1536"]
+    write_results(args.results, {"threads": args.threads, "timed_row": TIMED, "results": results, "ratios": ratios,
+                                 **({"water_peak_rss_MB": water[0]} if water else {})})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Time one calculator on one system in a fresh process (run under either code's venv).
 
 Prints JSON: median and quartile ms per energy+forces call (with ``--uncertainty``, energy, forces
-and the per-atom force uncertainty, its calls alternating with calls of the same calculator that
-do not ask for it, whose median is ``without_uncertainty_median_ms``: the uncertainty's cost is
-their ratio, paired in time, so the machine's drift between processes does not enter it),
-atoms*steps/s, peak RSS. Only ASE, NumPy and the code under
+and the per-atom force uncertainty, its calls alternating with energy+forces calls of the bare
+model ``--paired-with`` (default: the same calculator, not asking for it), whose median is
+``without_uncertainty_median_ms``: the uncertainty's cost is their ratio, paired in time, so the
+machine's drift between processes does not enter it), atoms*steps/s, peak RSS. Only ASE, NumPy and the code under
 test are imported, so it runs in a peer's venv too.
 """
 
@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true", help="incerta: run the model folder's compiled package")
     parser.add_argument("--uncertainty", action="store_true", help="incerta: ask for the force uncertainty at every call")
     parser.add_argument("--model", required=True)
+    parser.add_argument("--paired-with", help="incerta, with --uncertainty: the bare model folder whose calls "
+                        "alternate with the uncertainty's (a package that computes its uncertainties anyway, "
+                        "GMM's or LNK's, costs them in every call)")
     parser.add_argument("--system", required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--calls", type=int, default=30)
@@ -71,11 +74,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     atoms = build_system(args.system, args.data)
-    atoms.calc = calculator(args.code, args.model, args.compiled)
+    timed = calculator(args.code, args.model, args.compiled)
+    bare = calculator(args.code, args.paired_with, args.compiled) if args.paired_with else timed
     rng = np.random.default_rng(0)
     times, paired = [], []
     for call in range(args.calls + 3):
-        for asked in (False, True) if args.uncertainty else (False,):  # paired: the same package without it
+        for asked in (False, True) if args.uncertainty else (False,):  # paired: the bare model between
+            atoms.calc = timed if asked or not args.uncertainty else bare
             atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)
             started = time.perf_counter()
             atoms.get_forces()

@@ -12,6 +12,7 @@ from incerta import IncertaCalculator
 from incerta.config import RunConfig
 from incerta.config.sources import prepare_splits
 from incerta.data.frame import Frame
+from incerta.data.graph import collate, frame_to_graph
 from incerta.data.io import read_frames
 from incerta.models.predict import graphs_for
 from incerta.train.run import train_run
@@ -172,8 +173,6 @@ def test_unseen_element_is_flagged_not_predicted(fitted):
     model = fitted("gmm")
     uncertain = load_uncertain_potential(model)
     frames = [Frame.from_atoms(molecule("CH3CH2OH")), Frame.from_atoms(molecule("CH3Cl"))]
-    from incerta.data.graph import collate, frame_to_graph
-
     graph = collate([frame_to_graph(f, uncertain.potential.spec.cutoff).to(dtype=torch.float32) for f in frames])
     out = uncertain(graph)
     assert torch.isfinite(out["energy"][0]) and torch.isnan(out["energy"][1])
@@ -206,22 +205,27 @@ def test_deep_ensemble(ensemble_model, tests, base_run):
 
 
 def test_gp_prediction_cache_matches_gpytorch(fitted, tests):
+    """The cached SVGP prediction of three structures: GPyTorch's mean, the diagonal of its
+    covariance, and the sum of its covariance over each structure's atoms (the energy variance)."""
     uncertain = load_uncertain_potential(fitted("svgp"))
     method = uncertain.method
-    graph = graphs_for(uncertain.potential, tests["600K"][:3])[0]
-    features = uncertain.potential(graph, compute_forces=False)["node_features"].detach().double()
+    batch = collate(graphs_for(uncertain.potential, tests["600K"][:3]))
+    features = uncertain.potential(batch, compute_forces=False)["node_features"].detach().double()
     z = ((features - method.center) / method.spread).requires_grad_(True)
-    mean, covariance = method._fixed_posterior(z)
+    mean, variance, structure_variance = method._fixed_posterior(z, batch.batch, batch.num_graphs)
     reference = method.gp(z)
+    covariance = reference.lazy_covariance_matrix.to_dense()
+    summation = torch.nn.functional.one_hot(batch.batch, batch.num_graphs).double().T
     torch.testing.assert_close(mean, reference.mean, rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(covariance, reference.lazy_covariance_matrix.to_dense(), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(variance, torch.diagonal(covariance), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(structure_variance, ((summation @ covariance) * summation).sum(1), rtol=1e-6, atol=1e-9)
     gradient = torch.autograd.grad(mean.sum(), z)[0]  # LNK's forces are derivatives of this mean
     torch.testing.assert_close(gradient, torch.autograd.grad(reference.mean.sum(), z)[0], rtol=1e-6, atol=1e-9)
     with torch.no_grad():
         method.gp.covar_module.raw_outputscale.add_(0.5)  # a changed GP is not served from the cache
     method.gp.train().eval()  # GPyTorch's own caches are dropped on a mode change, ours are not
-    torch.testing.assert_close(method._fixed_posterior(z)[1], method.gp(z).lazy_covariance_matrix.to_dense(),
-                               rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(method._fixed_posterior(z, batch.batch, batch.num_graphs)[1],
+                               torch.diagonal(method.gp(z).lazy_covariance_matrix.to_dense()), rtol=1e-6, atol=1e-9)
 
 
 def test_calibration_frames_from_a_hotter_run_are_calibrated_on(fitted, base_run, acac, tmp_path):

@@ -81,9 +81,10 @@ def usable_compiled(model: Potential | UncertainPotential, choice: CompiledChoic
     """The compiled package the calculator runs ``model``'s potential with. ``choice`` False: none;
     a path or a loaded package: that one, which must hold these weights; None: the package of the
     model folder ``folder`` for ``device`` and the weights' dtype, if there is one, and if it
-    cannot serve (other weights, unreadable, a method predicting with more than the potential)
-    a one-line warning and the eager model. Uncertainties compiled from another fit, calibration
-    or aggregation of the attached method are dropped (warned), and then computed eagerly."""
+    cannot serve (other weights, unreadable, a method predicting with more than the potential
+    and not compiled with it, or another method's predictions) a one-line warning and the eager
+    model. Uncertainties compiled from another fit, calibration or aggregation of the attached
+    method are dropped (warned), and then computed eagerly."""
     if choice is False or (choice is None and folder is None):
         return None
     potential = model.potential if isinstance(model, UncertainPotential) else model
@@ -91,10 +92,15 @@ def usable_compiled(model: Potential | UncertainPotential, choice: CompiledChoic
     if choice is None and not path.exists():
         return None
     try:
-        if isinstance(model, UncertainPotential) and not model.method.predicts_with_potential:
-            raise CompileError(f"the '{model.method.name}' method predicts with more than its potential")
+        method = model.method if isinstance(model, UncertainPotential) else None
+        if method is not None and not (method.predicts_with_potential or method.compiles_predictions):
+            raise CompileError(f"the '{method.name}' method predicts with more than its potential")
         compiled = path if isinstance(path, CompiledPotential) else CompiledPotential(path, device)
         compiled.check_weights(potential)
+        own_predictions = method is not None and method.compiles_predictions
+        if compiled.predictor != own_predictions or (own_predictions and compiled.scorer != model.fingerprint()):
+            raise CompileError(f"{compiled.path} holds the predictions of another fit than this model's "
+                               "(run `incerta compile` again)")
         if isinstance(model, UncertainPotential) and compiled.scorer not in (None, model.fingerprint()):
             warnings.warn(f"{compiled.path}: its uncertainties come from another fit, calibration or aggregation "
                           f"of '{model.method.name}' than this calculator's, so they run eagerly (run `incerta "
@@ -279,7 +285,7 @@ class IncertaCalculator(Calculator):
         periodic = bool(graph.pbc.any())
         self._check_properties(wanted, periodic)
         stress = periodic and self._computes_stress(wanted)
-        if again and self.model.method.scores_from_outputs and (K.STRESS in self._last[1] or not stress):
+        if again and self.model.method.reads_scores(self._last[1]) and (K.STRESS in self._last[1] or not stress):
             outputs = self.model(graph, compute_stress=stress, outputs=self._last[1])
         else:
             outputs = self.predict(graph, stress, uncertain)

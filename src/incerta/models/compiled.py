@@ -11,7 +11,9 @@ An uncertainty whose raw scores follow from the potential's outputs alone (a den
 latent features, GMM) can be compiled into the same program (``scorer``): the package then also
 gives the raw scores and the calibrated uncertainties (:data:`SCORE_KEYS`), tied to the fit they
 come from by its digest, so that a package compiled before a new uncertainty fit or calibration
-is never read as this one's.
+is never read as this one's. A method whose energy is not the potential's own (a learned GP
+readout, LNK) can compile its predictions in the potential's place (``predictor``); the package
+then stands for that fit only (its digest) and says so (``CompiledPotential.predictor``).
 
 Inductor's CPU code generation fails on the atomic adds of ``index_add`` (an assertion in its
 vectorised store, torch 2.13); the trace therefore writes every ``index_add`` as the
@@ -53,6 +55,9 @@ OUTPUT_KEYS = (K.ENERGY, K.FORCES, K.ATOMIC_ENERGIES, K.NODE_FEATURES, K.LAST_LA
 SCORE_KEYS = (K.ATOM_SCORE, K.ENERGY_SCORE, K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY)
 #: an uncertainty's scores (:data:`SCORE_KEYS`) from a graph and its potential's outputs (traceable torch operations)
 Scorer = Callable[[AtomicGraph, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+#: predictions in place of the potential's own, from a graph, whether to give the stress and the
+#: species indices (N,) (traceable torch operations): the outputs of :data:`OUTPUT_KEYS` and the stress
+Predictor = Callable[[AtomicGraph, bool, torch.Tensor], dict[str, torch.Tensor]]
 
 
 class CompileError(RuntimeError):
@@ -68,16 +73,19 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _program(potential: Potential, stress: bool, scorer: Scorer | None):
+def _program(potential: Potential, stress: bool, scorer: Scorer | None, predictor: Predictor | None):
     """The function traced: the program's inputs -> (output keys, their tensors), through the
-    eager potential's own forward and the scorer's (the species check is done by the caller at
-    run time)."""
+    eager potential's own forward (or the predictor's) and the scorer's (the species check is
+    done by the caller at run time)."""
 
     def run(positions, numbers, cell, pbc, batch, edge_index, edge_shifts, charge, spin):
         graph = AtomicGraph(positions=positions, numbers=numbers, edge_index=edge_index, edge_shifts=edge_shifts,
                             cell=cell, pbc=pbc, batch=batch, charge=charge, spin=spin)
-        out = potential(graph, compute_forces=True, compute_stress=stress, create_graph=False,
-                        species=potential.species_lookup[numbers])
+        species = potential.species_lookup[numbers]
+        if predictor is None:
+            out = potential(graph, compute_forces=True, compute_stress=stress, create_graph=False, species=species)
+        else:
+            out = predictor(graph, stress, species)
         program = {key: out[key] for key in (*OUTPUT_KEYS, K.STRESS) if key in out}
         if scorer is not None:
             scores = scorer(graph, out)
@@ -127,22 +135,31 @@ def example_inputs(potential: Potential, device: str | torch.device) -> tuple[to
 
 
 def compile_potential(potential: Potential, path: str | Path, device: str = "cpu", stress: bool = True,
-                      scorer: Scorer | None = None, scorer_digest: str | None = None) -> Path:
+                      scorer: Scorer | None = None, scorer_digest: str | None = None,
+                      predictor: Predictor | None = None) -> Path:
     """Compile ``potential`` (its dtype) for ``device`` into the package ``path`` (written
     atomically); with ``stress`` the program also gives the stress of periodic structures, with
-    ``scorer`` the uncertainties (:data:`SCORE_KEYS`) of the fit whose digest is ``scorer_digest``.
+    ``scorer`` the uncertainties (:data:`SCORE_KEYS`) of the fit whose digest is ``scorer_digest``;
+    ``predictor`` (with a scorer, whose digest then covers the predictor's weights) predicts in
+    place of the potential's forward, which it builds on (e.g. a learned readout on its features).
     Raises :class:`CompileError` naming the step that failed (tracing, export, compilation)."""
     if (scorer is None) != (scorer_digest is None):
         raise ValueError("a compiled scorer needs the digest of its fit, and only a scorer has one")
+    if predictor is not None and scorer is None:
+        raise ValueError("a compiled predictor needs a scorer whose digest covers the predictor's weights")
     path = Path(path)
     potential = potential.to(device).eval()
     inputs = example_inputs(potential, device)
-    step = "tracing the potential with its forces"
+    program = _program(potential, stress, scorer, predictor)
+    step = "running the potential eagerly"
     try:
+        with torch.enable_grad():
+            program(*inputs)  # what is cached on a first call (e.g. a factorisation of fixed weights) stays out of the trace
+        step = "tracing the potential with its forces"
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")  # torch's own pytree
             with torch.enable_grad():
-                traced = make_fx(_program(potential, stress, scorer), tracing_mode="symbolic", _allow_non_fake_inputs=True,
+                traced = make_fx(program, tracing_mode="symbolic", _allow_non_fake_inputs=True,
                                  decomposition_table=SCATTER_DECOMPOSITIONS)(*inputs)
             step = "exporting with dynamic sizes"
             atoms, edges = torch.export.Dim("atoms", min=2), torch.export.Dim("edges", min=2)
@@ -155,7 +172,7 @@ def compile_potential(potential: Potential, path: str | Path, device: str = "cpu
                 "incerta_version": __version__, "spec": potential.spec.model_dump_json(),
                 "weights": weights_digest(potential), "dtype": str(inputs[0].dtype).removeprefix("torch."),
                 "device": torch.device(device).type, "stress": json.dumps(stress),
-                "scorer": json.dumps(scorer_digest),
+                "scorer": json.dumps(scorer_digest), "predictor": json.dumps(predictor is not None),
             }
 
             def write(temporary: Path) -> None:
@@ -194,10 +211,11 @@ class CompiledPotential:
     gives ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å, ``energies`` (N,) eV, ``node_features``,
     ``last_layer_features`` and, for a package made with stress, ``stress`` (B, 3, 3) eV/Å^3.
 
-    ``spec``, ``species``, ``dtype``, ``device``, ``weights`` (digest) and ``scorer`` (the
-    digest of the uncertainty fit whose scores, :data:`SCORE_KEYS`, the package also gives; None
-    without, and set to None to drop them) come from the package's metadata; the caller checks
-    the graph's elements (as for the eager model)."""
+    ``spec``, ``species``, ``dtype``, ``device``, ``weights`` (digest), ``scorer`` (the digest of
+    the uncertainty fit whose scores, :data:`SCORE_KEYS`, the package also gives; None without,
+    and set to None to drop them) and ``predictor`` (True when that fit, not the potential alone,
+    gives the energy: the package then serves that fit only) come from the package's metadata;
+    the caller checks the graph's elements (as for the eager model)."""
 
     def __init__(self, path: str | Path, device: str | torch.device | None = None) -> None:
         self.path = Path(path)
@@ -216,6 +234,7 @@ class CompiledPotential:
         self.stress = json.loads(metadata["stress"])
         self.weights = metadata["weights"]
         self.scorer = json.loads(metadata.get("scorer", "null"))
+        self.predictor = json.loads(metadata.get("predictor", "false"))
         self.version = metadata["incerta_version"]
 
     def check_weights(self, potential: Potential) -> None:

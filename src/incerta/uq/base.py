@@ -83,6 +83,9 @@ class UncertaintyMethod(nn.Module, ABC):
     #: True when the raw scores follow from the potential's outputs alone (:meth:`scores`), so the
     #: outputs of a compiled potential serve the uncertainty pass too
     scores_from_outputs: ClassVar[bool] = False
+    #: True when a method that predicts with more than its potential gives its predictions and raw
+    #: scores in traceable operations (:meth:`output_predictions`), so ``incerta compile`` builds them
+    compiles_predictions: ClassVar[bool] = False
 
     def __init__(self, potential: Potential) -> None:
         super().__init__()
@@ -102,10 +105,22 @@ class UncertaintyMethod(nn.Module, ABC):
         package); only for methods with ``scores_from_outputs``."""
         raise NotImplementedError(f"{self.name} computes its scores in its own pass")
 
+    def output_predictions(self, graph: AtomicGraph, compute_stress: bool, species: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``forward``'s predictions for ``graph`` with species indices (N,) as the potential's
+        output keys (energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3) eV/Å^3 when asked, per-atom
+        energies (N,) eV, latent features) plus the raw scores ``atom_score`` (N,) and
+        ``energy_score`` (B,), in traceable torch operations; only for ``compiles_predictions``."""
+        raise NotImplementedError(f"{self.name} does not compile its predictions")
+
+    def reads_scores(self, outputs: dict[str, torch.Tensor]) -> bool:
+        """Whether :meth:`scores` gives ``forward``'s result from these outputs for a graph: they
+        hold the raw scores (a package compiled with this fit) or the scores follow from them."""
+        return self.scores_from_outputs or K.ATOM_SCORE in outputs
+
     def scores(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> UncertainOutput:
         """``forward``'s result from ``outputs``, the potential's own outputs for ``graph`` (forces
-        included), which already hold the raw scores where a package compiled with this method's
-        weights computed them; only for methods with ``scores_from_outputs``."""
+        included), or this method's, which already hold the raw scores where a package compiled
+        with this method's weights computed them; only where :meth:`reads_scores`."""
         raw = outputs if K.ATOM_SCORE in outputs else self.output_scores(graph, outputs)
         return UncertainOutput(outputs[K.ENERGY], outputs[K.FORCES], raw[K.ATOM_SCORE], raw[K.ENERGY_SCORE],
                                outputs.get(K.STRESS), outputs.get(K.ATOMIC_ENERGIES), outputs.get(K.NODE_FEATURES))

@@ -32,6 +32,7 @@ from scipy.optimize import minimize
 from torch import nn
 
 from incerta.config.schema import ConfigError
+from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod
@@ -87,6 +88,14 @@ class CombinedUncertainty(UncertaintyMethod):
     def modifies_potential(self) -> bool:
         return self.error.modifies_potential
 
+    @property
+    def predicts_with_potential(self) -> bool:
+        return self.error.predicts_with_potential
+
+    @property
+    def compiles_predictions(self) -> bool:
+        return self.error.compiles_predictions
+
     def options(self) -> dict:
         return {"error": self.error_name, "error_options": self.error.options(), "quantile": self.quantile,
                 "max_components": self.max_components, "n_components": int(self.log_weights.numel()),
@@ -96,11 +105,13 @@ class CombinedUncertainty(UncertaintyMethod):
         """(N, C) latent features -> (N,) NLL under the training mixture."""
         return mixture_nll(features, self.center, self.scale, self.log_weights, self.means, self.precision_cholesky)
 
-    def _parts(self, graph: AtomicGraph, compute_stress: bool = False) -> tuple[UncertainOutput, torch.Tensor]:
-        """The error method's output and the excess NLL (N,) of every atom."""
-        raw = self.error(graph, compute_stress=compute_stress)
-        excess = nn.functional.softplus(self.negative_log_likelihood(raw.features) - self.threshold)
-        return raw, excess
+    def _excess(self, features: torch.Tensor) -> torch.Tensor:
+        """softplus(NLL - NLL_q) (N,) of latent features (N, C)."""
+        return nn.functional.softplus(self.negative_log_likelihood(features) - self.threshold)
+
+    def _score(self, atom_score: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """u_i (N,) from the error method's score s_i (N,) and the atoms' latent features (N, C)."""
+        return (atom_score.double().pow(2) + self.weight * self._excess(features)).sqrt().to(atom_score.dtype)
 
     def _reuse_error(self) -> dict:
         """Load the error method already fitted on ``error_model`` (a model folder with the same
@@ -124,7 +135,8 @@ class CombinedUncertainty(UncertaintyMethod):
                                       device=self.center.device)
         scores, excesses, squared = [], [], []
         for batch in batches(validation, 16):
-            raw, excess = self._parts(batch)
+            raw = self.error(batch)
+            excess = self._excess(raw.features)
             scores.append(raw.atom_score.detach().double().cpu().numpy())
             excesses.append(excess.detach().cpu().numpy())
             squared.append((raw.forces.detach() - batch.forces).pow(2).sum(1).double().cpu().numpy())
@@ -136,10 +148,14 @@ class CombinedUncertainty(UncertaintyMethod):
         return info
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
-        raw, excess = self._parts(graph, compute_stress)
-        score = (raw.atom_score.double().pow(2) + self.weight * excess).sqrt().to(raw.atom_score.dtype)
-        return UncertainOutput(raw.energy, raw.forces, score, raw.energy_score, raw.stress, raw.energies, raw.features,
-                               raw.stress_score)
+        raw = self.error(graph, compute_stress=compute_stress)
+        return UncertainOutput(raw.energy, raw.forces, self._score(raw.atom_score, raw.features), raw.energy_score,
+                               raw.stress, raw.energies, raw.features, raw.stress_score)
+
+    def output_predictions(self, graph: AtomicGraph, compute_stress: bool, species: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The error method's compiled predictions (LNK's) with the combined per-atom score."""
+        out = self.error.output_predictions(graph, compute_stress, species)
+        return {**out, K.ATOM_SCORE: self._score(out[K.ATOM_SCORE], out[K.NODE_FEATURES])}
 
     def predict(self, graph: AtomicGraph, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         return self.error.predict(graph, compute_stress)

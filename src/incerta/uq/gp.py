@@ -92,13 +92,13 @@ class SVGPUncertainty(UncertaintyMethod):
         if self.gp.training:
             posterior = self.gp(z)
             mean, covariance = posterior.mean, posterior.lazy_covariance_matrix.to_dense()
+            summation = torch.nn.functional.one_hot(graph.batch, graph.num_graphs).double().T  # (B, N)
+            structure_var = ((summation @ covariance) * summation).sum(1)
+            atom_var = torch.diagonal(covariance)
         else:
-            mean, covariance = self._fixed_posterior(z)
-        covariance = covariance * self.energy_scale**2
-        summation = torch.nn.functional.one_hot(graph.batch, graph.num_graphs).double().T  # (B, N)
-        structure_var = ((summation @ covariance) * summation).sum(1)
-        std = torch.diagonal(covariance).clamp_min(1e-20).sqrt()
-        return mean * self.energy_scale, std, structure_var.clamp_min(1e-20).sqrt()
+            mean, atom_var, structure_var = self._fixed_posterior(z, graph.batch, graph.num_graphs)
+        scale = self.energy_scale
+        return mean * scale, (atom_var * scale**2).clamp_min(1e-20).sqrt(), (structure_var * scale**2).clamp_min(1e-20).sqrt()
 
     def _rbf(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(N, D), (M, D) -> (N, M): the GP's scaled RBF kernel, written out. Through GPyTorch's
@@ -110,12 +110,17 @@ class SVGPUncertainty(UncertaintyMethod):
         squared = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp_min(0)  # no sqrt: finite gradients
         return kernel.outputscale * torch.exp(-0.5 * squared)
 
-    def _fixed_posterior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """GPyTorch's whitened SVGP prediction, mean (N,) and covariance (N, N), for a GP that
-        is not being trained: mean = c + K_zu a, cov = K_zz + K_zu B K_uz with a = L^-T m and
-        B = L^-T (S - I) L^-1 (K_uu = L L^T), kept until a parameter changes. Measured on acac
-        (15 atoms): a prediction with the GP costs 1.5-1.7x the bare model through GPyTorch's
-        predictive distribution, which rebuilds the (M + N)^2 joint covariance on every call."""
+    def _fixed_posterior(self, z: torch.Tensor, batch: torch.Tensor,
+                         num_graphs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GPyTorch's whitened SVGP prediction for a GP that is not being trained, for N atoms of
+        B structures: mean (N,), variance (N,) and variance of the per-structure sums (B,) of
+        cov = K_zz + jitter I + K_zu B K_uz, with mean = c + K_zu a, a = L^-T m and
+        B = L^-T (S - I) L^-1 (K_uu = L L^T) kept until a parameter changes. The sums read
+        sum_ij K_zz,ij over pairs in one structure + jitter n_b + s_b^T B s_b (s_b the sum of the
+        structure's K_zu rows), so no (N, N) covariance is formed beyond the kernel itself (and the
+        prediction compiles for any N and B). Measured on acac (15 atoms): a prediction with the
+        GP costs 1.5-1.7x the bare model through GPyTorch's predictive distribution, which
+        rebuilds the (M + N)^2 joint covariance on every call."""
         strategy = self.gp.variational_strategy
         state = [t._version for t in (*self.gp.parameters(), *self.gp.buffers())]  # bumped by in-place updates
         if getattr(self, "_cache_state", None) != state:
@@ -130,23 +135,30 @@ class SVGPUncertainty(UncertaintyMethod):
         inducing, weights, correction = self._cache
         cross = self._rbf(z, inducing)
         with torch.no_grad():  # predictions detach the uncertainty: no graph for it
-            jitter = strategy.jitter_val * torch.eye(len(z), dtype=z.dtype, device=z.device)
-            covariance = self._rbf(z, z) + jitter + cross @ correction @ cross.T
-        return self.gp.mean_module.constant + cross @ weights, covariance
+            jitter = strategy.jitter_val
+            atom_var = self.gp.covar_module.outputscale + jitter + ((cross @ correction) * cross).sum(1)
+            same = batch.unsqueeze(1) == batch.unsqueeze(0)
+            pairs = (self._rbf(z, z) * same).sum(1) + jitter
+            per_structure = lambda values: torch.zeros((num_graphs, *values.shape[1:]), dtype=values.dtype,
+                                                       device=values.device).index_add(0, batch, values)
+            summed = per_structure(cross)
+            structure_var = per_structure(pairs) + ((summed @ correction) * summed).sum(1)
+        return self.gp.mean_module.constant + cross @ weights, atom_var, structure_var
 
-    def _predict(self, graph: AtomicGraph, forces: bool, compute_stress: bool, create_graph: bool):
-        """(energy (B,), atomic energies (N,), atom std (N,), structure std (B,), derivatives,
-        latent features (N, C))."""
+    def _predict(self, graph: AtomicGraph, forces: bool, compute_stress: bool, create_graph: bool,
+                 species: torch.Tensor | None = None):
+        """(energy (B,), atomic energies (N,), atom std (N,), structure std (B,), derivatives, the
+        potential's outputs); ``species`` (N,): the graph's checked species indices, if known."""
         inputs = differentiable_inputs(graph, forces=forces, stress=compute_stress)
-        out = self.potential.evaluate(inputs.graph)
+        out = self.potential.evaluate(inputs.graph, species)
         gp_mean, atom_std, structure_std = self._posterior(out[K.NODE_FEATURES], graph)
         if self.modifies_potential:  # the GP is the readout: E_i = mu_i + species shift
-            species = self.potential.species_index(graph.numbers)
+            species = self.potential.species_index(graph.numbers) if species is None else species
             atomic = gp_mean.to(out[K.ENERGY].dtype) + self.potential.scale_shift.shift[species]
             energy = torch.zeros_like(out[K.ENERGY]).index_add(0, graph.batch, atomic)
         else:
             atomic, energy = out[K.ATOMIC_ENERGIES], out[K.ENERGY]
-        return energy, atomic, atom_std, structure_std, derivatives(energy, inputs, create_graph), out[K.NODE_FEATURES]
+        return energy, atomic, atom_std, structure_std, derivatives(energy, inputs, create_graph), out
 
     def joint_loss(self, batch: AtomicGraph) -> torch.Tensor:
         """LNK training: energy likelihood with the GP variance, plus forces of the GP mean."""
@@ -226,10 +238,10 @@ class SVGPUncertainty(UncertaintyMethod):
         return info
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
-        energy, atomic, atom_std, structure_std, grads, features = self._predict(graph, True, compute_stress,
-                                                                                 create_graph=False)
+        energy, atomic, atom_std, structure_std, grads, out = self._predict(graph, True, compute_stress,
+                                                                            create_graph=False)
         return UncertainOutput(energy.detach(), grads[K.FORCES], atom_std.detach(), structure_std.detach(),
-                               grads.get(K.STRESS), atomic.detach(), features)
+                               grads.get(K.STRESS), atomic.detach(), out[K.NODE_FEATURES])
 
 
 class LNKUncertainty(SVGPUncertainty):
@@ -244,6 +256,13 @@ class LNKUncertainty(SVGPUncertainty):
     name = "lnk"
     predicts_with_potential = False
     modifies_potential = True
+    compiles_predictions = True
 
     def __init__(self, potential: Potential, num_inducing: int = 256, **options) -> None:
         super().__init__(potential, num_inducing=num_inducing, **options)
+
+    def output_predictions(self, graph: AtomicGraph, compute_stress: bool, species: torch.Tensor) -> dict[str, torch.Tensor]:
+        energy, atomic, atom_std, structure_std, grads, out = self._predict(graph, True, compute_stress,
+                                                                            create_graph=False, species=species)
+        return {K.ENERGY: energy.detach(), K.ATOMIC_ENERGIES: atomic.detach(), **grads,
+                K.NODE_FEATURES: out[K.NODE_FEATURES], K.ATOM_SCORE: atom_std, K.ENERGY_SCORE: structure_std}

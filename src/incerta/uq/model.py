@@ -82,9 +82,10 @@ class UncertainPotential(nn.Module):
 
     def output_uncertainties(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The raw scores and calibrated uncertainties from the potential's outputs for ``graph``
-        (elements known to the model), in traceable torch operations: what ``incerta compile``
-        builds into the package of a method with ``scores_from_outputs``."""
-        raw = self.method.output_scores(graph, outputs)
+        (elements known to the model) or the method's own (holding its raw scores), in traceable
+        torch operations: what ``incerta compile`` builds into the package of a method with
+        ``scores_from_outputs`` or ``compiles_predictions``."""
+        raw = outputs if K.ATOM_SCORE in outputs else self.method.output_scores(graph, outputs)
         return {**raw, **self.calibrated(raw[K.ATOM_SCORE], raw[K.ENERGY_SCORE], graph)}
 
     def fingerprint(self) -> str:
@@ -104,16 +105,16 @@ class UncertainPotential(nn.Module):
         NaN energies and forces and infinite uncertainties (flagged, never predicted).
 
         ``outputs``: the potential's outputs for ``graph``, already computed (e.g. by a compiled
-        package); a method with ``scores_from_outputs`` takes its scores from them instead of
-        running its own pass, and the calibrated uncertainties too where they hold them (a
-        package compiled with this fit, :meth:`output_uncertainties`)."""
+        package); a method that can (:meth:`UncertaintyMethod.reads_scores`) takes its scores from
+        them instead of running its own pass, and the calibrated uncertainties too where they hold
+        them (a package compiled with this fit, :meth:`output_uncertainties`)."""
         known = self.potential.species_lookup[graph.numbers.clamp(0, len(self.potential.species_lookup) - 1)] >= 0
         all_known = bool(known.all())
         if not all_known:
             placeholder = torch.full_like(graph.numbers, self.potential.species[0])
             graph = replace(graph, numbers=torch.where(known, graph.numbers, placeholder))
             outputs = None
-        if outputs is not None and self.method.scores_from_outputs:
+        if outputs is not None and self.method.reads_scores(outputs):
             raw = self.method.scores(graph, outputs)
         else:
             raw = self.method(graph, compute_stress=compute_stress)
