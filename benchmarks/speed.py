@@ -7,7 +7,7 @@ periodic liquid-water box (1,536 atoms, the shared RPBE-D3 frame repeated 2x2x2)
 (row, system) pair runs in a fresh process (peak memory is per process): medians and
 quartiles of repeated energy+forces calls after 3 warm-up calls, float32, ``--threads``
 threads; every row is measured ``--rounds`` times, the rounds interleaved, and the median of
-the rounds' medians kept (the machine's speed drifts). The "+ GMM" and "+ LLPR" rows ask for
+the rounds' medians kept (the machine's speed drifts). The "+ GMM", "+ LNK" and "+ LLPR" rows ask for
 the per-atom force uncertainty at every call (what an MD check step costs), their calls
 alternating with energy+forces calls of the bare fast package in the same process: the
 uncertainty's cost (``gmm_over_compiled``, ``lnk_over_compiled``, ``llpr_over_compiled``) is the

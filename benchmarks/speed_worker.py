@@ -4,8 +4,8 @@ Prints JSON: median and quartile ms per energy+forces call (with ``--uncertainty
 and the per-atom force uncertainty, its calls alternating with energy+forces calls of the bare
 model ``--paired-with`` (default: the same calculator, not asking for it), whose median is
 ``without_uncertainty_median_ms``: the uncertainty's cost is their ratio, paired in time, so the
-machine's drift between processes does not enter it), atoms*steps/s, peak RSS. Only ASE, NumPy and the code under
-test are imported, so it runs in a peer's venv too.
+machine's drift between processes does not enter it), atoms*steps/s, peak RSS. Only ASE,
+NumPy and the code under test are imported, so it runs in a peer's venv too.
 """
 
 from __future__ import annotations

@@ -152,3 +152,21 @@ def test_species_shifts_are_fitted_to_the_energy_without_dispersion():
     counted_twice = DataStatistics.from_frames(frames, graphs).shift
     assert np.abs(np.subtract(counted_twice, fitted)).max() > 1e-2
     assert fixed_energy(ModelConfig()) is None
+
+
+def test_periodic_dispersion_cache_is_bounded_and_exact(monkeypatch):
+    """Cell results are reused for the very same coordinates only, and the cache keeps at most
+    its atom budget (MD never repeats a structure: it must not grow without end)."""
+    from incerta.nn import dispersion
+
+    monkeypatch.setattr(dispersion, "_LATTICE_CACHE", type(dispersion._LATTICE_CACHE)())
+    monkeypatch.setattr(dispersion, "LATTICE_CACHE_ATOMS", 20)
+    silicon = bulk("Si", "diamond", a=5.43).repeat((2, 1, 1))  # 4 atoms
+    model = make_model(dispersion="pbe", dispersion_three_body=False, species=(14,))
+    first = predict(model, silicon)["energy"]
+    assert predict(model, silicon)["energy"] == first
+    for seed in range(8):
+        moved = silicon.copy()
+        moved.rattle(0.01, seed=seed)
+        assert predict(model, moved)["energy"] != first
+    assert 0 < sum(len(entry[1]) for entry in dispersion._LATTICE_CACHE.values()) <= 20

@@ -19,7 +19,8 @@ without it, as VASP's and CP2K's D3 are by default).
 
 from __future__ import annotations
 
-import functools
+import hashlib
+from collections import OrderedDict
 
 import numpy as np
 import tad_dftd3
@@ -29,26 +30,41 @@ from ase.units import Bohr, Hartree
 from incerta.data import keys as K
 from incerta.nn.block import Block, Data
 
+#: periodic D3 results kept for reuse, by a digest of the structure (see :func:`_lattice_d3`)
+_LATTICE_CACHE: OrderedDict[str, tuple[float, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+#: atoms whose results the cache holds at most (an atomic energy and a gradient, 32 bytes each: about 32 MB)
+LATTICE_CACHE_ATOMS = 1_000_000
 
-@functools.lru_cache(maxsize=4096)
-def _lattice_d3(numbers: bytes, positions: bytes, cell: bytes, pbc: bytes, functional: str,
+
+def _lattice_d3(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, functional: str,
                 three_body: bool) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """simple-dftd3 on one periodic structure (int64 numbers, float64 Å positions and cell, bool
-    pbc, as bytes): total energy (eV), atomic energies (N,) eV, dE/dr (N, 3) eV/Å and dE/dH (3, 3)
-    eV/Å. Cached by the exact coordinates: training passes the same frames every epoch, and the
-    lattice sum took 0.18 s of a 0.45 s training step per 192-atom water cell (one thread)."""
+    """simple-dftd3 on one periodic structure (numbers (N,), float64 positions (N, 3) and cell
+    (3, 3) in Å, pbc (3,)): total energy (eV), atomic energies (N,) eV, dE/dr (N, 3) eV/Å and
+    dE/dH (3, 3) eV/Å. Kept by a digest of the exact coordinates, least recently used dropped
+    beyond :data:`LATTICE_CACHE_ATOMS`: training passes the same frames every epoch, and the
+    lattice sum took 0.18 s of a 0.45 s training step per 192-atom water cell (one thread);
+    MD never repeats a structure, so there it only costs the digest."""
     from dftd3.interface import DispersionModel, RationalDampingParam
 
-    r, h = np.frombuffer(positions).reshape(-1, 3), np.frombuffer(cell).reshape(3, 3)
+    digest = hashlib.sha256()
+    for part in (numbers.astype(np.int64), positions, cell, pbc.astype(bool), f"{functional} {three_body}".encode()):
+        digest.update(part.tobytes() if isinstance(part, np.ndarray) else part)
+    key = digest.hexdigest()
+    if key in _LATTICE_CACHE:
+        _LATTICE_CACHE.move_to_end(key)
+        return _LATTICE_CACHE[key]
     param = RationalDampingParam(method=functional, atm=three_body)
-    model = DispersionModel(np.frombuffer(numbers, dtype=np.int64), r / Bohr, h / Bohr, np.frombuffer(pbc, dtype=bool))
+    model = DispersionModel(numbers, positions / Bohr, cell / Bohr, pbc)
     result = model.get_dispersion(param, grad=True)
     pairs = model.get_pairwise_dispersion(param)
     atomic = (pairs["additive pairwise energy"] + pairs["non-additive pairwise energy"]).sum(1) * Hartree
     gradient = result["gradient"] * Hartree / Bohr  # dE/dr, eV/Å
     # strain derivative dE/deps = R^T dE/dR + H^T dE/dH, so dE/dH = H^-T (dE/deps - R^T dE/dR)
-    cell_gradient = np.linalg.solve(h.T, result["virial"] * Hartree - r.T @ gradient)
-    return float(result["energy"] * Hartree), atomic, gradient, cell_gradient
+    cell_gradient = np.linalg.solve(cell.T, result["virial"] * Hartree - positions.T @ gradient)
+    _LATTICE_CACHE[key] = found = (float(result["energy"] * Hartree), atomic, gradient, cell_gradient)
+    while sum(len(entry[1]) for entry in _LATTICE_CACHE.values()) > LATTICE_CACHE_ATOMS:
+        _LATTICE_CACHE.popitem(last=False)
+    return found
 
 
 class _PeriodicD3(torch.autograd.Function):
@@ -57,10 +73,9 @@ class _PeriodicD3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, positions: torch.Tensor, cell: torch.Tensor, numbers: np.ndarray, pbc: np.ndarray,
                 functional: str, three_body: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        as_bytes = lambda t: t.detach().cpu().double().numpy().tobytes()
-        energy, atomic, gradient, cell_gradient = _lattice_d3(
-            numbers.astype(np.int64).tobytes(), as_bytes(positions), as_bytes(cell), pbc.astype(bool).tobytes(),
-            functional, three_body)
+        as_numpy = lambda t: t.detach().cpu().double().numpy()
+        energy, atomic, gradient, cell_gradient = _lattice_d3(numbers, as_numpy(positions), as_numpy(cell), pbc,
+                                                              functional, three_body)
         ctx.save_for_backward(torch.tensor(gradient).to(positions), torch.tensor(cell_gradient).to(cell))  # copies:
         return (torch.tensor(energy, dtype=positions.dtype, device=positions.device),  # the cache keeps its arrays
                 torch.tensor(atomic).to(positions))
