@@ -56,27 +56,14 @@ def lnk_folder(tmp_path_factory):
     return folder
 
 
-def test_lnk_gives_its_eager_prediction_in_traceable_operations():
-    """What is compiled (LNK's output_predictions, with the GP's per-structure variance summed over
-    the pairs of each structure) equals LNK's own forward on a batch of three structures."""
-    potential = make_model().float()
-    method, _, _ = fitted(LNKUncertainty, potential, num_inducing=32)
-    assert method.compiles_predictions and not method.predicts_with_potential
-    batch = collate([frame_to_graph(frame, potential.spec.cutoff) for frame in structures().values()])
-    batch = batch.to(dtype=torch.float32)
-    traced = method.output_predictions(batch, True, potential.species_index(batch.numbers))
-    eager = method(batch, compute_stress=True)
-    for key, value in [(K.ENERGY, eager.energy), (K.FORCES, eager.forces), (K.STRESS, eager.stress),
-                       (K.ATOM_SCORE, eager.atom_score), (K.ENERGY_SCORE, eager.energy_score)]:
-        torch.testing.assert_close(traced[key], value, rtol=1e-6, atol=1e-8, msg=key)
-
-
 def test_compiled_lnk_equals_the_eager_method(lnk_folder):
     """Energies from the GP readout (not the potential's own readout), forces, stress, raw scores
     and calibrated uncertainties of a molecule, a periodic cell, a lone atom and all three as one
     batch."""
     uncertain = load_uncertain_potential(lnk_folder)
     package = CompiledPotential(compiled_path(lnk_folder, "cpu", torch.float32))
+    lnk = uncertain.method.error
+    assert isinstance(lnk, LNKUncertainty) and lnk.compiles_predictions and not lnk.predicts_with_potential
     assert uncertain.method.compiles_predictions and not uncertain.method.predicts_with_potential
     assert package.predictor and package.scorer == uncertain.fingerprint()
     graphs = {name: frame_to_graph(frame, uncertain.potential.spec.cutoff).to(dtype=torch.float32)

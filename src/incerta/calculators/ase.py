@@ -97,13 +97,14 @@ def usable_compiled(model: Potential | UncertainPotential, choice: CompiledChoic
             raise CompileError(f"the '{method.name}' method predicts with more than its potential")
         compiled = path if isinstance(path, CompiledPotential) else CompiledPotential(path, device)
         compiled.check_weights(potential)
+        fit = None if method is None else model.fingerprint()
         own_predictions = method is not None and method.compiles_predictions
-        if compiled.predictor != own_predictions or (own_predictions and compiled.scorer != model.fingerprint()):
+        if compiled.predictor != own_predictions or (own_predictions and compiled.scorer != fit):
             raise CompileError(f"{compiled.path} holds the predictions of another fit than this model's "
                                "(run `incerta compile` again)")
-        if isinstance(model, UncertainPotential) and compiled.scorer not in (None, model.fingerprint()):
+        if method is not None and compiled.scorer not in (None, fit):
             warnings.warn(f"{compiled.path}: its uncertainties come from another fit, calibration or aggregation "
-                          f"of '{model.method.name}' than this calculator's, so they run eagerly (run `incerta "
+                          f"of '{method.name}' than this calculator's, so they run eagerly (run `incerta "
                           "compile` again)", stacklevel=3)
             compiled.scorer = None
     except CompileError as err:

@@ -62,8 +62,9 @@ def _lattice_d3(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pb
     # strain derivative dE/deps = R^T dE/dR + H^T dE/dH, so dE/dH = H^-T (dE/deps - R^T dE/dR)
     cell_gradient = np.linalg.solve(cell.T, result["virial"] * Hartree - positions.T @ gradient)
     _LATTICE_CACHE[key] = found = (float(result["energy"] * Hartree), atomic, gradient, cell_gradient)
-    while sum(len(entry[1]) for entry in _LATTICE_CACHE.values()) > LATTICE_CACHE_ATOMS:
-        _LATTICE_CACHE.popitem(last=False)
+    held = sum(len(entry[1]) for entry in _LATTICE_CACHE.values())
+    while held > LATTICE_CACHE_ATOMS:
+        held -= len(_LATTICE_CACHE.popitem(last=False)[1][1])
     return found
 
 
