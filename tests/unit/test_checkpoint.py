@@ -8,10 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import make_model
+from conftest import emt_ethanol_frames, make_model
 from incerta.calculators.ase import IncertaCalculator
 from incerta.testing import predict
 from incerta.train.checkpoint import CheckpointError, load_potential, load_training_state, save_potential
+from incerta.uq.base import FitSettings
+from incerta.uq.fit import fit_uncertainty
+from incerta.uq.store import load_uncertain_potential, uncertainty_is_current
 
 
 def test_roundtrip_gives_identical_predictions(tmp_path, ethanol):
@@ -21,6 +24,42 @@ def test_roundtrip_gives_identical_predictions(tmp_path, ethanol):
     assert predict(loaded, ethanol)["energy"] == predict(model, ethanol)["energy"]
     assert next(loaded.parameters()).dtype == torch.float64
     assert loaded.spec == model.spec
+
+
+def test_loads_of_one_architecture_are_independent_models(tmp_path, ethanol):
+    """Loads copy an already built module of the architecture: each is its own module with the
+    file's weights, and changing one changes neither the next load nor a model of other weights."""
+    model, other = make_model(seed=1), make_model(seed=2)
+    save_potential(model, tmp_path / "a")
+    save_potential(other, tmp_path / "b")
+    first = load_potential(tmp_path / "a")
+    with torch.no_grad():
+        for parameter in first.parameters():
+            parameter.add_(1.0)
+    second, third = load_potential(tmp_path / "a"), load_potential(tmp_path / "b")
+    assert predict(second, ethanol)["energy"] == predict(model, ethanol)["energy"]
+    assert predict(third, ethanol)["energy"] == predict(other, ethanol)["energy"]
+    assert predict(first, ethanol)["energy"] != predict(model, ethanol)["energy"]
+    assert second is not first and next(second.parameters()) is not next(first.parameters())
+
+
+def test_an_uncertainty_fitted_for_other_weights_is_refused(tmp_path):
+    """A model trained again after its uncertainty fit: the old fit is refused when loaded (its
+    calibration belongs to the old weights), and a new fit is accepted."""
+    frames = emt_ethanol_frames(12, 0.1)
+    save_potential(make_model(seed=1), tmp_path)
+    fit_uncertainty(tmp_path, "gmm", frames[:8], frames[8:], settings=FitSettings(progress=False))
+    assert uncertainty_is_current(tmp_path)
+    load_uncertain_potential(tmp_path)
+    save_potential(make_model(seed=2), tmp_path)  # trained again: other weights, the same file name
+    assert not uncertainty_is_current(tmp_path)
+    with pytest.raises(CheckpointError, match=r"fitted for other weights .* run `incerta uq fit` again"):
+        load_uncertain_potential(tmp_path)
+    with pytest.raises(CheckpointError, match="fitted for other weights"):
+        IncertaCalculator(tmp_path)
+    fit_uncertainty(tmp_path, "gmm", frames[:8], frames[8:], settings=FitSettings(progress=False))
+    assert uncertainty_is_current(tmp_path)
+    load_uncertain_potential(tmp_path)
 
 
 def test_corrupt_file(tmp_path):

@@ -69,9 +69,10 @@ def test_frozen_fit_uses_the_heads_own_forces_and_lowers_the_likelihood(graphs):
 
     info = method.fit(graphs[:12], graphs[12:], FitSettings(progress=False))
     assert info["train_nll"] < info["train_nll_start"] - 1.0
-    raw = method(collate(graphs[12:]))
-    components = (raw.forces.detach() - collate(graphs[12:]).forces) / (raw.atom_score.detach().unsqueeze(1) / 3**0.5)
-    assert 0.2 < float(components.pow(2).mean()) < 5.0, "the heads' spread is of the size of the force errors"
+    train = collate(graphs[:12])  # (on 4 held-out frames the raw spread is 2-3x too small: calibration's job)
+    raw = method(train)
+    components = (raw.forces.detach() - train.forces) / (raw.atom_score.detach().unsqueeze(1) / 3**0.5)
+    assert 0.5 < float(components.pow(2).mean()) < 1.5, "fitted to the likelihood: spread = training force errors"
 
 
 def test_sampled_llpr_is_unbiased_for_the_exact_variance(graphs):

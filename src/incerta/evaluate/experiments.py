@@ -26,15 +26,15 @@ from incerta.uq.base import FitSettings
 from incerta.uq.fit import fit_uncertainty
 from incerta.uq.model import Aggregate
 from incerta.uq.predict import collect
-from incerta.uq.store import has_uncertainty, load_uncertain_potential, read_uncertainty_metadata
+from incerta.uq.store import has_uncertainty, load_uncertain_potential, potential_digest, read_uncertainty_metadata
 from incerta.utils.files import atomic_write, atomic_write_text
 
 
 def attach_method(base_model: Path, folder: Path, method: str, splits: Splits, fit: FitSection, seed: int,
                   progress: bool, options: dict | None = None) -> dict:
     """``folder`` = copy of ``base_model`` with ``method`` (built with ``options``) fitted and
-    calibrated (skipped if done)."""
-    if has_uncertainty(folder):
+    calibrated (skipped if done for the base model's present weights)."""
+    if has_uncertainty(folder) and potential_digest(folder) == potential_digest(base_model):
         return json.loads(read_uncertainty_metadata(folder)["report"])
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

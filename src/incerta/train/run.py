@@ -129,11 +129,11 @@ def train_run(
         atomic_write_text(run_dir / "splits.json", json.dumps(data.record, indent=1))
 
     seed = config.seed + 1000 * member
-    model = build_potential(config.model, data.statistics, seed)
-    if initial_model is not None:
-        warm = load_potential(initial_model)
-        if set(data.statistics.species) <= set(warm.species):
-            model = warm.train()
+    warm = None if initial_model is None else load_potential(initial_model)
+    if warm is not None and set(data.statistics.species) <= set(warm.species):
+        model = warm.train()
+    else:
+        model = build_potential(config.model, data.statistics, seed)
     dtype = model_dtype(model)
     trainer = Trainer(
         model, config.training, data.train(dtype), data.validation(dtype),
@@ -148,15 +148,16 @@ def train_run(
 
     best = load_potential(trainer.best_path)
     save_potential(best, run_dir / "model")
+    tests = data.tests(best)
     metrics = {
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "train_time_s": state.elapsed_s,
         "validation": error_metrics(best, trainer.validation_graphs),
-        "test": {name: error_metrics(best, graphs) for name, graphs in data.tests(best).items()},
+        "test": {name: error_metrics(best, graphs) for name, graphs in tests.items()},
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    return TrainedRun(run_dir, metrics, best, state.history, {"validation": trainer.validation_graphs, **data.tests(best)})
+    return TrainedRun(run_dir, metrics, best, state.history, {"validation": trainer.validation_graphs, **tests})
 
 
 @dataclass

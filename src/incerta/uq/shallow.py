@@ -63,10 +63,17 @@ class ShallowEnsemble(UncertaintyMethod):
         self.num_heads, self.init_noise, self.forces_weight, self.backbone = heads, init_noise, forces_weight, backbone
         source = potential.readout.output
         self.heads = nn.Linear(source.in_features, heads).to(source.weight.dtype)
+        self._initialise_heads(seed=0)
+
+    def _initialise_heads(self, seed: int) -> None:
+        """Heads = the readout's last layer plus noise of relative size ``init_noise``, drawn from
+        ``seed`` (not the global generator, whose state depends on what ran before)."""
+        source = self.potential.readout.output
+        noise = torch.randn(self.heads.weight.shape, generator=torch.Generator().manual_seed(seed), dtype=source.weight.dtype)
         with torch.no_grad():
-            spread = init_noise * (source.weight.abs().mean() + 1e-2)
-            self.heads.weight.copy_(source.weight.expand(heads, -1) + spread * torch.randn_like(self.heads.weight))
-            self.heads.bias.copy_(source.bias.expand(heads))
+            spread = self.init_noise * (source.weight.abs().mean() + 1e-2)
+            self.heads.weight.copy_(source.weight.expand(self.num_heads, -1) + spread * noise.to(source.weight.device))
+            self.heads.bias.copy_(source.bias.expand(self.num_heads))
 
     @property
     def modifies_potential(self) -> bool:
@@ -124,6 +131,7 @@ class ShallowEnsemble(UncertaintyMethod):
         return total / sum(len(t[0]) for t in terms)
 
     def fit(self, train: Sequence[AtomicGraph], validation: Sequence[AtomicGraph], settings: FitSettings) -> dict:
+        self._initialise_heads(settings.seed)
         if self.backbone:
             return train_module(self, self._backbone_loss, train, validation, settings.epochs, settings.lr,
                                 settings.batch_size, settings.seed, settings.progress, "shallow ensemble")

@@ -1,12 +1,15 @@
 """Attach an uncertainty method to a model folder, and load it back.
 
 ``MODEL/uncertainty.safetensors`` holds the method's tensors and, as metadata, the
-method name, its constructor options, the calibration and the fit report. The base
-potential stays in ``MODEL/potential.safetensors``; nothing is ever unpickled.
+method name, its constructor options, the calibration, the fit report and the SHA-256 of the
+potential file it was fitted for. The base potential stays in ``MODEL/potential.safetensors``;
+nothing is ever unpickled. A model trained again after its fit has other weights: its
+uncertainty is then refused when loaded, never applied to weights it was not fitted for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -33,6 +36,20 @@ def has_uncertainty(model: str | Path) -> bool:
         return False
 
 
+def potential_digest(model: str | Path) -> str:
+    """SHA-256 of the model's potential file (weights, architecture and statistics)."""
+    return hashlib.sha256(model_file(model).read_bytes()).hexdigest()
+
+
+def uncertainty_is_current(model: str | Path) -> bool:
+    """Whether ``model`` holds an uncertainty fitted for its present potential (a file written
+    before the digest was recorded counts as current)."""
+    if not has_uncertainty(model):
+        return False
+    fitted_for = read_uncertainty_metadata(model).get("potential_sha256")
+    return fitted_for is None or fitted_for == potential_digest(model)
+
+
 def save_uncertainty(model: str | Path, method: UncertaintyMethod, calibration: Calibration, report: dict) -> Path:
     """Write (atomically) the fitted method and its calibration beside the potential."""
     tensors = {
@@ -40,7 +57,8 @@ def save_uncertainty(model: str | Path, method: UncertaintyMethod, calibration: 
         if method.modifies_potential or "potential" not in k.split(".")[:-1]  # the base potential is saved beside
     }
     metadata = {"method": method.name, "options": json.dumps(method.options()),
-                "calibration": calibration.to_json(), "report": json.dumps(report)}
+                "calibration": calibration.to_json(), "report": json.dumps(report),
+                "potential_sha256": potential_digest(model)}
     return write_tensors(uncertainty_file(model), tensors, UQ_FORMAT, UQ_FORMAT_VERSION, metadata)
 
 
@@ -54,6 +72,9 @@ def read_uncertainty_metadata(model: str | Path) -> dict[str, str]:
 
 def load_uncertain_potential(model: str | Path, aggregate: Aggregate = "max") -> UncertainPotential:
     """The potential of ``model`` with its attached, calibrated uncertainty method."""
+    if not uncertainty_is_current(model):
+        raise CheckpointError(f"{uncertainty_file(model)} was fitted for other weights than {model_file(model)} "
+                              "(the model was trained again after `incerta uq fit`?): run `incerta uq fit` again")
     metadata = read_uncertainty_metadata(model)
     potential = load_potential(model)
     method = METHODS[metadata["method"]].rebuild(potential, json.loads(metadata["options"]))
