@@ -81,7 +81,7 @@ BUILT_KEPT = 8
 
 
 def _built(spec: PotentialSpec) -> Potential:
-    """A new module of architecture ``spec`` (its weights to be loaded), copied from the last one built."""
+    """A new module of architecture ``spec`` (its weights to be loaded): a copy of one built before."""
     key = spec.model_dump_json()
     if key in _BUILT:
         _BUILT.move_to_end(key)
