@@ -117,11 +117,16 @@ class UncertaintyMethod(nn.Module, ABC):
         hold the raw scores (a package compiled with this fit) or the scores follow from them."""
         return self.scores_from_outputs or K.ATOM_SCORE in outputs
 
+    def raw_scores(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``atom_score`` (N,) and ``energy_score`` (B,) of ``outputs`` for ``graph``: those they hold
+        (a package compiled with this method's weights, or this method's own predictions), else
+        :meth:`output_scores` of the potential's outputs."""
+        return outputs if K.ATOM_SCORE in outputs else self.output_scores(graph, outputs)
+
     def scores(self, graph: AtomicGraph, outputs: dict[str, torch.Tensor]) -> UncertainOutput:
         """``forward``'s result from ``outputs``, the potential's own outputs for ``graph`` (forces
-        included), or this method's, which already hold the raw scores where a package compiled
-        with this method's weights computed them; only where :meth:`reads_scores`."""
-        raw = outputs if K.ATOM_SCORE in outputs else self.output_scores(graph, outputs)
+        included) or this method's (:meth:`raw_scores`); only where :meth:`reads_scores`."""
+        raw = self.raw_scores(graph, outputs)
         return UncertainOutput(outputs[K.ENERGY], outputs[K.FORCES], raw[K.ATOM_SCORE], raw[K.ENERGY_SCORE],
                                outputs.get(K.STRESS), outputs.get(K.ATOMIC_ENERGIES), outputs.get(K.NODE_FEATURES))
 

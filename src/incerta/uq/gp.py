@@ -44,6 +44,7 @@ from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
 from incerta.models.derivatives import derivatives, differentiable_inputs
 from incerta.models.potential import Potential
+from incerta.nn.electronic import segment_sum
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
 from incerta.uq.finetune import train_module
 
@@ -139,10 +140,8 @@ class SVGPUncertainty(UncertaintyMethod):
             atom_var = self.gp.covar_module.outputscale + jitter + ((cross @ correction) * cross).sum(1)
             same = batch.unsqueeze(1) == batch.unsqueeze(0)
             pairs = (self._rbf(z, z) * same).sum(1) + jitter
-            per_structure = lambda values: torch.zeros((num_graphs, *values.shape[1:]), dtype=values.dtype,
-                                                       device=values.device).index_add(0, batch, values)
-            summed = per_structure(cross)
-            structure_var = per_structure(pairs) + ((summed @ correction) * summed).sum(1)
+            summed = segment_sum(cross, batch, num_graphs)
+            structure_var = segment_sum(pairs, batch, num_graphs) + ((summed @ correction) * summed).sum(1)
         return self.gp.mean_module.constant + cross @ weights, atom_var, structure_var
 
     def _predict(self, graph: AtomicGraph, forces: bool, compute_stress: bool, create_graph: bool,
@@ -155,7 +154,7 @@ class SVGPUncertainty(UncertaintyMethod):
         if self.modifies_potential:  # the GP is the readout: E_i = mu_i + species shift
             species = self.potential.species_index(graph.numbers) if species is None else species
             atomic = gp_mean.to(out[K.ENERGY].dtype) + self.potential.scale_shift.shift[species]
-            energy = torch.zeros_like(out[K.ENERGY]).index_add(0, graph.batch, atomic)
+            energy = segment_sum(atomic, graph.batch, graph.num_graphs)
         else:
             atomic, energy = out[K.ATOMIC_ENERGIES], out[K.ENERGY]
         return energy, atomic, atom_std, structure_std, derivatives(energy, inputs, create_graph), out

@@ -85,7 +85,7 @@ class UncertainPotential(nn.Module):
         (elements known to the model) or the method's own (holding its raw scores), in traceable
         torch operations: what ``incerta compile`` builds into the package of a method with
         ``scores_from_outputs`` or ``compiles_predictions``."""
-        raw = outputs if K.ATOM_SCORE in outputs else self.method.output_scores(graph, outputs)
+        raw = self.method.raw_scores(graph, outputs)
         return {**raw, **self.calibrated(raw[K.ATOM_SCORE], raw[K.ENERGY_SCORE], graph)}
 
     def fingerprint(self) -> str:

@@ -42,11 +42,14 @@ def potential_digest(model: str | Path) -> str:
 
 
 def uncertainty_is_current(model: str | Path) -> bool:
-    """Whether ``model`` holds an uncertainty fitted for its present potential (a file written
-    before the digest was recorded counts as current)."""
-    if not has_uncertainty(model):
-        return False
-    fitted_for = read_uncertainty_metadata(model).get("potential_sha256")
+    """Whether ``model`` holds an uncertainty fitted for its present potential."""
+    return has_uncertainty(model) and _fitted_for_present_weights(model, read_uncertainty_metadata(model))
+
+
+def _fitted_for_present_weights(model: str | Path, metadata: dict[str, str]) -> bool:
+    """Whether the fit of ``metadata`` was made for ``model``'s present potential file (a file
+    written before the digest was recorded counts as such)."""
+    fitted_for = metadata.get("potential_sha256")
     return fitted_for is None or fitted_for == potential_digest(model)
 
 
@@ -72,10 +75,10 @@ def read_uncertainty_metadata(model: str | Path) -> dict[str, str]:
 
 def load_uncertain_potential(model: str | Path, aggregate: Aggregate = "max") -> UncertainPotential:
     """The potential of ``model`` with its attached, calibrated uncertainty method."""
-    if not uncertainty_is_current(model):
+    metadata = read_uncertainty_metadata(model)
+    if not _fitted_for_present_weights(model, metadata):
         raise CheckpointError(f"{uncertainty_file(model)} was fitted for other weights than {model_file(model)} "
                               "(the model was trained again after `incerta uq fit`?): run `incerta uq fit` again")
-    metadata = read_uncertainty_metadata(model)
     potential = load_potential(model)
     method = METHODS[metadata["method"]].rebuild(potential, json.loads(metadata["options"]))
     state = method.state_dict()
