@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import sqlite3
 
 import ase.io
@@ -57,6 +59,29 @@ def test_extxyz_gzip_and_ref_keys_and_charge(tmp_path):
     assert (frame.charge, frame.spin) == (-1.0, 1.0)
     explicit = read_frames(path, keys=KeyMap(energy="energy"))[0]
     assert explicit.energy == 99.0
+
+
+@pytest.mark.parametrize("opener, suffix", [(gzip.open, "gz"), (bz2.open, "bz2"), (lzma.open, "xz")], ids=["gz", "bz2", "xz"])
+def test_compressed_extxyz_reads_every_frame_in_order(good_xyz, tmp_path, opener, suffix):
+    """Compressed files are decompressed once (not again for every frame) and give the plain file's frames."""
+    text = good_xyz.read_text() * 3
+    plain, compressed = tmp_path / "nine.xyz", tmp_path / f"nine.xyz.{suffix}"
+    plain.write_text(text)
+    with opener(compressed, "wt") as handle:
+        handle.write(text)
+    expected, frames = read_frames(plain), read_frames(compressed)
+    assert len(frames) == 9 and frames[8].source == f"{compressed}, frame 8"
+    for got, want in zip(frames, expected):
+        np.testing.assert_array_equal(got.positions, want.positions)
+        np.testing.assert_array_equal(got.forces, want.forces)
+        assert got.energy == want.energy
+
+
+def test_truncated_compressed_xyz_names_the_file(good_xyz, tmp_path):
+    bad = tmp_path / "cut.xyz.gz"
+    bad.write_bytes(gzip.compress(good_xyz.read_bytes())[:-30])
+    with pytest.raises(DataError, match=r"cut.xyz.gz: cannot parse frame 0 .*truncated"):
+        read_frames(bad)
 
 
 def test_extxyz_stress_and_virial(tmp_path):

@@ -144,6 +144,13 @@ def test_combined_reuses_an_error_method_fitted_before(tmp_path):
     torch.testing.assert_close(reused.projection, fitted.projection)
     with pytest.raises(ConfigError, match="has 'llpr' attached, not 'lnk'"):
         fit_uncertainty(second, "combined", frames[:10], frames[10:], {"error_model": str(first)}, FitSettings(progress=False))
+    other = tmp_path / "other"
+    save_potential(make_model(seed=1), other)
+    with pytest.raises(ConfigError, match="holds another potential than the model being fitted"):
+        fit_uncertainty(other, "combined", frames[:10], frames[10:], options, FitSettings(progress=False))
+    save_potential(make_model(seed=2), first)  # trained again after its LLPR fit
+    with pytest.raises(ConfigError, match="fitted for other weights than its potential"):
+        fit_uncertainty(second, "combined", frames[:10], frames[10:], options, FitSettings(progress=False))
 
 
 def strained_stresses(energies_of, atoms, step: float = 1e-5) -> np.ndarray:

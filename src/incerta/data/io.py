@@ -18,8 +18,11 @@ Every reader checks each frame (see :mod:`incerta.data.validation`) and raises o
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import ase.io
 import numpy as np
 from ase import units
 from ase.data import atomic_numbers
+from ase.io.formats import get_compression, open_with_compression
 
 from incerta.data.frame import Frame
 from incerta.data.validation import DataError, check_frames
@@ -89,8 +93,9 @@ def read_extxyz(path: str | Path, keys: KeyMap = KeyMap(), energy_unit: float = 
     path = Path(path)
     frames: list[Frame] = []
     try:
-        for index, atoms in enumerate(ase.io.iread(path, index=":", format="extxyz")):
-            frames.append(frame_from_atoms(atoms, f"{path}, frame {index}", keys, energy_unit, length_unit))
+        with _seekable_text(path) as text:
+            for index, atoms in enumerate(ase.io.iread(text, index=":", format="extxyz")):
+                frames.append(frame_from_atoms(atoms, f"{path}, frame {index}", keys, energy_unit, length_unit))
     except DataError:
         raise
     except Exception as err:  # ASE raises many types for malformed text
@@ -101,6 +106,27 @@ def read_extxyz(path: str | Path, keys: KeyMap = KeyMap(), energy_unit: float = 
     if not frames:
         raise DataError(f"{path}: no structures found")
     return frames
+
+
+#: decompressed text kept in memory up to this size (bytes), beyond it in a temporary file
+SPOOL_BYTES = 256 * 2**20
+
+
+@contextmanager
+def _seekable_text(path: Path) -> Iterator:
+    """``path``'s text as a file whose seeks are cheap. ASE's extxyz reader indexes the frames and
+    then seeks back to each one; in a compressed stream a seek back decompresses again from the
+    start, so reading took time quadratic in the frames (400 frames of ethanol .xyz.gz: 1.2 s, of
+    which 0.9 s seeking): a compressed file is decompressed once, into a spooled temporary file."""
+    if get_compression(str(path))[1] is None:
+        with open(path) as handle:
+            yield handle
+        return
+    with open_with_compression(str(path)) as compressed, \
+            tempfile.SpooledTemporaryFile(SPOOL_BYTES, mode="w+", encoding="utf-8") as text:
+        shutil.copyfileobj(compressed, text)
+        text.seek(0)
+        yield text
 
 
 def frame_from_atoms(atoms: ase.Atoms, source: str, keys: KeyMap, e_unit: float, l_unit: float) -> Frame:

@@ -34,7 +34,9 @@ from torch import nn
 from incerta.config.schema import ConfigError
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
+from incerta.models.compiled import weights_digest
 from incerta.models.potential import Potential
+from incerta.train.checkpoint import load_potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod
 from incerta.uq.gmm import fit_mixture, latent_features, mixture_nll, register_mixture
 from incerta.uq.methods import METHODS
@@ -115,12 +117,18 @@ class CombinedUncertainty(UncertaintyMethod):
 
     def _reuse_error(self) -> dict:
         """Load the error method already fitted on ``error_model`` (a model folder with the same
-        base potential and that method attached); returns its fit report."""
-        from incerta.uq.store import read_uncertainty_metadata, uncertainty_file
+        base potential and that method attached, fitted for it); returns its fit report."""
+        from incerta.uq.store import read_uncertainty_metadata, uncertainty_file, uncertainty_is_current
 
         metadata = read_uncertainty_metadata(self.error_model)
         if metadata["method"] != self.error_name:
             raise ConfigError(f"combined: {self.error_model} has '{metadata['method']}' attached, not '{self.error_name}'")
+        if not uncertainty_is_current(self.error_model):
+            raise ConfigError(f"combined: the '{self.error_name}' of {self.error_model} was fitted for other weights "
+                              "than its potential (trained again since?): fit it again there, or drop error_model")
+        if weights_digest(load_potential(self.error_model)) != weights_digest(self.potential):
+            raise ConfigError(f"combined: {self.error_model} holds another potential than the model being fitted; "
+                              "error_model must be a folder of the same model")
         state = {**self.error.state_dict(), **read_tensors(uncertainty_file(self.error_model), "uncertainty")}
         self.error.load_state_dict(state)
         return {"reused": str(self.error_model), **json.loads(metadata["report"])}
