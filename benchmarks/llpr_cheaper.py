@@ -1,0 +1,112 @@
+"""Cheaper LLPR force uncertainties against the exact propagation: how few backward rows rank like it?
+
+Issue 15 asks for LLPR's per-atom force uncertainty at <= 2.5x the bare compiled model,
+checked against the exact Jacobian result (Spearman of the two >= 0.95). Compiled, the bare
+model costs 2.41 ms on acac and every extra backward row about 1.2-1.4 ms
+(``llpr_compiled.json``), so 2.5x leaves room for about 3 rows. This script measures, on the
+fast model of ``speed.py`` with LLPR fitted on its training split (as ``llpr_compiled.py``
+does), the per-atom Spearman against the exact propagation (all H last-layer directions) on
+acac 300 K and 600 K test frames of
+
+* ``rank k``: the k leading directions of the posterior (k rows; the library's default is 8);
+* ``samples M``: M last-layer weight draws from the posterior, propagated like an ensemble's
+  heads (M rows; one fixed draw, as the method stores it);
+* ``stopped at layer L``: all H directions, with each row's backward stopped at the input of
+  interaction layer L (the earlier layers' features held fixed): a row then costs a backward
+  through the last layers only.
+
+and each one's Spearman against the force error, beside the exact one's.
+
+    .venv/bin/python benchmarks/llpr_cheaper.py     # after speed.py has trained the fast model
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import INCERTA, WORK, print_table, shared_data, write_results
+
+from incerta.data import keys as K
+from incerta.data.graph import AtomicGraph
+from incerta.data.io import read_frames
+from incerta.models.derivatives import differentiable_inputs, position_jacobian
+from incerta.models.predict import graphs_for
+from incerta.uq.llpr import LLPRUncertainty
+from incerta.uq.metrics import spearman
+from incerta.uq.store import load_uncertain_potential
+
+RANKS = (1, 2, 3, 4, 8)
+SAMPLES = (4, 8, 16)
+
+
+def fitted_llpr(model: Path, data: Path) -> LLPRUncertainty:
+    """LLPR (rank 8) fitted on ``data``'s train / valid split, attached to a copy of ``model``."""
+    folder = WORK / "llpr_cheaper" / "model"
+    if not (folder / "uncertainty.safetensors").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "potential.safetensors").write_bytes((model / "potential.safetensors").read_bytes())
+        subprocess.run([INCERTA, "uq", "fit", folder, "--method", "llpr", "--train", data / "train.xyz",
+                        "--val", data / "valid.xyz"], check=True)
+    return load_uncertain_potential(folder).eval().method
+
+
+def feature_jacobian(method: LLPRUncertainty, graph: AtomicGraph, stop_at: str | None = None):
+    """Position Jacobian (N, 3, H) of the summed last-layer features (float64), with the backward
+    stopped at the input of block ``stop_at`` when given, and the force error norms (N,) eV/Å."""
+    potential = method.potential
+    inputs = differentiable_inputs(graph, forces=True, stress=False)
+    data = potential.inputs(inputs.graph)
+    for name, block in potential.blocks:
+        if name == stop_at:
+            data[K.NODE_FEATURES] = data[K.NODE_FEATURES].detach()
+        data.update(block(data))
+    energy = sum(data[term] for term in potential.energy_terms).sum()
+    rows = position_jacobian(torch.cat([energy.unsqueeze(0), data[K.LAST_LAYER_FEATURES].sum(0)]), inputs.positions,
+                             batched=True)
+    error = torch.linalg.norm(-rows[0] - graph.forces, dim=1)
+    return rows[1:].detach().double().permute(1, 2, 0), error.detach().double()
+
+
+def per_atom_sigma(jacobian: torch.Tensor, projection: torch.Tensor) -> np.ndarray:
+    """sqrt(sum_k |J P_k|^2) (N,) for a projection (H, k) of the posterior."""
+    return torch.einsum("nah,hk->nak", jacobian, projection).pow(2).sum((1, 2)).sqrt().numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=WORK / "speed" / "fast", help="folder with the fast model")
+    parser.add_argument("--data", type=Path, default=WORK / "accuracy_acac", help="train.xyz / valid.xyz of its training")
+    parser.add_argument("--frames", type=int, default=100, help="test frames per temperature")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    method = fitted_llpr(args.model, args.data)
+    exact = method.posterior_factor()
+    draws = torch.randn(exact.shape[0], max(SAMPLES), dtype=exact.dtype, generator=torch.Generator().manual_seed(0))
+    layers = [name for name, _ in method.potential.blocks if name.startswith("interactions.")][1:]
+    acac = shared_data() / "botnet" / "dataset_acac"
+    results, rows = {}, []
+    for group in ("300K", "600K"):
+        graphs = graphs_for(method.potential, read_frames(acac / f"test_MD_{group}.xyz")[: args.frames])
+        full = [feature_jacobian(method, g) for g in graphs]
+        jacobian, error = torch.cat([j for j, _ in full]), torch.cat([e for _, e in full]).numpy()
+        reference = per_atom_sigma(jacobian, exact)
+        variants = {f"rank {k}": per_atom_sigma(jacobian, method.posterior_factor(k)) for k in RANKS}
+        variants.update({f"samples {m}": per_atom_sigma(jacobian, exact @ draws[:, :m] / m**0.5) for m in SAMPLES})
+        for layer in layers:
+            stopped = torch.cat([feature_jacobian(method, g, layer)[0] for g in graphs])
+            variants[f"stopped at {layer}"] = per_atom_sigma(stopped, exact)
+        results[group] = {"exact": {"spearman_vs_error": spearman(reference, error), "rows": exact.shape[1]}}
+        for name, sigma in variants.items():
+            results[group][name] = {"spearman_vs_exact": spearman(sigma, reference), "spearman_vs_error": spearman(sigma, error)}
+        rows += [[group, name, r.get("spearman_vs_exact", 1.0), r["spearman_vs_error"]] for name, r in results[group].items()]
+    print_table("LLPR per-atom force uncertainty: cheaper propagations against the exact one (acac, fast model)",
+                ["test", "propagation", "Spearman vs exact", "Spearman vs |dF|"], rows)
+    write_results("llpr_cheaper", {"model": str(args.model), "frames_per_group": args.frames, "groups": results})
+
+
+if __name__ == "__main__":
+    main()
