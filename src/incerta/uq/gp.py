@@ -153,8 +153,8 @@ class SVGPUncertainty(UncertaintyMethod):
         (D = 8, 2 threads) the whole kernel took 2.4 GB and 5.4-5.7 s, the blocks 0.12 GB and
         2.8-2.9 s. A traced program (symbolic N) evaluates it whole."""
         count = z.shape[0]
-        rows = max(1, KERNEL_BLOCK // count) if isinstance(count, int) and count else count
-        if not isinstance(count, int) or rows >= count:
+        rows = max(1, KERNEL_BLOCK // max(count, 1)) if isinstance(count, int) else None
+        if rows is None or rows >= count:
             return (self._rbf(z, z) * (batch.unsqueeze(1) == batch.unsqueeze(0))).sum(1)
         return torch.cat([(self._rbf(z[start:start + rows], z) * (batch[start:start + rows, None] == batch)).sum(1)
                           for start in range(0, count, rows)])
