@@ -35,7 +35,7 @@ from incerta.data.graph import AtomicGraph
 from incerta.data.io import read_frames
 from incerta.models.derivatives import differentiable_inputs, position_jacobian
 from incerta.models.predict import graphs_for
-from incerta.uq.llpr import LLPRUncertainty
+from incerta.uq.llpr import LLPRUncertainty, last_layer_terms
 from incerta.uq.metrics import spearman
 from incerta.uq.store import load_uncertain_potential
 
@@ -54,9 +54,9 @@ def fitted_llpr(model: Path, data: Path) -> LLPRUncertainty:
     return load_uncertain_potential(folder).eval().method
 
 
-def feature_jacobian(method: LLPRUncertainty, graph: AtomicGraph, stop_at: str | None = None):
-    """Position Jacobian (N, 3, H) of the summed last-layer features (float64), with the backward
-    stopped at the input of block ``stop_at`` when given, and the force error norms (N,) eV/Å."""
+def stopped_jacobian(method: LLPRUncertainty, graph: AtomicGraph, stop_at: str) -> torch.Tensor:
+    """Position Jacobian (N, 3, H) of the summed last-layer features (float64) with the backward
+    stopped at the input of block ``stop_at`` (the node features it reads held fixed)."""
     potential = method.potential
     inputs = differentiable_inputs(graph, forces=True, stress=False)
     data = potential.inputs(inputs.graph)
@@ -64,11 +64,8 @@ def feature_jacobian(method: LLPRUncertainty, graph: AtomicGraph, stop_at: str |
         if name == stop_at:
             data[K.NODE_FEATURES] = data[K.NODE_FEATURES].detach()
         data.update(block(data))
-    energy = sum(data[term] for term in potential.energy_terms).sum()
-    rows = position_jacobian(torch.cat([energy.unsqueeze(0), data[K.LAST_LAYER_FEATURES].sum(0)]), inputs.positions,
-                             batched=True)
-    error = torch.linalg.norm(-rows[0] - graph.forces, dim=1)
-    return rows[1:].detach().double().permute(1, 2, 0), error.detach().double()
+    rows = position_jacobian(data[K.LAST_LAYER_FEATURES].sum(0), inputs.positions, batched=True)
+    return rows.detach().double().permute(1, 2, 0)
 
 
 def per_atom_sigma(jacobian: torch.Tensor, projection: torch.Tensor) -> np.ndarray:
@@ -91,13 +88,15 @@ def main() -> None:
     results, rows = {}, []
     for group in ("300K", "600K"):
         graphs = graphs_for(method.potential, read_frames(acac / f"test_MD_{group}.xyz")[: args.frames])
-        full = [feature_jacobian(method, g) for g in graphs]
-        jacobian, error = torch.cat([j for j, _ in full]), torch.cat([e for _, e in full]).numpy()
+        terms = [last_layer_terms(method.potential, g) for g in graphs]  # the exact rows, as LLPR has them
+        jacobian = torch.cat([jacobian for _, _, jacobian, _ in terms])
+        error = torch.cat([torch.linalg.norm(grads[K.FORCES].detach() - g.forces, dim=1)
+                           for g, (_, _, _, grads) in zip(graphs, terms)]).double().numpy()
         reference = per_atom_sigma(jacobian, exact)
         variants = {f"rank {k}": per_atom_sigma(jacobian, method.posterior_factor(k)) for k in RANKS}
         variants.update({f"samples {m}": per_atom_sigma(jacobian, exact @ draws[:, :m] / m**0.5) for m in SAMPLES})
         for layer in layers:
-            stopped = torch.cat([feature_jacobian(method, g, layer)[0] for g in graphs])
+            stopped = torch.cat([stopped_jacobian(method, g, layer) for g in graphs])
             variants[f"stopped at {layer}"] = per_atom_sigma(stopped, exact)
         results[group] = {"exact": {"spearman_vs_error": spearman(reference, error), "rows": exact.shape[1]}}
         for name, sigma in variants.items():

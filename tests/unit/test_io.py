@@ -63,7 +63,7 @@ def test_extxyz_gzip_and_ref_keys_and_charge(tmp_path):
 
 @pytest.mark.parametrize("opener, suffix", [(gzip.open, "gz"), (bz2.open, "bz2"), (lzma.open, "xz")], ids=["gz", "bz2", "xz"])
 def test_compressed_extxyz_reads_every_frame_in_order(good_xyz, tmp_path, opener, suffix):
-    """Compressed files are decompressed once (not again for every frame) and give the plain file's frames."""
+    """A compressed file (decompressed once into a seekable copy) gives the plain file's frames, in order."""
     text = good_xyz.read_text() * 3
     plain, compressed = tmp_path / "nine.xyz", tmp_path / f"nine.xyz.{suffix}"
     plain.write_text(text)
