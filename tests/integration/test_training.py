@@ -59,6 +59,23 @@ def test_training_lowers_validation_error(tmp_path, acac):
     assert test_after["forces_rmse_meV_per_A"] < 0.5 * test_before["forces_rmse_meV_per_A"]
 
 
+def test_the_highest_rotation_order_trains_with_its_constants_intact(tmp_path, acac):
+    """l_max 3 (the largest the config allows): the averaged weights it saves keep every
+    constant buffer of the network as built (a copied compiled tensor product orders them
+    differently), so the saved model predicts what the trained one does."""
+    config = load_config(small_config(tmp_path, acac, epochs=1), ["model.l_max=3", "model.num_layers=3", "training.ema_decay=0.5"])
+    train_run(config, tmp_path / "run")
+    trained = load_potential(tmp_path / "run")
+    splits = prepare_splits(config.data, config.seed)
+    graphs = [frame_to_graph(f, config.model.cutoff) for f in splits.train]
+    built = build_potential(config.model, DataStatistics.from_frames(splits.train, graphs, read_frames(acac / "isolated_atoms.xyz")))
+    constants = dict(built.named_buffers())
+    assert constants.keys() == dict(trained.named_buffers()).keys()
+    for name, value in trained.named_buffers():
+        torch.testing.assert_close(value, constants[name], msg=name)
+    assert error_metrics(trained, graphs_for(trained, splits.validation))["forces_rmse_meV_per_A"] < 1e4
+
+
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "potential.safetensors"))
 

@@ -13,6 +13,8 @@ No ``from __future__ import annotations`` here: TorchScript (model export) reads
 annotations of the chunked path it skips, and resolves only real types, not strings.
 """
 
+import copy
+
 import torch
 from e3nn import nn as enn
 from e3nn import o3
@@ -87,10 +89,13 @@ class Interaction(Block):
         instructions = [(i1, i2, mid.index((mul, ir_out)), "uvu", True) for i1, i2, mul, ir_out in paths]
 
         self.linear_up = o3.Linear(irreps_in, irreps_in)
-        self.tensor_product = o3.TensorProduct(
+        # held as a copy: copying e3nn's generated code re-traces it, and for l = 3 paths the
+        # re-traced code reads some constants as new buffers; built so from the start, every
+        # later copy (training's weight average, loading) has the same buffers as the original
+        self.tensor_product = copy.deepcopy(o3.TensorProduct(
             irreps_in, irreps_sh, irreps_mid, instructions,
             shared_weights=False, internal_weights=False,
-        )
+        ))
         self.radial = enn.FullyConnectedNet(
             [num_basis, *radial_hidden, self.tensor_product.weight_numel], torch.nn.functional.silu
         )
