@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import pytest
 import torch
@@ -41,6 +42,29 @@ def test_loads_of_one_architecture_are_independent_models(tmp_path, ethanol):
     assert predict(third, ethanol)["energy"] == predict(other, ethanol)["energy"]
     assert predict(first, ethanol)["energy"] != predict(model, ethanol)["energy"]
     assert second is not first and next(second.parameters()) is not next(first.parameters())
+
+
+def test_threads_load_models_at_the_same_time(tmp_path, ethanol):
+    """Building and copying a model traces e3nn's code with torch.fx, which is not thread-safe:
+    loads from several threads at once (each building its architecture) all succeed, with the
+    right weights."""
+    models = [make_model(seed=s, l_max=s % 3, cutoff=4.0 + 0.1 * s) for s in range(4)]
+    for index, model in enumerate(models):
+        save_potential(model, tmp_path / str(index))
+    loaded: dict[int, list] = {index: [] for index in range(len(models))}
+
+    def load(index: int) -> None:
+        for _ in range(3):
+            loaded[index].append(load_potential(tmp_path / str(index)))
+
+    threads = [threading.Thread(target=load, args=(index,)) for index in range(len(models))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, model in enumerate(models):
+        assert len(loaded[index]) == 3, "a load failed in its thread"
+        assert predict(loaded[index][-1], ethanol)["energy"] == predict(model, ethanol)["energy"]
 
 
 def test_an_uncertainty_fitted_for_other_weights_is_refused(tmp_path):

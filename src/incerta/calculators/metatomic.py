@@ -46,6 +46,7 @@ from torch import nn
 from incerta.data import keys as K
 from incerta.data.graph import cell_volumes
 from incerta.models.potential import Potential
+from incerta.nn.codegen import CODEGEN_LOCK
 from incerta.nn.electronic import segment_sum
 from incerta.train.checkpoint import load_potential
 from incerta.uq.calibration import Calibration, ScoreMap, StressMaps, map_score, stress_score, voigt_sigma
@@ -353,7 +354,8 @@ def export_model(model: str | Path | Potential | UncertainPotential, out: str | 
     if isinstance(model, (str, Path)):
         model = load_uncertain_potential(model) if uncertainty and has_uncertainty(model) else load_potential(model)
     uncertain = model if isinstance(model, UncertainPotential) and uncertainty else None
-    potential = copy.deepcopy(model.potential if isinstance(model, UncertainPotential) else model)
+    with CODEGEN_LOCK:
+        potential = copy.deepcopy(model.potential if isinstance(model, UncertainPotential) else model)
     potential = potential.to(getattr(torch, dtype)).eval()
     module = MetatomicPotential(potential, scripted_blocks(potential, uncertain), uncertain)
     capabilities = ModelCapabilities(

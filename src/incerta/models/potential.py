@@ -23,6 +23,7 @@ from incerta.data.graph import AtomicGraph
 from incerta.models.derivatives import derivatives, differentiable_inputs
 from incerta.models.spec import PotentialSpec
 from incerta.nn.block import Block, BlockError, Data, check_blocks
+from incerta.nn.codegen import CODEGEN_LOCK
 from incerta.nn.dispersion import D3Dispersion
 from incerta.nn.edges import EdgeHarmonics, EdgeVectors
 from incerta.nn.electronic import ElectronicEmbedding, segment_sum
@@ -94,7 +95,8 @@ class Potential(nn.Module):
         lookup = torch.full((len(chemical_symbols),), -1, dtype=torch.long)
         lookup[torch.tensor(spec.species)] = torch.arange(len(spec.species))
         self.register_buffer("species_lookup", lookup, persistent=False)
-        blocks = list(potential_blocks(spec) if blocks is None else blocks)
+        with CODEGEN_LOCK:
+            blocks = list(potential_blocks(spec) if blocks is None else blocks)
         check_blocks(blocks, INPUT_KEYS)
         self.energy_terms = [block.energy_key for _, block in blocks if block.energy_key is not None]
         if not self.energy_terms:

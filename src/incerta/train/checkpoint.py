@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from incerta.models.potential import Potential
 from incerta.models.predict import model_dtype
 from incerta.models.spec import PotentialSpec
+from incerta.nn.codegen import CODEGEN_LOCK
 from incerta.utils.files import atomic_write
 from incerta.utils.tensor_files import CheckpointError, read_metadata, read_tensors, write_tensors
 
@@ -83,7 +84,8 @@ def _architecture(spec_json: str) -> Potential:
 
 def _built(spec: PotentialSpec) -> Potential:
     """A new module of architecture ``spec`` (its weights to be loaded): a copy of one built before."""
-    return copy.deepcopy(_architecture(spec.model_dump_json()))
+    with CODEGEN_LOCK:
+        return copy.deepcopy(_architecture(spec.model_dump_json()))
 
 
 def build_loaded(spec: PotentialSpec, state: dict[str, torch.Tensor], dtype: str, origin: str) -> Potential:

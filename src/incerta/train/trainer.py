@@ -26,6 +26,7 @@ from incerta.data.splits import epoch_order
 from incerta.data.store import StoreView
 from incerta.models.potential import Potential
 from incerta.models.predict import error_metrics
+from incerta.nn.codegen import CODEGEN_LOCK
 from incerta.train.checkpoint import load_training_state, model_dtype_name, save_training_state
 from incerta.train.losses import LossWeights, energy_forces_loss
 from incerta.utils import distributed
@@ -89,10 +90,11 @@ class Trainer:
             self.optimizer, mode="min", factor=config.scheduler_factor,
             patience=config.scheduler_patience, min_lr=config.min_lr,
         )
-        self.ema = (
-            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-            if config.ema_decay > 0 else None
-        )
+        with CODEGEN_LOCK:  # the average holds a copy
+            self.ema = (
+                AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                if config.ema_decay > 0 else None
+            )
         self.state = TrainingState()
         self.compute_stress = config.stress_weight > 0
         self.network = model
