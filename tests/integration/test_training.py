@@ -60,9 +60,9 @@ def test_training_lowers_validation_error(tmp_path, acac):
 
 
 def test_the_highest_rotation_order_trains_with_its_constants_intact(tmp_path, acac):
-    """l_max 3 (the largest the config allows): the averaged weights it saves keep every
-    constant buffer of the network as built (a copied compiled tensor product orders them
-    differently), so the saved model predicts what the trained one does."""
+    """l_max 3 (the largest the config allows) trains (its weight average pairs the model's
+    tensors with a copy's by position, and a copied tensor product used to hold extra ones),
+    and the model it saves loads with every constant buffer of the network as built."""
     config = load_config(small_config(tmp_path, acac, epochs=1), ["model.l_max=3", "model.num_layers=3", "training.ema_decay=0.5"])
     train_run(config, tmp_path / "run")
     trained = load_potential(tmp_path / "run")
@@ -73,7 +73,6 @@ def test_the_highest_rotation_order_trains_with_its_constants_intact(tmp_path, a
     assert constants.keys() == dict(trained.named_buffers()).keys()
     for name, value in trained.named_buffers():
         torch.testing.assert_close(value, constants[name], msg=name)
-    assert error_metrics(trained, graphs_for(trained, splits.validation))["forces_rmse_meV_per_A"] < 1e4
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

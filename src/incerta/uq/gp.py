@@ -157,9 +157,9 @@ class SVGPUncertainty(UncertaintyMethod):
             return (self._rbf(z[rows], z) * (batch[rows, None] == batch)).sum(1)
 
         count = z.shape[0]
-        step = max(1, KERNEL_BLOCK // max(count, 1)) if isinstance(count, int) else count
-        if not isinstance(count, int) or count <= step:
+        if not isinstance(count, int) or count * count <= KERNEL_BLOCK:
             return block(slice(None))
+        step = max(1, KERNEL_BLOCK // count)
         return torch.cat([block(slice(start, start + step)) for start in range(0, count, step)])
 
     def _predict(self, graph: AtomicGraph, forces: bool, compute_stress: bool, create_graph: bool,
