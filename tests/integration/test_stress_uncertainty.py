@@ -9,6 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from ase.build import bulk
 
 from conftest import copper_frames
 from incerta import IncertaCalculator
@@ -70,6 +71,20 @@ def test_calculator_returns_stress_uncertainty_in_voigt_form(stress_model):
     np.testing.assert_allclose(sigma, expected, rtol=1e-12)
     assert atoms.get_stress().shape == (6,)
     np.testing.assert_allclose(atoms.info["stress_uncertainty"], sigma)
+
+
+def test_a_symmetric_cell_has_no_shear_stress_uncertainty(stress_model):
+    """An undistorted copper cell (cubic point group, in a non-orthogonal supercell): symmetry
+    fixes its shear stress at zero, which the model gives too, so its shear uncertainty is zero
+    and its normal uncertainty is not; one atom displaced by 0.025 Å: no symmetry, all six
+    uncertain."""
+    atoms = bulk("Cu", "fcc", a=3.7).repeat(2)
+    atoms.calc = IncertaCalculator(stress_model)
+    stress, sigma = atoms.get_stress(), atoms.calc.get_property("stress_uncertainty", atoms)
+    assert np.all(np.abs(stress[3:]) < 1e-9 * np.abs(stress[:3]).max())
+    assert np.all(sigma[:3] > 0) and np.all(sigma[3:] == 0)
+    atoms.positions[0] += [0.02, 0.013, 0.007]  # in no mirror plane of the lattice
+    assert np.all(atoms.calc.get_property("stress_uncertainty", atoms) > 0)
 
 
 def test_a_shallow_ensemble_calibrates_stress_on_the_spread_of_its_heads(stress_model, tmp_path):

@@ -9,6 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase import units
+from ase.build import bulk
 from typer.testing import CliRunner
 
 from conftest import copper_frames, make_model
@@ -157,3 +158,40 @@ def test_data_check_command_names_a_file_without_stress(tmp_path):
     result = CliRunner().invoke(app, ["data", "check", str(default.path("test_300K")), "--model", str(tmp_path / "model")])
     assert result.exit_code == 2
     assert "has a stress label" in result.output and "ethanol_xtb_test_300K" in result.output
+
+
+def sheared_copper(count: int) -> list:
+    """Copper cells sheared in xy and stretched, not rattled: a mirror plane normal to z fixes
+    their yz and xz stress at zero, EMT gives xy nonzero."""
+    from incerta.data.frame import Frame
+    from incerta.data.oracles import EMTOracle
+
+    frames = []
+    for k in range(count):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        deformation = np.diag([1.0 + 0.01 * k, 1.0, 1.0 - 0.005 * k])
+        deformation[0, 1] = 0.02 + 0.005 * k
+        atoms.set_cell(atoms.cell.array @ deformation, scale_atoms=True)
+        frames.append(EMTOracle().label(Frame.from_atoms(atoms, source=f"sheared {k}")))
+    return frames
+
+
+def test_symmetry_alone_puts_shear_labels_back_where_the_cells_allow_them():
+    """Labels written with xy in the yz place: a probe that knows nothing (zero stress) cannot
+    tell, but each cell's mirror plane fixes yz at zero, so the labels as read break the
+    symmetry of every cell, and the order chosen puts them back."""
+    truth = sheared_copper(6)
+    assert all(abs(f.stress[0, 1]) > 1e-3 for f in truth), "the test needs a nonzero xy stress"
+    swapped = []
+    for frame in truth:
+        written = np.array(frame.stress)
+        written[1, 2], written[0, 1] = frame.stress[0, 1], frame.stress[1, 2]
+        written[2, 1], written[1, 0] = written[1, 2], written[0, 1]
+        swapped.append(replace(frame, stress=written))
+    check = shear_order_check(np.zeros((6, 3, 3)), swapped)["all"]
+    assert check["symmetric_cells"] == 6 and check["symmetry_violations"]["yz,xz,xy"] == 6
+    assert check["chosen"] != "yz,xz,xy" and check["symmetry_violations"][check["chosen"]] == 0
+    fixed = checked_frames(swapped, {"all": check})
+    np.testing.assert_allclose(np.stack([f.stress for f in fixed]), np.stack([f.stress for f in truth]), atol=1e-15)
+    as_computed = shear_order_check(np.zeros((6, 3, 3)), truth)["all"]
+    assert as_computed["chosen"] == "yz,xz,xy" and as_computed["symmetry_violations"]["yz,xz,xy"] == 0

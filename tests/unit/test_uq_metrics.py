@@ -183,13 +183,13 @@ def stress_case(rng, normal: float, shear: float, structures: int = 400, atoms: 
     upper = np.triu(rng.normal(size=(structures, 3, 3)) * np.where(np.eye(3), normal, shear)) * base[:, None, None]
     errors = upper + np.triu(upper, 1).transpose(0, 2, 1)  # symmetric
     calibration.fit_stress(score, np.full(structures * atoms, 29), structure, volume, errors)
-    return calibration, 2.0 * score, structure, volume, normal * base, shear * base
+    return calibration, 2.0 * score, structure, volume, normal * base, shear * base, errors
 
 
 def test_stress_maps_recover_the_normal_and_shear_errors(rng):
     """Normal components err three times more than shear ones: each kind's map gives its own
     spread back (per component, Voigt order), and survives JSON."""
-    calibration, sigma_atoms, structure, volume, normal, shear = stress_case(rng, 0.6, 0.2)
+    calibration, sigma_atoms, structure, volume, normal, shear, _ = stress_case(rng, 0.6, 0.2)
     again = Calibration.from_json(calibration.to_json())
     predicted = again.stress_sigma(torch.as_tensor(sigma_atoms), torch.as_tensor(structure),
                                    torch.as_tensor(volume)).numpy()
@@ -197,6 +197,28 @@ def test_stress_maps_recover_the_normal_and_shear_errors(rng):
     assert again.stress.normal.c1 == pytest.approx(1.0, abs=0.1) and again.stress.shear.c1 == pytest.approx(1.0, abs=0.1)
     np.testing.assert_allclose(predicted[:, :3], np.repeat(normal[:, None], 3, axis=1), rtol=0.15)
     np.testing.assert_allclose(predicted[:, 3:], np.repeat(shear[:, None], 3, axis=1), rtol=0.15)
+
+
+def test_components_fixed_by_symmetry_are_left_out_of_the_stress_fit(rng):
+    """Half the cells are symmetric, their shear errors exact zeros: told which components are
+    fixed, the shear map gives the spread of the free ones back; fitted on all six, it comes out
+    about sqrt(2) too small. A validation set without any free shear component gives the shear
+    components the normal map."""
+    calibration, sigma_atoms, structure, volume, normal, shear, errors = stress_case(rng, 0.6, 0.2)
+    score, numbers = sigma_atoms / 2.0, np.full(sigma_atoms.size, 29)
+    free = np.ones((len(volume), 6), dtype=bool)
+    free[::2, 3:] = False
+    errors[::2] *= np.eye(3)  # symmetric cells: exact zeros off the diagonal
+    sigma = lambda: calibration.stress_sigma(torch.as_tensor(sigma_atoms), torch.as_tensor(structure),
+                                             torch.as_tensor(volume)).numpy()
+    calibration.fit_stress(score, numbers, structure, volume, errors, free=free)
+    np.testing.assert_allclose(sigma()[:, 3], shear, rtol=0.15)
+    np.testing.assert_allclose(sigma()[:, 0], normal, rtol=0.15)
+    calibration.fit_stress(score, numbers, structure, volume, errors)
+    assert np.median(sigma()[:, 3] / shear) == pytest.approx(np.sqrt(0.5), rel=0.1)
+    free[:, 3:] = False
+    calibration.fit_stress(score, numbers, structure, volume, errors, free=free)
+    assert calibration.stress.shear == calibration.stress.normal
 
 
 def test_stress_maps_read_the_methods_own_score_where_it_gives_one(rng):

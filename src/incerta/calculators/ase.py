@@ -127,8 +127,9 @@ class IncertaCalculator(Calculator):
     * ``energy_uncertainty`` eV: predicted standard deviation of the energy error;
     * ``structure_uncertainty`` eV/Å: max (or ``aggregate``) of ``forces_uncertainty``;
     * ``stress_uncertainty`` (6,) eV/Å^3, Voigt order like ``stress``: predicted RMS error of
-      each stress component (one value for the normal components, one for the shear ones),
-      for periodic cells when the calibration data had stress.
+      each stress component (one value for the normal components, one for the shear ones,
+      zero for those the cell's symmetry fixes at zero), for periodic cells when the
+      calibration data had stress.
 
     With ``annotate=True`` the uncertainties, once computed, are also copied into
     ``atoms.arrays`` / ``atoms.info``, so ``ase.io.write(..., format="extxyz")`` keeps them.

@@ -13,7 +13,10 @@ model's cutoff:
   the structure's;
 * ``incerta::forces_uncertainty`` (per atom, eV/Å): the calibrated RMS force error, the
   calculator's ``forces_uncertainty``;
-* ``incerta::stress_uncertainty`` (per system, eV/Å^3, six properties in Voigt order) when the calibration has a stress map.
+* ``incerta::stress_uncertainty`` (per system, eV/Å^3, six properties in Voigt order) when the
+  calibration has a stress map; the map as it is, also for the components a cell's symmetry
+  fixes at zero (the symmetry search, :mod:`incerta.uq.stress_symmetry`, is not TorchScript), so
+  there it errs on the safe side where the calculator gives zero.
 
 The blocks of the potential are scripted as they are (one copy of the physics); the
 uncertainty is exported for the methods in :data:`EXPORTABLE_METHODS`, whose score is a

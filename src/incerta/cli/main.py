@@ -479,8 +479,8 @@ def data_check(
     write: Path | None = typer.Option(None, help="Write the frames with each group's shear stress in the order "
                                       "the model agrees with (extended XYZ)."),
 ) -> None:
-    """Check the stress labels, group by group, against a model's stress: the order of their shear
-    components, then their scale (sign and units)."""
+    """Check the stress labels, group by group, against a model's stress and the symmetry of each
+    cell: the order of their shear components, then their scale (sign and units)."""
     import ase.io
 
     from incerta.data.io import read_frames
@@ -504,14 +504,16 @@ def data_check(
     fixed = checked_frames(frames, check, group_by)
     scales = label_scale(predicted, fixed, group_by)
     rows = [[group, entry["structures"], entry["rms_error_GPa"][AS_READ], min(entry["rms_error_GPa"].values()),
-             entry["chosen"], scales[group]["scale"], scales[group]["correlation"]] for group, entry in check.items()]
+             f"{entry['symmetry_violations'][AS_READ]} / {entry['symmetric_cells']}", entry["chosen"],
+             scales[group]["scale"], scales[group]["correlation"]] for group, entry in check.items()]
     print_rows(f"stress labels of {data} against {model}",
-               ["group", "structures", "RMS shear error as read (GPa)", "best order's (GPa)", "order to use",
+               ["group", "structures", "RMS shear error as read (GPa)", "best order's (GPa)",
+                "cells whose symmetry the labels as read break / cells with a fixed shear component", "order to use",
                 "label scale", "correlation"], rows)
     reordered = [group for group, entry in check.items() if entry["chosen"] != AS_READ]
     if reordered:
-        console.print(f"[bold yellow]warning:[/] the shear labels of {', '.join(reordered)} match the model only "
-                      "reordered; an order such as 'xz,yz,xy' names, for yz, xz and xy in turn, the place it was found in", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] the shear labels of {', '.join(reordered)} match the model "
+                      "or the symmetry of their cells only reordered; an order such as 'xz,yz,xy' names, for yz, xz and xy in turn, the place it was found in", highlight=False, soft_wrap=True)
     for group, scale in implausible_scales(scales).items():
         console.print(f"[bold yellow]warning:[/] the labels of {group} match the model only times {scale:.3g} "
                       "(about -1: the opposite sign convention; 0.1 or 10: kBar taken for GPa or the "

@@ -92,7 +92,8 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(STRUCTURE_UNCERTAINTY, "(B,)", "eV/Å", "Aggregate (max, mean or sum) of forces_uncertainty over a structure."),
     KeySpec(STRESS_UNCERTAINTY, "(B, 6)", "eV/Å^3", "Calibrated uncertainty: predicted RMS error of each stress "
             "component, Voigt order (xx, yy, zz, yz, xz, xy; one value for the normal components, one for the shear "
-            "ones); periodic cells with a stress calibration only, NaN otherwise. 1 eV/Å^3 = 160.2 GPa."),
+            "ones; zero for those the cell's symmetry fixes at zero); periodic cells with a stress calibration only, "
+            "NaN otherwise. 1 eV/Å^3 = 160.2 GPa."),
     KeySpec(ATOM_SCORE, "(N,)", "method", "Raw per-atom score of an uncertainty method, before calibration."),
     KeySpec(ENERGY_SCORE, "(B,)", "method", "Raw per-structure score of an uncertainty method, before calibration."),
 )

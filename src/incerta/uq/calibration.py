@@ -41,6 +41,8 @@ crystals near equilibrium have no shear stress at all. Measured on the mlearn te
 (``benchmarks/materials.py``, GMM): RMS normal / shear errors 0.59 / 0.19 GPa (Si), 0.33 /
 0.09 (Ge), 0.76 / 0.31 (Mo); one map for all six components gave miscalibration areas of
 0.147, 0.141 and 0.125, the two maps 0.115, 0.113 and 0.109 (Li: 0.062 against 0.043).
+Components a cell's symmetry fixes at zero (:mod:`incerta.uq.stress_symmetry`) are exact:
+they are left out of the fit and their sigma is zero.
 Without enough such structures there is no stress map and no stress uncertainty. Methods
 made of members (deep ensemble, shallow heads) give a score of their own instead, the spread
 of their members' stresses (``UncertainOutput.stress_score``), and their maps read that.
@@ -262,12 +264,16 @@ class Calibration:
         )
 
     def fit_stress(self, atom_scores: np.ndarray, numbers: np.ndarray, structure: np.ndarray, volume: np.ndarray,
-                   stress_errors: np.ndarray, method_scores: np.ndarray | None = None) -> None:
+                   stress_errors: np.ndarray, method_scores: np.ndarray | None = None,
+                   free: np.ndarray | None = None) -> None:
         """Fit the stress map on periodic structures: per-atom raw scores (N,), atomic numbers
         (N,), structure index of each atom (N,), volumes (B,) Å^3 (NaN for molecules) and
         stress errors (B, 3, 3) eV/Å^3 (NaN where unknown). With the method's own raw stress
         scores (B,) eV/Å^3 the maps read those; otherwise the score of the calibrated force
-        uncertainties. Too few such structures: no map."""
+        uncertainties. ``free`` (B, 6) bool: the Voigt components each cell's symmetry leaves
+        free (:mod:`incerta.uq.stress_symmetry`; default all): the others are exact zeros and
+        are left out of the fit. Too few such structures: no map; too few free shear components
+        (every validation cell cubic, say): the shear components take the normal map."""
         errors = np.asarray(stress_errors, dtype=float).reshape(-1, 3, 3)
         usable = np.isfinite(errors).all(axis=(1, 2)) & np.isfinite(volume)
         if usable.sum() < MIN_STRESS_STRUCTURES:
@@ -280,8 +286,16 @@ class Calibration:
             score = stress_score(sigma, torch.as_tensor(structure, dtype=torch.long),
                                  torch.as_tensor(volume)).numpy()[usable]  # NaN for molecules
         squared = np.stack([errors[usable][:, i, j] for i, j in VOIGT], axis=1) ** 2
-        self.stress = StressMaps(*(_fit(score, squared[:, part].sum(axis=1), 3, "power", "std") for part in (NORMAL, SHEAR)),
-                                 score="forces" if method_scores is None else "method")
+        free = np.ones(squared.shape, dtype=bool) if free is None else np.asarray(free, dtype=bool)[usable]
+        maps = []
+        for part in (NORMAL, SHEAR):
+            rows, columns = np.nonzero(free[:, part])
+            if len(rows) < MIN_STRESS_STRUCTURES:
+                maps.append(maps[0])
+                continue
+            # each free component is one observation of sigma^2 / 3 (sigma: the RMS error of the three)
+            maps.append(_fit(score[rows], 3.0 * squared[:, part][rows, columns], 1, "power", "std"))
+        self.stress = StressMaps(*maps, score="forces" if method_scores is None else "method")
 
     def stress_sigma(self, atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor,
                      method_score: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from incerta.config.schema import ConfigError
@@ -23,12 +24,14 @@ from incerta.uq.ensemble import DeepEnsemble
 from incerta.uq.methods import METHODS
 from incerta.uq.predict import collect
 from incerta.uq.store import save_uncertainty
+from incerta.uq.stress_symmetry import free_stress_mask
 from incerta.utils.distributed import training_device
 
 
 def calibrate(method: UncertaintyMethod, graphs: Sequence[AtomicGraph], kind: CalibrationKind | None = None) -> Calibration:
     """Fit the score -> error maps of ``method`` on labelled (validation) graphs (a stress map
-    too when at least ``MIN_STRESS_STRUCTURES`` periodic ones have stress labels)."""
+    too when at least ``MIN_STRESS_STRUCTURES`` periodic ones have stress labels; components
+    their symmetry fixes at zero left out)."""
     arrays = collect(method, graphs)
     calibration = Calibration.fit(
         arrays["atom_score"], arrays["forces_pred"] - arrays["forces_ref"],
@@ -36,8 +39,9 @@ def calibrate(method: UncertaintyMethod, graphs: Sequence[AtomicGraph], kind: Ca
         method.score_kind, kind or method.default_calibration, numbers=arrays["numbers"],
     )
     if "stress_ref" in arrays:
+        free = np.concatenate([free_stress_mask(graph).cpu().numpy() for graph in graphs])
         calibration.fit_stress(arrays["atom_score"], arrays["numbers"], arrays["structure"], arrays["volume"],
-                               arrays["stress_pred"] - arrays["stress_ref"], arrays.get("stress_score"))
+                               arrays["stress_pred"] - arrays["stress_ref"], arrays.get("stress_score"), free)
     return calibration
 
 

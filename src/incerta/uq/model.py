@@ -15,6 +15,7 @@ from incerta.models.compiled import weights_digest
 from incerta.models.potential import Potential
 from incerta.uq.base import UncertaintyMethod
 from incerta.uq.calibration import Calibration
+from incerta.uq.stress_symmetry import free_stress_mask
 
 Aggregate = Literal["max", "mean", "sum"]
 #: the calibrated uncertainties of a structure's atoms and of the structure
@@ -39,7 +40,8 @@ class UncertainPotential(nn.Module):
     eV, ``forces`` (N, 3) eV/Å, ``forces_uncertainty`` (N,) eV/Å, ``energy_uncertainty`` (B,)
     eV, ``structure_uncertainty`` (B,) eV/Å (``aggregate`` of the atoms), the raw scores
     ``atom_score`` (N,) and ``energy_score`` (B,), ``stress`` / ``energies`` where given, and
-    ``stress_uncertainty`` (B, 6) eV/Å^3 per Voigt component with stress and a stress calibration.
+    ``stress_uncertainty`` (B, 6) eV/Å^3 per Voigt component with stress and a stress calibration
+    (zero for the components a cell's symmetry fixes at zero, :mod:`incerta.uq.stress_symmetry`).
 
     >>> from incerta.data import default
     >>> from incerta.data.graph import collate
@@ -128,8 +130,9 @@ class UncertainPotential(nn.Module):
         if raw.stress is not None:
             out[K.STRESS] = raw.stress
             if self.calibration.stress is not None:
-                out[K.STRESS_UNCERTAINTY] = self.calibration.stress_sigma(
+                sigma_stress = self.calibration.stress_sigma(
                     sigma_atoms, graph.batch, cell_volumes(graph.cell, graph.pbc), raw.stress_score)
+                out[K.STRESS_UNCERTAINTY] = sigma_stress * free_stress_mask(graph, raw.stress).to(sigma_stress.dtype)
         if raw.energies is not None:
             out[K.ATOMIC_ENERGIES] = raw.energies
         if not all_known:
