@@ -148,12 +148,26 @@ def test_demo_model_works_in_ase_and_evaluate(demo_run, tmp_path):
     assert f"{direct['forces_rmse_meV_per_A']:.2f}" in row
 
 
-def test_demo_resumes_instead_of_restarting(demo_run):
-    before = json.loads((demo_run.out / "metrics.json").read_text())
-    result = runner.invoke(app, ["demo", "--out", str(demo_run.out), "--epochs", "3"])
+#: the demo's costly results: weights and checkpoints, uncertainty fits, cached predictions, labelled frames
+WORK_FILES = (".safetensors", ".pt", ".npz", ".xyz")
+
+
+def test_demo_run_again_reuses_its_finished_work(demo_run):
+    """Run again, the demo trains, fits, predicts and labels nothing anew: every model,
+    checkpoint, uncertainty fit, cached prediction and labelled frame keeps its bytes and its time
+    stamp (a finished run saves its model again, in other bytes: the same weights must not make
+    the fits look stale); the reports are written again. Training further from a finished run is
+    tested in test_training.py."""
+    work = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in demo_run.out.rglob("*")
+            if path.suffix in WORK_FILES}
+    assert {".npz", ".pt", ".xyz", ".safetensors"} == {path.suffix for path in work}
+    result = runner.invoke(app, ["demo", "--out", str(demo_run.out), "--epochs", "2"])
     assert result.exit_code == 0, result.output
-    after = json.loads((demo_run.out / "metrics.json").read_text())
-    assert (before["epochs_run"], after["epochs_run"]) == (2, 3)
+    changed = [str(path.relative_to(demo_run.out)) for path, (stamp, data) in work.items()
+               if path.stat().st_mtime_ns != stamp or path.read_bytes() != data]
+    assert not changed, f"done again: {changed}"
+    assert json.loads((demo_run.out / "metrics.json").read_text())["epochs_run"] == 2
+    assert (demo_run.out / "report.html").stat().st_mtime_ns > max(stamp for stamp, _ in work.values())
 
 
 def test_train_command_with_override(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import threading
 
@@ -12,10 +13,18 @@ from safetensors.torch import save_file
 from conftest import emt_ethanol_frames, make_model
 from incerta.calculators.ase import IncertaCalculator
 from incerta.testing import predict
-from incerta.train.checkpoint import CheckpointError, load_potential, load_training_state, save_potential
+from incerta.train.checkpoint import CheckpointError, load_potential, load_training_state, model_file, save_potential
 from incerta.uq.base import FitSettings
 from incerta.uq.fit import fit_uncertainty
-from incerta.uq.store import load_uncertain_potential, uncertainty_is_current
+from incerta.uq.store import (
+    UQ_FORMAT,
+    UQ_FORMAT_VERSION,
+    load_uncertain_potential,
+    read_uncertainty_metadata,
+    uncertainty_file,
+    uncertainty_is_current,
+)
+from incerta.utils.tensor_files import read_tensors, write_tensors
 
 
 def test_roundtrip_gives_identical_predictions(tmp_path, ethanol):
@@ -84,6 +93,27 @@ def test_an_uncertainty_fitted_for_other_weights_is_refused(tmp_path):
     fit_uncertainty(tmp_path, "gmm", frames[:8], frames[8:], settings=FitSettings(progress=False))
     assert uncertainty_is_current(tmp_path)
     load_uncertain_potential(tmp_path)
+
+
+def test_the_same_weights_saved_again_keep_their_fit(tmp_path):
+    """A finished run run again saves the same potential again. safetensors writes the metadata
+    in another order each time, so the file's bytes differ, but the fit is still for those
+    weights and stays current. A fit written before records the digest of the file's bytes and
+    is checked that way."""
+    frames = emt_ethanol_frames(12, 0.1)
+    first = save_potential(make_model(seed=1), tmp_path).read_bytes()
+    fit_uncertainty(tmp_path, "gmm", frames[:8], frames[8:], settings=FitSettings(progress=False))
+    again = [save_potential(load_potential(tmp_path), tmp_path).read_bytes() for _ in range(4)]
+    assert any(data != first for data in again), "the same weights in other bytes, or this test proves nothing"
+    assert uncertainty_is_current(tmp_path)
+    path = uncertainty_file(tmp_path)
+    metadata = read_uncertainty_metadata(tmp_path)
+    del metadata["potential_digest"]
+    metadata["potential_sha256"] = hashlib.sha256(model_file(tmp_path).read_bytes()).hexdigest()
+    write_tensors(path, read_tensors(path, "uncertainty"), UQ_FORMAT, UQ_FORMAT_VERSION, metadata)
+    assert uncertainty_is_current(tmp_path)
+    save_potential(make_model(seed=2), tmp_path)
+    assert not uncertainty_is_current(tmp_path)
 
 
 def test_corrupt_file(tmp_path):

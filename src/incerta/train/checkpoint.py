@@ -63,6 +63,21 @@ def save_potential(model: Potential, path: str | Path, extra: dict[str, str] | N
     return write_tensors(target, model.state_dict(), MODEL_FORMAT, MODEL_FORMAT_VERSION, metadata)
 
 
+def holds_potential(path: str | Path, model: Potential) -> bool:
+    """Whether the model folder (or file) ``path`` already holds ``model``: its architecture and
+    every tensor equal (a finished run run again then leaves its model file alone)."""
+    target = Path(path) / MODEL_FILE if Path(path).suffix != ".safetensors" else Path(path)
+    if not target.is_file():
+        return False
+    try:
+        saved = load_potential(target)
+    except CheckpointError:
+        return False
+    mine, theirs = model.state_dict(), saved.state_dict()
+    return saved.spec == model.spec and mine.keys() == theirs.keys() and all(
+        mine[k].dtype == theirs[k].dtype and torch.equal(mine[k].cpu(), theirs[k]) for k in mine)
+
+
 def read_model_metadata(path: str | Path) -> dict[str, str]:
     """Metadata of a saved model, checked to be an incerta model of a readable version."""
     return read_metadata(model_file(path), MODEL_FORMAT, MODEL_FORMAT_VERSION, "model")

@@ -1,8 +1,8 @@
 """Attach an uncertainty method to a model folder, and load it back.
 
 ``MODEL/uncertainty.safetensors`` holds the method's tensors and, as metadata, the
-method name, its constructor options, the calibration, the fit report and the SHA-256 of the
-potential file it was fitted for. The base potential stays in ``MODEL/potential.safetensors``;
+method name, its constructor options, the calibration, the fit report and the digest of the
+potential it was fitted for (:func:`potential_digest`). The base potential stays in ``MODEL/potential.safetensors``;
 nothing is ever unpickled. A model trained again after its fit has other weights: its
 uncertainty is then refused when loaded, never applied to weights it was not fitted for.
 """
@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
 
 from incerta.train.checkpoint import load_potential, model_file
 from incerta.uq.base import UncertaintyMethod
@@ -37,8 +40,18 @@ def has_uncertainty(model: str | Path) -> bool:
 
 
 def potential_digest(model: str | Path) -> str:
-    """SHA-256 of the model's potential file (weights, architecture and statistics)."""
-    return hashlib.sha256(model_file(model).read_bytes()).hexdigest()
+    """SHA-256 of what the model's potential file holds: its architecture (the ``spec``) and its
+    tensors (weights and statistics), by name, dtype, shape and value. Not of the file's bytes:
+    safetensors writes the metadata in another order each time, so the same potential saved twice
+    (a finished training run again) differs in bytes, and every fit made for it looked stale."""
+    digest = hashlib.sha256()
+    with safe_open(str(model_file(model)), framework="numpy") as handle:
+        digest.update((handle.metadata() or {}).get("spec", "").encode())
+        for name in sorted(handle.keys()):
+            tensor = np.ascontiguousarray(handle.get_tensor(name))
+            digest.update(f"{name} {tensor.dtype} {tensor.shape}".encode())
+            digest.update(tensor.tobytes())
+    return digest.hexdigest()
 
 
 def uncertainty_is_current(model: str | Path) -> bool:
@@ -47,10 +60,13 @@ def uncertainty_is_current(model: str | Path) -> bool:
 
 
 def _fitted_for_present_weights(model: str | Path, metadata: dict[str, str]) -> bool:
-    """Whether the fit of ``metadata`` was made for ``model``'s present potential file (a file
-    written before the digest was recorded counts as such)."""
-    fitted_for = metadata.get("potential_sha256")
-    return fitted_for is None or fitted_for == potential_digest(model)
+    """Whether the fit of ``metadata`` was made for ``model``'s present potential (fits written
+    before the digest of the contents recorded that of the file's bytes; before that, nothing:
+    those count as made for it)."""
+    if "potential_digest" in metadata:
+        return metadata["potential_digest"] == potential_digest(model)
+    file_bytes = metadata.get("potential_sha256")
+    return file_bytes is None or file_bytes == hashlib.sha256(model_file(model).read_bytes()).hexdigest()
 
 
 def save_uncertainty(model: str | Path, method: UncertaintyMethod, calibration: Calibration, report: dict) -> Path:
@@ -61,7 +77,7 @@ def save_uncertainty(model: str | Path, method: UncertaintyMethod, calibration: 
     }
     metadata = {"method": method.name, "options": json.dumps(method.options()),
                 "calibration": calibration.to_json(), "report": json.dumps(report),
-                "potential_sha256": potential_digest(model)}
+                "potential_digest": potential_digest(model)}
     return write_tensors(uncertainty_file(model), tensors, UQ_FORMAT, UQ_FORMAT_VERSION, metadata)
 
 
