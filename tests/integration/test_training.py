@@ -95,6 +95,22 @@ def test_resume_reaches_the_same_weights(tmp_path, acac):
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "split"))
 
 
+def test_a_longer_budget_goes_on_from_the_rate_the_final_decay_began_at(tmp_path, acac):
+    """A finished run whose learning rate decayed over the last half of its 4 epochs, resumed
+    with 12: it goes on from the rate the decay began at (the plateau scheduler could only have
+    lowered the decayed one), then decays again over the last half of the new budget."""
+    text = small_config(tmp_path, acac, epochs=4).read_text().replace("progress: false", "progress: false, lr_decay_fraction: 0.5")
+    (tmp_path / "run.yaml").write_text(text)
+    train_run(load_config(tmp_path / "run.yaml"), tmp_path / "run")
+    (tmp_path / "run.yaml").write_text(text.replace("epochs: 4", "epochs: 12"))
+    history = train_run(load_config(tmp_path / "run.yaml"), tmp_path / "run").history
+    rates = [record["lr"] for record in history]
+    assert len(rates) == 12 and rates[3] == pytest.approx(0.005, rel=1e-3), rates
+    assert rates[4] == pytest.approx(0.01), "a longer budget goes on from the rate the decay began at"
+    min_lr = load_config(tmp_path / "run.yaml").training.min_lr
+    assert rates[11] == pytest.approx(min_lr + (rates[6] - min_lr) / 6, rel=1e-9), "and decays again over the new end"
+
+
 def test_seed_reproducibility(tmp_path, acac):
     one = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "one").metrics
     two = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "two").metrics

@@ -30,7 +30,8 @@ class TrainingConfig(Schema):
     min_lr: float = Field(1e-6, ge=0)
     lr_decay_fraction: float = Field(
         0.2, ge=0, lt=1,
-        description="final fraction of the budget (epochs or max_time_minutes) over which the lr decays linearly to min_lr",
+        description="final fraction of the budget (epochs or max_time_minutes) over which the lr decays linearly to min_lr; "
+        "a run resumed with a longer budget goes on from the lr its decay began at",
     )
     ema_decay: float = Field(0.99, ge=0, lt=1, description="exponential moving average of weights (0 = off)")
     clip_grad_norm: float | None = Field(10.0, gt=0)

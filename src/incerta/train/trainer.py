@@ -152,6 +152,12 @@ class Trainer:
             saved["epoch"], saved["best_metric"], saved["best_epoch"], saved["bad_epochs"],
             saved["elapsed_s"], list(saved["history"]), saved.get("decay_start_lr", 0.0),
         )
+        if self.state.decay_start_lr and 1.0 - self.budget_used() > self.config.lr_decay_fraction:
+            # given a longer budget after its final decay began: go on from the lr the decay began at (the
+            # plateau scheduler can only lower the decayed one) and decay again over the new end
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.state.decay_start_lr
+            self.state.decay_start_lr = 0.0
 
     def _train_epoch(self, progress: tqdm) -> dict[str, float]:
         """One pass over the data; with N ranks each takes its share of every global batch."""
