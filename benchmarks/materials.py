@@ -66,6 +66,7 @@ import shutil
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -194,14 +195,19 @@ def evaluate_element(model: Path, test: Path) -> dict:
     return result
 
 
-def mlearn(minutes: float, probe_minutes: float) -> dict:
+def mlearn(minutes: float, probe_minutes: float, elements: Sequence[str], previous: dict) -> dict:
+    """Train (or resume, a longer ``minutes`` extending the budget) and test ``elements``; the
+    other elements keep their entries of ``previous`` (the last results)."""
     data = shared_data() / "mlearn_zuo2020" / "data"
     work = WORK / "materials"
-    trainable = [e for e in ELEMENTS if (data / e / "training.json").is_file()]
+    trainable = [e for e in ELEMENTS if e in elements and (data / e / "training.json").is_file()]
     with ThreadPoolExecutor(max_workers=2) as pool:  # two trainings at a time, one thread each
         trained = dict(zip(trainable, pool.map(lambda e: train_element(e, data, minutes, probe_minutes, work), trainable)))
     results = {}
     for element in ELEMENTS:
+        if element not in elements and element in previous:
+            results[element] = previous[element]
+            continue
         entry: dict = {"published": {k: {"energy_mae_meV_per_atom": v[0], "forces_mae_meV_per_A": v[1]}
                                      for k, v in PUBLISHED.get(element, {}).items()}}
         if element in trained:
@@ -357,6 +363,9 @@ def main() -> None:
     parser.add_argument("--md-steps", type=int, default=4000, help="water: NPT MD steps of 0.5 fs")
     parser.add_argument("--calls", type=int, default=3, help="qeq: timed calls per size")
     parser.add_argument("--minutes", type=float, default=12.0, help="mlearn: training budget per element")
+    parser.add_argument("--elements", nargs="+", choices=ELEMENTS, default=list(ELEMENTS),
+                        help="mlearn: the elements to train, or to resume with a longer --minutes (the learning "
+                        "rate rises again and decays over the new end of the budget); the others keep their last results")
     parser.add_argument("--probe-minutes", type=float, default=5.0,
                         help="mlearn: training budget of the energy-and-force probe that checks the shear stress labels")
     parser.add_argument("--dispersion", help="water: add this functional's D3(BJ) to the model (results under "
@@ -366,7 +375,7 @@ def main() -> None:
     sections = json.loads(previous.read_text()) if previous.is_file() else {}  # other sections stay
     sections.pop("machine", None)
     if args.section == "mlearn":
-        results = mlearn(args.minutes, args.probe_minutes)
+        results = mlearn(args.minutes, args.probe_minutes, args.elements, sections.get("mlearn", {}))
         print_mlearn(results)
         stress = {e: r["stress_uncertainty"] for e, r in results.items() if "stress_uncertainty" in r}
         summary = {k: float(np.median([v[k] for v in stress.values()])) for k in ("spearman", "miscalibration_area")}
