@@ -21,12 +21,12 @@ from incerta.config.sources import Splits
 from incerta.config.uncertainty import FitSection
 from incerta.data.frame import Frame
 from incerta.models.predict import graphs_for
-from incerta.train.checkpoint import MODEL_FILE, load_potential
+from incerta.train.checkpoint import MODEL_FILE, load_potential, potential_digest
 from incerta.uq.base import FitSettings
 from incerta.uq.fit import fit_uncertainty
 from incerta.uq.model import Aggregate
 from incerta.uq.predict import collect
-from incerta.uq.store import has_uncertainty, load_uncertain_potential, potential_digest, read_uncertainty_metadata
+from incerta.uq.store import has_uncertainty, load_uncertain_potential, read_uncertainty_metadata
 from incerta.utils.files import atomic_write, atomic_write_text
 
 

@@ -107,15 +107,15 @@ def shear_order_check(predicted: np.ndarray, frames: Sequence[Frame], group_key:
     fixed = np.stack([_fixed_shear(frames[k]) for k in labelled])
     groups = np.array([frame_group(frames[k], group_key) for k in labelled])
     check = {}
+    shear = lambda stress: np.stack([stress[:, i, j] for i, j in SHEAR_PAIRS], axis=1)  # (B, 3) yz, xz, xy
     for group in sorted(set(groups)):
         rows = groups == group
+        model = shear(predicted[rows])
         errors, violations = {}, {}
         for order in SHEAR_ORDERS:
-            labels = reorder_shear(reference[rows], order)
-            shear = np.stack([labels[:, i, j] for i, j in SHEAR_PAIRS], axis=1)
-            errors[order_name(order)] = float(np.sqrt(np.mean(
-                [(predicted[rows][:, i, j] - labels[:, i, j]) ** 2 for i, j in SHEAR_PAIRS])))
-            violations[order_name(order)] = int(((np.abs(shear) > LABEL_ZERO_GPA) & fixed[rows]).any(axis=1).sum())
+            labels = shear(reorder_shear(reference[rows], order))
+            errors[order_name(order)] = float(np.sqrt(np.mean((model - labels) ** 2)))
+            violations[order_name(order)] = int(((np.abs(labels) > LABEL_ZERO_GPA) & fixed[rows]).any(axis=1).sum())
         fewest = min(violations.values())
         best, lowest = min(((name, error) for name, error in errors.items() if violations[name] == fewest),
                            key=lambda item: item[1])

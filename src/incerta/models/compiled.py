@@ -25,7 +25,6 @@ A compiled package is native code: load only packages you made or trust.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import traceback
@@ -41,6 +40,7 @@ from incerta.data.graph import AtomicGraph
 from incerta.models.potential import Potential
 from incerta.models.spec import PotentialSpec
 from incerta.utils.files import atomic_write
+from incerta.utils.tensor_files import tensors_digest
 from incerta.utils.version import __version__
 
 #: the suffix of compiled packages
@@ -66,11 +66,7 @@ class CompileError(RuntimeError):
 
 def weights_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's weights and buffers: ties a compiled file to the weights it was made from."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_digest(module.state_dict())
 
 
 def _program(potential: Potential, stress: bool, scorer: Scorer | None, predictor: Predictor | None):

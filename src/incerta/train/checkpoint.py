@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from incerta.models.predict import model_dtype
 from incerta.models.spec import PotentialSpec
 from incerta.nn.codegen import CODEGEN_LOCK
 from incerta.utils.files import atomic_write
-from incerta.utils.tensor_files import CheckpointError, read_metadata, read_tensors, write_tensors
+from incerta.utils.tensor_files import CheckpointError, read_metadata, read_tensors, tensors_digest, write_tensors
 
 MODEL_FORMAT = "incerta.potential"
 MODEL_FORMAT_VERSION = 1
@@ -63,19 +64,16 @@ def save_potential(model: Potential, path: str | Path, extra: dict[str, str] | N
     return write_tensors(target, model.state_dict(), MODEL_FORMAT, MODEL_FORMAT_VERSION, metadata)
 
 
-def holds_potential(path: str | Path, model: Potential) -> bool:
-    """Whether the model folder (or file) ``path`` already holds ``model``: its architecture and
-    every tensor equal (a finished run run again then leaves its model file alone)."""
-    target = Path(path) / MODEL_FILE if Path(path).suffix != ".safetensors" else Path(path)
-    if not target.is_file():
-        return False
-    try:
-        saved = load_potential(target)
-    except CheckpointError:
-        return False
-    mine, theirs = model.state_dict(), saved.state_dict()
-    return saved.spec == model.spec and mine.keys() == theirs.keys() and all(
-        mine[k].dtype == theirs[k].dtype and torch.equal(mine[k].cpu(), theirs[k]) for k in mine)
+def potential_digest(source: str | Path | Potential) -> str:
+    """SHA-256 of a potential's architecture (its spec) and tensors, of a saved model (folder or
+    file) or of one in memory. Not of a file's bytes: safetensors writes the metadata in another
+    order on every save, so the same weights saved twice differ in bytes, not in this digest."""
+    if isinstance(source, Potential):
+        spec, tensors = source.spec.model_dump_json(), source.state_dict()
+    else:
+        path = model_file(source)
+        spec, tensors = read_model_metadata(path)["spec"], read_tensors(path, "model")
+    return hashlib.sha256((spec + tensors_digest(tensors)).encode()).hexdigest()
 
 
 def read_model_metadata(path: str | Path) -> dict[str, str]:

@@ -33,7 +33,7 @@ from incerta.data.store import GraphStore, StoreView, is_store
 from incerta.models.build import DataStatistics, build_potential, fixed_energy, statistics_from_store
 from incerta.models.potential import Potential
 from incerta.models.predict import error_metrics, graphs_for, model_dtype
-from incerta.train.checkpoint import holds_potential, load_potential, load_training_state, save_potential
+from incerta.train.checkpoint import MODEL_FILE, load_potential, load_training_state, potential_digest, save_potential
 from incerta.train.trainer import Trainer, write_history
 from incerta.utils import distributed
 from incerta.utils.files import atomic_write_text
@@ -147,7 +147,8 @@ def train_run(
     write_history(run_dir / "history.csv", state.history)
 
     best = load_potential(trainer.best_path)
-    if not holds_potential(run_dir / "model", best):
+    saved = run_dir / "model" / MODEL_FILE
+    if not saved.is_file() or potential_digest(saved) != potential_digest(best):  # run again: the same weights stay
         save_potential(best, run_dir / "model")
     tests = data.tests(best)
     metrics = {

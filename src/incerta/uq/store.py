@@ -2,7 +2,7 @@
 
 ``MODEL/uncertainty.safetensors`` holds the method's tensors and, as metadata, the
 method name, its constructor options, the calibration, the fit report and the digest of the
-potential it was fitted for (:func:`potential_digest`). The base potential stays in ``MODEL/potential.safetensors``;
+potential it was fitted for (:func:`incerta.train.checkpoint.potential_digest`). The base potential stays in ``MODEL/potential.safetensors``;
 nothing is ever unpickled. A model trained again after its fit has other weights: its
 uncertainty is then refused when loaded, never applied to weights it was not fitted for.
 """
@@ -13,10 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
-from safetensors import safe_open
-
-from incerta.train.checkpoint import load_potential, model_file
+from incerta.train.checkpoint import load_potential, model_file, potential_digest
 from incerta.uq.base import UncertaintyMethod
 from incerta.uq.calibration import Calibration
 from incerta.uq.methods import METHODS
@@ -37,21 +34,6 @@ def has_uncertainty(model: str | Path) -> bool:
         return uncertainty_file(model).is_file()
     except CheckpointError:
         return False
-
-
-def potential_digest(model: str | Path) -> str:
-    """SHA-256 of what the model's potential file holds: its architecture (the ``spec``) and its
-    tensors (weights and statistics), by name, dtype, shape and value. Not of the file's bytes:
-    safetensors writes the metadata in another order each time, so the same potential saved twice
-    (a finished training run again) differs in bytes, and every fit made for it looked stale."""
-    digest = hashlib.sha256()
-    with safe_open(str(model_file(model)), framework="numpy") as handle:
-        digest.update((handle.metadata() or {}).get("spec", "").encode())
-        for name in sorted(handle.keys()):
-            tensor = np.ascontiguousarray(handle.get_tensor(name))
-            digest.update(f"{name} {tensor.dtype} {tensor.shape}".encode())
-            digest.update(tensor.tobytes())
-    return digest.hexdigest()
 
 
 def uncertainty_is_current(model: str | Path) -> bool:

@@ -3,7 +3,9 @@ read back with clear errors; nothing executable is ever stored or unpickled."""
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -51,6 +53,15 @@ def read_metadata(path: str | Path, file_format: str, version: int, what: str) -
             f"this incerta ({__version__}) reads format <= {version}: upgrade incerta"
         )
     return metadata
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors: each name and its values, in the order of the names."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
