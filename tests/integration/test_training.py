@@ -111,6 +111,31 @@ def test_a_longer_budget_goes_on_from_the_rate_the_final_decay_began_at(tmp_path
     assert rates[11] == pytest.approx(min_lr + (rates[6] - min_lr) / 6, rel=1e-9), "and decays again over the new end"
 
 
+def test_a_short_run_with_a_warming_average_exports_the_weights_it_reached(tmp_path, acac):
+    """Two epochs (24 updates): with ``ema_warmup`` the exported average is near the trained
+    weights; with the fixed 0.99 decay it still holds most of the initial ones (0.99^23 = 79 %)."""
+    config = load_config(small_config(tmp_path, acac, epochs=2))
+    splits = prepare_splits(config.data, config.seed)
+    statistics = DataStatistics.from_frames(splits.train, [frame_to_graph(f, config.model.cutoff) for f in splits.train],
+                                            read_frames(acac / "isolated_atoms.xyz"))
+    initial = build_potential(config.model, statistics, config.seed).state_dict()
+
+    def trailing(warmup: bool) -> float:
+        """Distance of the exported average from the trained weights over their distance from the start."""
+        changed = config.model_copy(update={"training": config.training.model_copy(update={"ema_warmup": warmup})})
+        train_run(changed, tmp_path / f"warmup_{warmup}")
+        state = load_training_state(tmp_path / f"warmup_{warmup}/checkpoints/last.pt")
+        assert state["ema_steps"] == 24
+
+        def distance(a: dict, b: dict) -> float:
+            return sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in state["model"]) ** 0.5
+
+        return distance(state["ema"], state["model"]) / distance(state["model"], initial)
+
+    assert trailing(warmup=True) < 0.3
+    assert trailing(warmup=False) > 0.6, "the fixed decay trails behind (the option changes something)"
+
+
 def test_seed_reproducibility(tmp_path, acac):
     one = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "one").metrics
     two = train_run(load_config(small_config(tmp_path, acac, epochs=1)), tmp_path / "two").metrics

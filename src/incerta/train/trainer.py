@@ -57,6 +57,31 @@ def validation_loss(metrics: dict[str, float], weights: LossWeights) -> float:
     return loss
 
 
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The averaging weight of the old average at update ``updates`` (0 for the first): ``decay``
+    once warmed up, (1 + n) / (10 + n) before. A fixed decay keeps decay^n of the initial weights
+    after n updates (0.99: 37 % after 100) and trails the fast early moves, so a short run or an
+    active-learning iteration exports weights near where it started (quickstart, 4 epochs:
+    validation force MAE 195 meV/Å with a fixed 0.99, 99 with the warm-up)."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def moving_average(decay: float, warmup: bool):
+    """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an exponential moving
+    average of fixed ``decay``, or (``warmup``) whose decay warms up as :func:`ema_decay_at` says."""
+    if not warmup:
+        return get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # one dtype per call
+            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(decay, int(updates)))
+        else:  # integer buffers (counts, indices) are not averaged
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
 class Trainer:
     """Fits ``model`` on ``train`` graphs, selecting on ``validation`` graphs.
 
@@ -92,7 +117,7 @@ class Trainer:
         )
         with CODEGEN_LOCK:  # the average holds a copy
             self.ema = (
-                AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                AveragedModel(model, multi_avg_fn=moving_average(config.ema_decay, config.ema_warmup), use_buffers=True)
                 if config.ema_decay > 0 else None
             )
         self.state = TrainingState()
