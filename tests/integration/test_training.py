@@ -86,11 +86,16 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_resume_reaches_the_same_weights(tmp_path, acac):
-    straight = train_run(load_config(small_config(tmp_path, acac, epochs=4)), tmp_path / "straight").metrics
-    train_run(load_config(small_config(tmp_path, acac, epochs=2)), tmp_path / "split")
+@pytest.mark.parametrize("ema_warmup", [False, True])
+def test_resume_reaches_the_same_weights(tmp_path, acac, ema_warmup):
+    def config(epochs: int):
+        loaded = load_config(small_config(tmp_path, acac, epochs=epochs))
+        return loaded.model_copy(update={"training": loaded.training.model_copy(update={"ema_warmup": ema_warmup})})
+
+    straight = train_run(config(4), tmp_path / "straight").metrics
+    train_run(config(2), tmp_path / "split")
     assert load_training_state(tmp_path / "split/checkpoints/last.pt")["epoch"] == 2
-    resumed = train_run(load_config(small_config(tmp_path, acac, epochs=4)), tmp_path / "split").metrics
+    resumed = train_run(config(4), tmp_path / "split").metrics
     assert resumed["epochs_run"] == straight["epochs_run"] == 4
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "split"))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,15 +58,15 @@ def validation_loss(metrics: dict[str, float], weights: LossWeights) -> float:
 
 
 def ema_decay_at(decay: float, updates: int) -> float:
-    """The averaging weight of the old average at update ``updates`` (0 for the first): ``decay``
-    once warmed up, (1 + n) / (10 + n) before. A fixed decay keeps decay^n of the initial weights
+    """The weight of the old average when it has taken in ``updates`` = n updates (the first is a
+    copy, so n >= 1 here): ``decay`` once warmed up, (1 + n) / (10 + n) before. A fixed decay keeps decay^n of the initial weights
     after n updates (0.99: 37 % after 100) and trails the fast early moves, so a short run or an
     active-learning iteration exports weights near where it started (quickstart, 4 epochs:
     validation force MAE 195 meV/Å with a fixed 0.99, 99 with the warm-up)."""
     return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
-def moving_average(decay: float, warmup: bool):
+def moving_average(decay: float, warmup: bool) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
     """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an exponential moving
     average of fixed ``decay``, or (``warmup``) whose decay warms up as :func:`ema_decay_at` says."""
     if not warmup:
