@@ -86,7 +86,7 @@ from incerta.nn.electrostatics import equilibrate_cell
 from incerta.nn.periodic_coulomb import PeriodicCoulomb
 from incerta.train.checkpoint import load_potential
 from incerta.uq import metrics as uq_metrics
-from incerta.uq.calibration import VOIGT
+from incerta.uq.calibration import voigt_components
 from incerta.uq.fit import run_splits
 from incerta.uq.predict import collect
 from incerta.uq.store import load_uncertain_potential
@@ -177,7 +177,7 @@ def evaluate_element(model: Path, test: Path) -> dict:
     if "stress_ref" in arrays:
         errors = arrays["stress_pred"] - arrays["stress_ref"]
         known = np.isfinite(errors).all(axis=(1, 2))
-        components = np.stack([errors[known][:, i, j] for i, j in VOIGT], axis=1)
+        components = voigt_components(errors[known])
         result["stress_rmse_GPa"] = float(np.sqrt(np.mean(components**2)) / units.GPa)
         if "stress_uncertainty" in arrays:
             sigma = arrays["stress_uncertainty"][known]

@@ -37,7 +37,7 @@ from incerta.data.frame import Frame
 from incerta.data.validation import DataError
 from incerta.models.potential import Potential
 from incerta.models.predict import graphs_for, predict_batches
-from incerta.uq.calibration import VOIGT
+from incerta.uq.calibration import SHEAR, VOIGT, voigt_components
 from incerta.uq.stress_symmetry import free_stress_components
 
 #: the shear components (yz, xz, xy) as (row, column) of a 3x3 stress
@@ -107,13 +107,12 @@ def shear_order_check(predicted: np.ndarray, frames: Sequence[Frame], group_key:
     fixed = np.stack([_fixed_shear(frames[k]) for k in labelled])
     groups = np.array([frame_group(frames[k], group_key) for k in labelled])
     check = {}
-    shear = lambda stress: np.stack([stress[:, i, j] for i, j in SHEAR_PAIRS], axis=1)  # (B, 3) yz, xz, xy
     for group in sorted(set(groups)):
         rows = groups == group
-        model = shear(predicted[rows])
+        model = voigt_components(predicted[rows])[:, SHEAR]
         errors, violations = {}, {}
         for order in SHEAR_ORDERS:
-            labels = shear(reorder_shear(reference[rows], order))
+            labels = voigt_components(reorder_shear(reference[rows], order))[:, SHEAR]
             errors[order_name(order)] = float(np.sqrt(np.mean((model - labels) ** 2)))
             violations[order_name(order)] = int(((np.abs(labels) > LABEL_ZERO_GPA) & fixed[rows]).any(axis=1).sum())
         fewest = min(violations.values())
@@ -178,4 +177,4 @@ def implausible_scales(fits: dict[str, dict]) -> dict[str, float]:
 def _pressure_free_components(stress: np.ndarray) -> np.ndarray:
     """The shear and the deviatoric normal components (6,) of a 3x3 stress."""
     normal = np.diag(stress)
-    return np.concatenate([[stress[i, j] for i, j in SHEAR_PAIRS], normal - normal.mean()])
+    return np.concatenate([voigt_components(stress)[SHEAR], normal - normal.mean()])

@@ -59,10 +59,11 @@ def validation_loss(metrics: dict[str, float], weights: LossWeights) -> float:
 
 def ema_decay_at(decay: float, updates: int) -> float:
     """The weight of the old average when it has taken in ``updates`` = n updates (the first is a
-    copy, so n >= 1 here): ``decay`` once warmed up, (1 + n) / (10 + n) before. A fixed decay keeps decay^n of the initial weights
-    after n updates (0.99: 37 % after 100) and trails the fast early moves, so a short run or an
-    active-learning iteration exports weights near where it started (quickstart, 4 epochs:
-    validation force MAE 195 meV/Å with a fixed 0.99, 99 with the warm-up)."""
+    copy, so n >= 1 here): ``decay`` once warmed up, (1 + n) / (10 + n) before. A fixed decay
+    keeps decay^n of the initial weights after n updates (0.99: 37 % after 100) and trails the
+    fast early moves, so a short run or an active-learning iteration exports weights near where
+    it started (quickstart, 4 epochs: validation force MAE 195 meV/Å with a fixed 0.99, 99 with
+    the warm-up)."""
     return min(decay, (1.0 + updates) / (10.0 + updates))
 
 

@@ -78,6 +78,13 @@ MIN_STRESS_STRUCTURES = 10
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 #: the normal and the shear components of :data:`VOIGT` (each kind has its own stress map)
 NORMAL, SHEAR = slice(0, 3), slice(3, 6)
+_VOIGT_ROWS, _VOIGT_COLUMNS = (list(index) for index in zip(*VOIGT))
+
+
+def voigt_components(stress):
+    """The six Voigt components (..., 6), in :data:`VOIGT` order, of stresses (..., 3, 3) (a
+    NumPy array or a tensor, returned as such)."""
+    return stress[..., _VOIGT_ROWS, _VOIGT_COLUMNS]
 
 
 def stress_score(atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
@@ -285,17 +292,21 @@ class Calibration:
             sigma = self.atom_sigma(torch.as_tensor(atom_scores, dtype=torch.float64), torch.as_tensor(numbers))
             score = stress_score(sigma, torch.as_tensor(structure, dtype=torch.long),
                                  torch.as_tensor(volume)).numpy()[usable]  # NaN for molecules
-        squared = np.stack([errors[usable][:, i, j] for i, j in VOIGT], axis=1) ** 2
+        squared = voigt_components(errors[usable]) ** 2
         free = np.ones(squared.shape, dtype=bool) if free is None else np.asarray(free, dtype=bool)[usable]
-        maps = []
-        for part in (NORMAL, SHEAR):
+
+        def fitted(part: slice) -> ScoreMap | None:
+            """The map of one kind of component; each free one is an observation of sigma^2 / 3
+            (sigma: the RMS error of the three); None with too few."""
             rows, columns = np.nonzero(free[:, part])
             if len(rows) < MIN_STRESS_STRUCTURES:
-                maps.append(maps[0])
-                continue
-            # each free component is one observation of sigma^2 / 3 (sigma: the RMS error of the three)
-            maps.append(_fit(score[rows], 3.0 * squared[:, part][rows, columns], 1, "power", "std"))
-        self.stress = StressMaps(*maps, score="forces" if method_scores is None else "method")
+                return None
+            return _fit(score[rows], 3.0 * squared[:, part][rows, columns], 1, "power", "std")
+
+        normal = fitted(NORMAL)  # never fixed by symmetry (the identity keeps them), so always fitted here
+        shear = fitted(SHEAR)
+        self.stress = StressMaps(normal, normal if shear is None else shear,
+                                 score="forces" if method_scores is None else "method")
 
     def stress_sigma(self, atom_sigma: torch.Tensor, batch: torch.Tensor, volume: torch.Tensor,
                      method_score: torch.Tensor | None = None) -> torch.Tensor:

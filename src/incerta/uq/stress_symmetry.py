@@ -21,7 +21,7 @@ import spglib
 import torch
 
 from incerta.data.graph import AtomicGraph
-from incerta.uq.calibration import VOIGT
+from incerta.uq.calibration import VOIGT, voigt_components
 
 try:  # spglib's documented opt-in to exceptions (its default from 3.0) instead of a None and a warning
     spglib.error.OLD_ERROR_HANDLING = False
@@ -63,10 +63,11 @@ def free_stress_mask(graph: AtomicGraph, stress: torch.Tensor | None = None) -> 
     searched (an equivariant model gives a fixed component as zero to float precision, 1e-4 of
     the largest at most in float32; the search costs 5-15 ms for 64 atoms)."""
     mask = np.ones((graph.num_graphs, 6), dtype=bool)
-    searched = graph.pbc.all(dim=1).cpu().numpy()
-    if stress is not None:
-        voigt = torch.stack([stress[:, i, j] for i, j in VOIGT], dim=1).detach().abs()
-        searched &= (voigt.amin(dim=1) <= SCREEN * voigt.amax(dim=1)).cpu().numpy()
+    searched = graph.pbc.all(dim=1)
+    if stress is not None and searched.any():
+        voigt = voigt_components(stress.detach()).abs()
+        searched &= voigt.amin(dim=1) <= SCREEN * voigt.amax(dim=1)
+    searched = searched.cpu().numpy()
     if searched.any():
         positions, numbers, batch = (t.detach().cpu().numpy() for t in (graph.positions, graph.numbers, graph.batch))
         cells = graph.cell.detach().cpu().numpy()
