@@ -89,9 +89,9 @@ def main() -> None:
     for group in ("300K", "600K"):
         graphs = graphs_for(method.potential, read_frames(acac / f"test_MD_{group}.xyz")[: args.frames])
         terms = [last_layer_terms(method.potential, g) for g in graphs]  # the exact rows, as LLPR has them
-        jacobian = torch.cat([jacobian for _, _, jacobian, _ in terms])
-        error = torch.cat([torch.linalg.norm(grads[K.FORCES].detach() - g.forces, dim=1)
-                           for g, (_, _, _, grads) in zip(graphs, terms)]).double().numpy()
+        jacobian = torch.cat([t.jacobian for t in terms])
+        error = torch.cat([torch.linalg.norm(t.derivatives[K.FORCES].detach() - g.forces, dim=1)
+                           for g, t in zip(graphs, terms)]).double().numpy()
         reference = per_atom_sigma(jacobian, exact)
         variants = {f"rank {k}": per_atom_sigma(jacobian, method.posterior_factor(k)) for k in RANKS}
         variants.update({f"samples {m}": per_atom_sigma(jacobian, exact @ draws[:, :m] / m**0.5) for m in SAMPLES})

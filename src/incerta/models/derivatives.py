@@ -74,9 +74,29 @@ def position_jacobian(values: torch.Tensor, positions: torch.Tensor, batched: bo
     alone and 45 ms in batches of 4 to 32. So: batched for a single structure (MD, the
     calculator), one by one for batches (fitting, scoring candidates).
     """
+    return _jacobians(values, [positions], batched, create_graph)[0]
+
+
+def stacked_derivatives(values: torch.Tensor, inputs: DifferentiableInputs, batched: bool,
+                        create_graph: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`derivatives` of each entry of ``values`` (H,), stacked: forces (H, N, 3) and, when
+    ``inputs`` has a strain, stress (H, B, 3, 3) (an entry summed over structures gives each
+    structure's own stress, as its strain moves that structure only). The vector-Jacobian
+    products run as in :func:`position_jacobian`, one per entry for both leaves together."""
+    leaves = [t for t in (inputs.positions, inputs.strain) if t is not None]
+    grads = _jacobians(values, leaves, batched, create_graph)
+    out = {K.FORCES: -grads[0]}
+    if inputs.strain is not None:
+        out[K.STRESS] = grads[-1] / inputs.volume.view(1, -1, 1, 1)
+    return out
+
+
+def _jacobians(values: torch.Tensor, leaves: list[torch.Tensor], batched: bool,
+               create_graph: bool) -> list[torch.Tensor]:
+    """d values_h / d leaf, (H, *leaf.shape) for each leaf (see :func:`position_jacobian`)."""
     if batched:
         eye = torch.eye(values.numel(), dtype=values.dtype, device=values.device)
-        return torch.func.vmap(lambda row: torch.autograd.grad(values, positions, row, retain_graph=True,
-                                                               create_graph=create_graph)[0])(eye)
-    return torch.stack([torch.autograd.grad(value, positions, retain_graph=True, create_graph=create_graph)[0]
-                        for value in values])
+        return list(torch.func.vmap(lambda row: torch.autograd.grad(values, leaves, row, retain_graph=True,
+                                                                    create_graph=create_graph))(eye))
+    rows = [torch.autograd.grad(value, leaves, retain_graph=True, create_graph=create_graph) for value in values]
+    return [torch.stack(column) for column in zip(*rows)]

@@ -22,7 +22,7 @@ from incerta.config.uncertainty import CalibrationKind, FitSection
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph
 from incerta.models.potential import Potential
-from incerta.uq.calibration import VOIGT, ScoreKind
+from incerta.uq.calibration import ScoreKind, voigt_components
 
 
 @dataclass
@@ -54,8 +54,7 @@ def member_stress(stresses: torch.Tensor | None) -> dict[str, torch.Tensor]:
     if stresses is None:
         return {}
     mean = stresses.mean(0)
-    rows, columns = zip(*VOIGT)
-    spread = (stresses - mean)[:, :, list(rows), list(columns)].pow(2).sum(-1).mean(0).sqrt()
+    spread = voigt_components(stresses - mean).pow(2).sum(-1).mean(0).sqrt()
     return {"stress": mean, "stress_score": spread}
 
 

@@ -31,13 +31,14 @@ equals it, test) instead of a truncation that is never above it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from incerta.data import keys as K
 from incerta.data.graph import AtomicGraph, batches
-from incerta.models.derivatives import derivatives, differentiable_inputs, position_jacobian
+from incerta.models.derivatives import differentiable_inputs, stacked_derivatives
 from incerta.models.potential import Potential
 from incerta.uq.base import FitSettings, UncertainOutput, UncertaintyMethod, frozen
 from incerta.uq.metrics import spearman
@@ -90,7 +91,7 @@ class LLPRUncertainty(UncertaintyMethod):
         leading = slice(0 if rank is None else len(values) - rank, None)
         return vectors[:, leading] * values[leading].clamp_min(0).sqrt()
 
-    def _features(self, graph: AtomicGraph, compute_stress: bool = False, exact: bool = True):
+    def _features(self, graph: AtomicGraph, compute_stress: bool = False, exact: bool = True) -> LastLayerTerms:
         """:func:`last_layer_terms` with the Jacobian of the features (``exact``) or of their k
         projections (N, 3, k)."""
         return last_layer_terms(self.potential, graph, compute_stress, None if exact else self.projection)
@@ -99,7 +100,8 @@ class LLPRUncertainty(UncertaintyMethod):
         size = self.inverse.shape[0]
         curvature = torch.zeros(size, size, dtype=torch.float64, device=self.inverse.device)
         for batch in batches(graphs, 16):
-            _, g, jacobian, _ = self._features(batch)
+            terms = self._features(batch)
+            g, jacobian = terms.summed, terms.jacobian
             n_atoms = batch.num_atoms.double()
             per_atom = g / n_atoms.unsqueeze(1)
             curvature += self.energy_weight * per_atom.T @ per_atom
@@ -118,8 +120,8 @@ class LLPRUncertainty(UncertaintyMethod):
         mean_diagonal = float(torch.diagonal(curvature).mean())
         features = []
         for batch in batches(validation, 16):
-            _, _, jacobian, grads = self._features(batch)
-            features.append((jacobian, torch.linalg.norm(grads[K.FORCES].detach() - batch.forces, dim=1)))
+            terms = self._features(batch)
+            features.append((terms.jacobian, torch.linalg.norm(terms.derivatives[K.FORCES].detach() - batch.forces, dim=1)))
         errors = np.concatenate([e.cpu().numpy() for _, e in features])
         choices = {}
         for relative in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
@@ -133,31 +135,37 @@ class LLPRUncertainty(UncertaintyMethod):
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
         exact = self.columns is None
-        out, g, jacobian, grads = self._features(graph, compute_stress, exact)
+        out, g, jacobian, grads, _ = self._features(graph, compute_stress, exact)
         energy = torch.einsum("bh,hk,bk->b", g, self.inverse, g).clamp_min(0).sqrt()
         atom = self._atom_scores(jacobian, self.inverse) if exact else jacobian.pow(2).sum(dim=(1, 2)).sqrt()
         return UncertainOutput(out[K.ENERGY].detach(), grads[K.FORCES], atom, energy, grads.get(K.STRESS),
                                out[K.ATOMIC_ENERGIES].detach(), out[K.NODE_FEATURES])
 
 
+class LastLayerTerms(NamedTuple):
+    """What is linear in the readout's last layer phi_i (H features), for B structures of N atoms."""
+
+    outputs: dict[str, torch.Tensor]  # the model's outputs
+    summed: torch.Tensor  # g (B, H+1): per-structure sums of [phi_i, 1], float64 (the last column counts atoms)
+    jacobian: torch.Tensor  # position Jacobian of sum_i phi_i (N, 3, H), float64 (or of its k projections)
+    derivatives: dict[str, torch.Tensor]  # forces (N, 3) eV/Å, and stress (B, 3, 3) eV/Å^3 when asked
+    stress_jacobian: torch.Tensor | None  # (1/V) d g[:, :H] / d strain (H, B, 3, 3), float64, when stress is asked
+
+
 def last_layer_terms(potential: Potential, graph: AtomicGraph, compute_stress: bool = False,
-                     projection: torch.Tensor | None = None):
-    """What is linear in the readout's last layer, for B structures of N atoms: the model's
-    outputs, g (B, H+1) = per-structure sums of [phi_i, 1] (float64, the last column counts
-    atoms), the position Jacobian of sum_i phi_i (N, 3, H) (float64; of its projections
-    (N, 3, k) on the columns of ``projection`` (H, k) when given) and the energy's derivatives
-    (forces, and stress when asked). The forces ride in the same backward as the Jacobian."""
+                     projection: torch.Tensor | None = None) -> LastLayerTerms:
+    """:class:`LastLayerTerms` of ``graph`` (Jacobians of the projections of sum_i phi_i on the
+    columns of ``projection`` (H, k) when given). The energy's derivatives ride in the same
+    vector-Jacobian products as the Jacobians."""
     inputs = differentiable_inputs(graph, forces=True, stress=compute_stress)
     out = potential.evaluate(inputs.graph)
     phi = out[K.LAST_LAYER_FEATURES]
     summed = phi.sum(0) if projection is None else phi.sum(0) @ projection.to(phi.dtype)
-    if compute_stress:
-        jacobian = position_jacobian(summed, inputs.positions, batched=graph.num_graphs == 1)
-        grads = derivatives(out[K.ENERGY], inputs, create_graph=False)
-    else:
-        rows = position_jacobian(torch.cat([out[K.ENERGY].sum().unsqueeze(0), summed]), inputs.positions,
-                                 batched=graph.num_graphs == 1)
-        jacobian, grads = rows[1:], {K.FORCES: -rows[0]}
+    rows = stacked_derivatives(torch.cat([out[K.ENERGY].sum().unsqueeze(0), summed]), inputs,
+                               batched=graph.num_graphs == 1)
+    grads = {key: value[0] for key, value in rows.items()}
+    stress_jacobian = rows[K.STRESS][1:].detach().double() if compute_stress else None
     augmented = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
     g = torch.zeros(graph.num_graphs, augmented.shape[1], dtype=phi.dtype, device=phi.device).index_add(0, graph.batch, augmented)
-    return out, g.detach().double(), jacobian.detach().double().permute(1, 2, 0), grads
+    jacobian = -rows[K.FORCES][1:].detach().double().permute(1, 2, 0)
+    return LastLayerTerms(out, g.detach().double(), jacobian, grads, stress_jacobian)
