@@ -41,12 +41,12 @@ from incerta.utils.distributed import DeviceError
 SMALL_MODEL = {"l_max": 1, "num_channels": 16, "num_layers": 2, "radial_hidden": [32], "readout_hidden": 16}
 
 
-def al_yaml(tmp_path, train, pool, **active) -> str:
+def al_yaml(tmp_path, train, pool, epochs: int = 10, **active) -> str:
     config = {
         "seed": 0,
         "data": {"train": train, "n_val": 10},
         "model": SMALL_MODEL,
-        "training": {"epochs": 10, "lr": 0.01, "progress": False},
+        "training": {"epochs": epochs, "lr": 0.01, "progress": False},
         "active": {"uncertainty": {"method": "gmm"}, "candidates": {"source": "pool", "pool": pool},
                    "cluster": {"workers": 2}, **active},
     }
@@ -74,6 +74,18 @@ def first_iteration(acac_slices, tmp_path_factory):
     loop = ActiveLearning(config, folder / "run", progress=False)
     loop._prepare()
     return loop, loop.train(0)
+
+
+@pytest.fixture(scope="module")
+def barely_trained(acac_slices, tmp_path_factory):
+    """An iteration-0 model trained for one epoch (6 updates) of the same loop: acac comes apart
+    under it at 1200 K."""
+    folder = tmp_path_factory.mktemp("barely")
+    config = load_experiment(al_yaml(folder, str(acac_slices / "initial.xyz"), str(acac_slices / "pool.xyz"), epochs=1,
+                                     oracle={"type": "lookup"}), ALConfig)
+    loop = ActiveLearning(config, folder / "run", progress=False)
+    loop._prepare()
+    return loop.train(0)
 
 
 def test_uncertainty_selection_picks_higher_error_frames_than_random(first_iteration):
@@ -288,11 +300,12 @@ def test_md_candidates_at_each_exploration_temperature(first_iteration, acac_sli
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_md_candidates_respect_the_data_overlap_limit(first_iteration, acac_slices, replicas):
+def test_md_candidates_respect_the_data_overlap_limit(barely_trained, acac_slices, replicas):
     """A candidate is read back and labelled under the data's ``min_distance``: MD whose atoms come
-    closer ends there. With a 0.93 Å limit (acac's O-H bond, about 1.0 Å, dips below it at 1200 K)
-    every run stops early, yet what it flagged before is kept and obeys the limit."""
-    uncertain = load_uncertain_potential(first_iteration[1])
+    closer ends there. With a 0.93 Å limit (acac's O-H bond, about 1.0 Å, dips below it at 1200 K
+    under the barely trained model) every run stops early, yet what it flagged before is kept and
+    obeys the limit."""
+    uncertain = load_uncertain_potential(barely_trained)
     starts = read_frames(acac_slices / "pool.xyz")[:2]
     section = CandidateSection(source="md", max_candidates=40, md={
         "temperature_K": 1200.0, "steps": 60, "check_every": 2, "on_flag": "continue", "replicas": replicas,
@@ -304,10 +317,10 @@ def test_md_candidates_respect_the_data_overlap_limit(first_iteration, acac_slic
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_md_candidates_are_whole_molecules(first_iteration, acac_slices, replicas):
+def test_md_candidates_are_whole_molecules(barely_trained, acac_slices, replicas):
     """The barely trained model lets acac come apart at 1200 K: without the watch some candidates
     have an unphysical event (a fragment or a clash); with the default watch none has, and the runs end."""
-    uncertain = load_uncertain_potential(first_iteration[1])
+    uncertain = load_uncertain_potential(barely_trained)
     starts = read_frames(acac_slices / "pool.xyz")[:2]
     default = CandidateSection().md
 

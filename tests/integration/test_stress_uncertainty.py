@@ -28,10 +28,10 @@ from incerta.uq.store import load_uncertain_potential
 @pytest.fixture(scope="module")
 def stress_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stress")
-    ase.io.write(folder / "copper.xyz", [f.to_atoms() for f in copper_frames(60, 0.08, 0.02, seed=0)], format="extxyz")
+    ase.io.write(folder / "copper.xyz", [f.to_atoms() for f in copper_frames(80, 0.08, 0.02, seed=0)], format="extxyz")
     config = RunConfig.model_validate({
         "seed": 0,
-        "data": {"train": str(folder / "copper.xyz"), "n_val": 20},
+        "data": {"train": str(folder / "copper.xyz"), "n_val": 40},
         "model": {"cutoff": 4.0, "l_max": 1, "num_channels": 8, "num_layers": 2, "radial_hidden": [16],
                   "readout_hidden": 8, "dtype": "float64"},
         "training": {"epochs": 15, "lr": 0.01, "batch_size": 5, "stress_weight": 100.0, "progress": False},
@@ -46,7 +46,7 @@ def stress_model(tmp_path_factory):
 def test_stress_uncertainty_is_calibrated_and_ranks_errors(stress_model):
     uncertain = load_uncertain_potential(stress_model)
     assert uncertain.calibration.stress is not None, "validation frames had stress: a stress map is fitted"
-    inside, beyond = copper_frames(20, 0.08, 0.02, seed=1), copper_frames(20, 0.25, 0.05, seed=2)
+    inside, beyond = copper_frames(40, 0.08, 0.02, seed=1), copper_frames(20, 0.25, 0.05, seed=2)
     arrays = collect(uncertain, graphs_for(uncertain.potential, inside + beyond))
     errors = arrays["stress_pred"] - arrays["stress_ref"]
     components = np.stack([errors[:, i, j] for i, j in VOIGT], axis=1)  # (B, 6) eV/Å^3
@@ -54,9 +54,9 @@ def test_stress_uncertainty_is_calibrated_and_ranks_errors(stress_model):
     assert sigma.shape == components.shape and np.all(np.isfinite(sigma)) and np.all(sigma > 0)
     rms_sigma = np.sqrt(np.mean(sigma**2, axis=1))
     assert uq_metrics.spearman(rms_sigma, np.sqrt(np.mean(components**2, axis=1))) > 0.4
-    assert rms_sigma[20:].mean() > 1.5 * rms_sigma[:20].mean(), "larger displacements: larger stress uncertainty"
+    assert rms_sigma[40:].mean() > 1.5 * rms_sigma[:40].mean(), "larger displacements: larger stress uncertainty"
     for part in (NORMAL, SHEAR):  # each kind calibrated
-        z_squared = np.mean((components[:20, part] / sigma[:20, part]) ** 2)
+        z_squared = np.mean((components[:40, part] / sigma[:40, part]) ** 2)
         assert 0.5 < z_squared < 2.0, f"calibrated where validation was drawn, got mean z^2 {z_squared:.2f}"
 
 
@@ -96,7 +96,7 @@ def test_a_shallow_ensemble_calibrates_stress_on_the_spread_of_its_heads(stress_
     fit_uncertainty(model, "shallow", splits.train, splits.validation, settings=FitSettings(progress=False))
     uncertain = load_uncertain_potential(model)
     assert uncertain.calibration.stress is not None and uncertain.calibration.stress.score == "method"
-    inside, beyond = copper_frames(20, 0.08, 0.02, seed=1), copper_frames(20, 0.25, 0.05, seed=2)
+    inside, beyond = copper_frames(40, 0.08, 0.02, seed=1), copper_frames(20, 0.25, 0.05, seed=2)
     graphs = graphs_for(uncertain.potential, inside + beyond)
     arrays, raw = collect(uncertain, graphs), collect(uncertain.method, graphs)
     expected = uncertain.calibration.stress(torch.as_tensor(raw["stress_score"])).numpy()
@@ -104,8 +104,8 @@ def test_a_shallow_ensemble_calibrates_stress_on_the_spread_of_its_heads(stress_
     errors = arrays["stress_pred"] - arrays["stress_ref"]
     components = np.stack([errors[:, i, j] for i, j in VOIGT], axis=1)
     sigma = arrays["stress_uncertainty"]
-    z_squared = np.mean((components[:20] / sigma[:20]) ** 2)
+    z_squared = np.mean((components[:40] / sigma[:40]) ** 2)
     rms_sigma = np.sqrt(np.mean(sigma**2, axis=1))
     assert 0.5 < z_squared < 2.0, f"calibrated where validation was drawn, got mean z^2 {z_squared:.2f}"
     assert uq_metrics.spearman(rms_sigma, np.sqrt(np.mean(components**2, axis=1))) > 0.4
-    assert rms_sigma[20:].mean() > 1.5 * rms_sigma[:20].mean(), "larger displacements: larger stress uncertainty"
+    assert rms_sigma[40:].mean() > 1.5 * rms_sigma[:40].mean(), "larger displacements: larger stress uncertainty"

@@ -34,8 +34,9 @@ class TrainingConfig(Schema):
         "a run resumed with a longer budget goes on from the lr its decay began at",
     )
     ema_decay: float = Field(0.99, ge=0, lt=1, description="exponential moving average of weights (0 = off)")
-    ema_warmup: bool = Field(False, description="the average's decay warms up as min(ema_decay, (1 + n) / (10 + n)) "
-                             "over the first updates n, so a short run exports the weights it reached")
+    ema_warmup: bool = Field(True, description="the average's decay warms up as min(ema_decay, (1 + n) / (10 + n)) "
+                             "over the first updates n, so a short run exports the weights it reached (false: the "
+                             "fixed decay of earlier runs)")
     clip_grad_norm: float | None = Field(10.0, gt=0)
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without improvement")
     max_time_minutes: float | None = Field(None, gt=0, description="stop when this wall time is spent (resumes add up)")
