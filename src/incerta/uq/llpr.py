@@ -149,7 +149,7 @@ class LastLayerTerms(NamedTuple):
     summed: torch.Tensor  # g (B, H+1): per-structure sums of [phi_i, 1], float64 (the last column counts atoms)
     jacobian: torch.Tensor  # position Jacobian of sum_i phi_i (N, 3, H), float64 (or of its k projections)
     derivatives: dict[str, torch.Tensor]  # forces (N, 3) eV/Å, and stress (B, 3, 3) eV/Å^3 when asked
-    stress_jacobian: torch.Tensor | None  # (1/V) d g[:, :H] / d strain (H, B, 3, 3), float64, when stress is asked
+    stress_jacobian: torch.Tensor | None  # (1/V) d g[:, :H] / d strain (H, B, 3, 3) (or k), float64, with stress
 
 
 def last_layer_terms(potential: Potential, graph: AtomicGraph, compute_stress: bool = False,
