@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from incerta.config.training import TrainingConfig
@@ -70,13 +70,12 @@ def ema_decay_at(decay: float, updates: int) -> float:
 def moving_average(decay: float, warmup: bool) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
     """``multi_avg_fn`` for :class:`~torch.optim.swa_utils.AveragedModel`: an exponential moving
     average of fixed ``decay``, or (``warmup``) whose decay warms up as :func:`ema_decay_at` says."""
-    if not warmup:
-        return get_ema_multi_avg_fn(decay)
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
         if averaged[0].is_floating_point():  # one dtype per call
-            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(decay, int(updates)))
+            weight = 1.0 - (ema_decay_at(decay, int(updates)) if warmup else decay)
+            torch._foreach_lerp_(averaged, current, weight)
         else:  # integer buffers (counts, indices) are not averaged
             torch._foreach_copy_(averaged, current)
 

@@ -89,14 +89,13 @@ class _FrozenBatch(NamedTuple):
     stress_ref: torch.Tensor | None  # (B, 3, 3), NaN where unknown
 
 
-def fits_stress(batch: AtomicGraph) -> bool:
-    """Whether ``batch`` holds a stress label of a periodic structure."""
-    return batch.stress is not None and bool((known_rows(batch.stress) & batch.pbc.all(dim=1)).any())
-
-
-def _periodic_stress(batch: AtomicGraph) -> torch.Tensor:
-    """The batch's stress labels (B, 3, 3), NaN for the structures that are not periodic."""
-    return torch.where(batch.pbc.all(dim=1).view(-1, 1, 1), batch.stress, torch.nan)
+def periodic_stress_labels(batch: AtomicGraph) -> torch.Tensor | None:
+    """The batch's stress labels (B, 3, 3) eV/Å^3, NaN for the structures that are not periodic;
+    None when no periodic structure of the batch has one."""
+    if batch.stress is None:
+        return None
+    labels = torch.where(batch.pbc.all(dim=1).view(-1, 1, 1), batch.stress, torch.nan)
+    return labels if bool(known_rows(labels).any()) else None
 
 
 class ShallowEnsemble(UncertaintyMethod):
@@ -150,13 +149,17 @@ class ShallowEnsemble(UncertaintyMethod):
         shifts = torch.zeros(graph.num_graphs, self.num_heads, dtype=atomic.dtype, device=atomic.device)
         return out[K.ENERGY].unsqueeze(1) + shifts.index_add(0, graph.batch, atomic)
 
+    def _stress_labels(self, batch: AtomicGraph) -> torch.Tensor | None:
+        """:func:`periodic_stress_labels`, None when the likelihood has no stress term."""
+        return periodic_stress_labels(batch) if self.stress_weight > 0 else None
+
     def _backbone_loss(self, batch: AtomicGraph) -> torch.Tensor:
-        stress = self.stress_weight > 0 and fits_stress(batch)
-        inputs = differentiable_inputs(batch, forces=True, stress=stress)
+        stress_ref = self._stress_labels(batch)
+        inputs = differentiable_inputs(batch, forces=True, stress=stress_ref is not None)
         energies = self._head_energies(self.potential.evaluate(inputs.graph), inputs.graph)
         heads = stacked_derivatives(energies.sum(0), inputs, batched=False, create_graph=True)
         return ensemble_nll(energies, heads[K.FORCES], batch.energy, batch.forces, self.forces_weight,
-                            heads.get(K.STRESS), _periodic_stress(batch) if stress else None, self.stress_weight)
+                            heads.get(K.STRESS), stress_ref, self.stress_weight)
 
     def _frozen_terms(self, graphs: Sequence[AtomicGraph]) -> list[_FrozenBatch]:
         """Per batch of the frozen model (:func:`~incerta.uq.llpr.last_layer_terms`), with the
@@ -164,11 +167,11 @@ class ShallowEnsemble(UncertaintyMethod):
         terms = []
         dtype = self.heads.weight.dtype
         for batch in batches(graphs, 16):
-            stress = self.stress_weight > 0 and fits_stress(batch)
-            t = last_layer_terms(self.potential, batch, compute_stress=stress)
+            stress_ref = self._stress_labels(batch)
+            t = last_layer_terms(self.potential, batch, compute_stress=stress_ref is not None)
             values = (t.outputs[K.ENERGY], t.derivatives[K.FORCES], t.summed[:, :-1], t.summed[:, -1],
                       t.jacobian.permute(2, 0, 1), batch.energy, batch.forces, t.derivatives.get(K.STRESS),
-                      t.stress_jacobian, _periodic_stress(batch) if stress else None)
+                      t.stress_jacobian, stress_ref)
             terms.append(_FrozenBatch(*(None if v is None else v.detach().to(dtype) for v in values)))
         return terms
 
