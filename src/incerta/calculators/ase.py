@@ -121,7 +121,10 @@ class IncertaCalculator(Calculator):
     When the model has an uncertainty method attached (``incerta uq fit`` or an
     ensemble), these properties are computed when asked for
     (``atoms.calc.get_property("forces_uncertainty", atoms)``), never on the way to
-    energies and forces, so MD pays for them only at the steps that look:
+    energies and forces, so MD pays for them only at the steps that look. A package compiled
+    with the fit (``incerta compile`` of a GMM or LNK model) computes them in every call
+    anyway: they then come with the forces, in the results at once (and, with ``annotate``,
+    in ``atoms``), except ``stress_uncertainty``, which is still computed when asked for:
 
     * ``forces_uncertainty`` (N,) eV/Å: predicted RMS of each atom's force error;
     * ``energy_uncertainty`` eV: predicted standard deviation of the energy error;
@@ -303,15 +306,20 @@ class IncertaCalculator(Calculator):
             self.results["charges"] = as_np(outputs[K.ATOMIC_CHARGES])
             if not periodic:
                 self.results["dipole"] = as_np(outputs[K.DIPOLE][0])
-        if uncertain:
-            self.results[K.FORCES_UNCERTAINTY] = as_np(outputs[K.FORCES_UNCERTAINTY])
-            self.results[K.ENERGY_UNCERTAINTY] = float(outputs[K.ENERGY_UNCERTAINTY][0].detach())
-            self.results[K.STRUCTURE_UNCERTAINTY] = float(outputs[K.STRUCTURE_UNCERTAINTY][0].detach())
-            if K.STRESS_UNCERTAINTY in outputs:
-                self.results[K.STRESS_UNCERTAINTY] = as_np(outputs[K.STRESS_UNCERTAINTY][0])
-            if self.annotate and atoms is not None:
-                atoms.arrays[K.FORCES_UNCERTAINTY] = np.array(self.results[K.FORCES_UNCERTAINTY])
-                atoms.info[K.ENERGY_UNCERTAINTY] = self.results[K.ENERGY_UNCERTAINTY]
-                atoms.info[K.STRUCTURE_UNCERTAINTY] = self.results[K.STRUCTURE_UNCERTAINTY]
-                if K.STRESS_UNCERTAINTY in self.results:
-                    atoms.info[K.STRESS_UNCERTAINTY] = self.results[K.STRESS_UNCERTAINTY]
+        if uncertain or (self.has_uncertainty and K.FORCES_UNCERTAINTY in outputs):  # compiled with the fit: free
+            self._store_uncertainties(outputs, atoms)
+
+    def _store_uncertainties(self, outputs: dict[str, torch.Tensor], atoms: Atoms | None) -> None:
+        """The calibrated uncertainties of ``outputs`` into the results (and, with ``annotate``, ``atoms``)."""
+        sigma = outputs[K.FORCES_UNCERTAINTY].detach().cpu().double().numpy()
+        self.results[K.FORCES_UNCERTAINTY] = sigma
+        self.results[K.ENERGY_UNCERTAINTY] = float(outputs[K.ENERGY_UNCERTAINTY][0].detach())
+        self.results[K.STRUCTURE_UNCERTAINTY] = float(outputs[K.STRUCTURE_UNCERTAINTY][0].detach())
+        if K.STRESS_UNCERTAINTY in outputs:
+            self.results[K.STRESS_UNCERTAINTY] = outputs[K.STRESS_UNCERTAINTY][0].detach().cpu().double().numpy()
+        if self.annotate and atoms is not None:
+            atoms.arrays[K.FORCES_UNCERTAINTY] = sigma.copy()
+            atoms.info[K.ENERGY_UNCERTAINTY] = self.results[K.ENERGY_UNCERTAINTY]
+            atoms.info[K.STRUCTURE_UNCERTAINTY] = self.results[K.STRUCTURE_UNCERTAINTY]
+            if K.STRESS_UNCERTAINTY in self.results:
+                atoms.info[K.STRESS_UNCERTAINTY] = self.results[K.STRESS_UNCERTAINTY]
