@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+import zipfile
 from dataclasses import replace
 
 import numpy as np
@@ -94,6 +95,15 @@ def test_compiled_equals_eager_for_any_size_and_batch(compiled_folder):
     expected = uncertain(batch)
     for key in SCORE_KEYS:
         torch.testing.assert_close(outputs[key], expected[key].detach(), rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_the_package_kernels_open_no_parallel_region(compiled_folder):
+    """``incerta compile`` generates serial CPU kernels (each small loop's OpenMP region cost more
+    than it gained: models/compiled.py); the package holds their C++ source."""
+    with zipfile.ZipFile(compiled_path(compiled_folder, "cpu", torch.float32)) as package:
+        sources = [package.read(name).decode() for name in package.namelist() if name.endswith("kernel.cpp")]
+    assert sources and any("cpp_fused" in source for source in sources)
+    assert not any("#pragma omp parallel" in source for source in sources)
 
 
 def test_calculator_runs_the_model_folder_package(compiled_folder):

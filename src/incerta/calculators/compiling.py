@@ -11,13 +11,14 @@ from incerta.uq.store import has_uncertainty, load_uncertain_potential
 
 
 def compile_model(model: str | Path, out: str | Path | None = None, device: str = "cpu",
-                  stress: bool | None = None) -> Path:
+                  stress: bool | None = None, parallel_kernels: bool = False) -> Path:
     """Compile the potential the calculator predicts with (the attached uncertainty method's, and
     the calibrated uncertainties where they follow from the potential's outputs, e.g. GMM's, or
     the method's whole prediction where it compiles, LNK's GP readout) for ``device`` into ``out``,
     by default the model folder's package, which
     :class:`~incerta.calculators.ase.IncertaCalculator`, ``incerta md`` and active learning then
-    use. ``stress`` (default: whether the model was trained on periodic data) adds the stress.
+    use. ``stress`` (default: whether the model was trained on periodic data) adds the stress;
+    ``parallel_kernels``: OpenMP-parallel CPU kernels (large cells on many cores).
     Raises :class:`~incerta.models.compiled.CompileError` when the model cannot be compiled."""
     scorer = scorer_digest = predictor = None
     if has_uncertainty(model):
@@ -35,4 +36,5 @@ def compile_model(model: str | Path, out: str | Path | None = None, device: str 
         potential = load_potential(model)
     target = compiled_path(model_file(model).parent, device, model_dtype(potential)) if out is None else Path(out)
     with_stress = bool(potential.spec.trained_on_periodic) if stress is None else stress
-    return compile_potential(potential, target, device, with_stress, scorer, scorer_digest, predictor)
+    return compile_potential(potential, target, device, with_stress, scorer, scorer_digest, predictor,
+                             parallel_kernels)

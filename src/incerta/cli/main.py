@@ -402,6 +402,9 @@ def compile_command(
     device: str = typer.Option("cpu", help="cpu or cuda: the device the package runs on."),
     stress: bool | None = typer.Option(None, "--stress/--no-stress", help="Also give the stress of periodic cells "
                                        "(default: if the model was trained on periodic data)."),
+    parallel_kernels: bool = typer.Option(False, "--parallel-kernels", help="OpenMP-parallel CPU kernels: for "
+                                          "large cells on many cores (on small structures serial kernels are "
+                                          "faster: 1.22 against 1.50 ms on acac, 2 threads)."),
 ) -> None:
     """Compile the model's energy, forces (and stress) ahead of time with AOTInductor, for any
     number of atoms: the same numbers as the eager model, several times faster on small
@@ -410,7 +413,7 @@ def compile_command(
     from incerta.models.compiled import CompileError
 
     try:
-        path = compile_model(model, out, device, stress)
+        path = compile_model(model, out, device, stress, parallel_kernels)
     except USER_ERRORS as err:
         fail(err)
     except CompileError as err:

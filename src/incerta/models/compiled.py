@@ -20,6 +20,15 @@ vectorised store, torch 2.13); the trace therefore writes every ``index_add`` as
 equivalent ``scatter_reduce(..., "sum")``, which Inductor hands to ATen's kernel, so the rest
 of the program keeps its vectorised loops.
 
+Inductor's CPU kernels are generated serial (``cpp.threads = 1``; matrix products still run
+ATen's multi-threaded kernels) unless ``parallel_kernels``. Inductor's default opens an OpenMP
+region in every loop worth splitting, even inside a loop over atoms, and on small structures
+their start-up costs more than they gain: on 2 threads the fast preset's program took 1.22 ms on
+acac (15 atoms) and 62.7 ms on 192 water atoms serial, 1.50 and 65.2 ms parallel; on the 1,536-atom
+water box parallel kernels are 6 % faster (``benchmarks/compiled_kernels.py``), so they are for
+large cells on many cores. The trace's example is two molecules of 16 atoms, so that Inductor's
+size hints (its loop splitting and fusion) are those of a molecule, not of 6 atoms.
+
 A compiled package is native code: load only packages you made or trust.
 """
 
@@ -113,11 +122,12 @@ SCATTER_DECOMPOSITIONS = {torch.ops.aten.index_add.default: _index_add, torch.op
 
 
 def example_inputs(potential: Potential, device: str | torch.device) -> tuple[torch.Tensor, ...]:
-    """Two small molecules holding every species of the model, all pairs as edges: the trace's
-    example (two structures and more than one atom and edge, so no size is fixed by it)."""
+    """Two molecules of 16 atoms (more if the model has more species) holding every species of
+    the model, all pairs as edges: the trace's example (two structures and more than one atom and
+    edge, so no size is fixed by it; Inductor's size hints are those of a molecule)."""
     dtype = next(potential.parameters()).dtype
     species = torch.tensor(potential.spec.species)
-    per_structure = max(3, len(species))
+    per_structure = max(16, len(species))
     numbers = species.repeat(2 * per_structure)[: 2 * per_structure]
     count = len(numbers)
     positions = 1.2 * torch.stack([torch.arange(count) % 3, torch.arange(count) // 3 % 3, torch.arange(count) // 9], 1)
@@ -132,9 +142,10 @@ def example_inputs(potential: Potential, device: str | torch.device) -> tuple[to
 
 def compile_potential(potential: Potential, path: str | Path, device: str = "cpu", stress: bool = True,
                       scorer: Scorer | None = None, scorer_digest: str | None = None,
-                      predictor: Predictor | None = None) -> Path:
+                      predictor: Predictor | None = None, parallel_kernels: bool = False) -> Path:
     """Compile ``potential`` (its dtype) for ``device`` into the package ``path`` (written
-    atomically); with ``stress`` the program also gives the stress of periodic structures, with
+    atomically), its CPU kernels serial unless ``parallel_kernels`` (module docstring); with
+    ``stress`` the program also gives the stress of periodic structures, with
     ``scorer`` the uncertainties (:data:`SCORE_KEYS`) of the fit whose digest is ``scorer_digest``;
     ``predictor`` (with a scorer, whose digest then covers the predictor's weights) predicts in
     place of the potential's forward, which it builds on (e.g. a learned readout on its features).
@@ -170,11 +181,12 @@ def compile_potential(potential: Potential, path: str | Path, device: str = "cpu
                 "device": torch.device(device).type, "stress": json.dumps(stress),
                 "scorer": json.dumps(scorer_digest), "predictor": json.dumps(predictor is not None),
             }
+            configs = {"aot_inductor.metadata": metadata, **({} if parallel_kernels else {"cpp.threads": 1})}
 
             def write(temporary: Path) -> None:
                 with open(temporary, "w+b") as handle:
                     torch._inductor.aoti_compile_and_package(exported, package_path=handle,
-                                                             inductor_configs={"aot_inductor.metadata": metadata})
+                                                             inductor_configs=configs)
 
             atomic_write(path, write)
     except Exception as err:
