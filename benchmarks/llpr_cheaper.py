@@ -9,6 +9,10 @@ does), the per-atom Spearman against the exact propagation (all H last-layer dir
 acac 300 K and 600 K test frames of
 
 * ``rank k``: the k leading directions of the posterior (k rows; the library's default is 8);
+* ``data rank k``: the k directions of the posterior that carry the most force variance summed
+  over 150 training structures' atoms (P = F Q_k, F F^T the posterior, Q_k the leading
+  eigenvectors of F^T A F with A = sum_ia J_ia J_ia^T): the best k rows on average over the
+  training data rather than the posterior's widest directions;
 * ``samples M``: M last-layer weight draws from the posterior, propagated like an ensemble's
   heads (M rows; one fixed draw, as the method stores it);
 * ``stopped at layer L``: all H directions, with each row's backward stopped at the input of
@@ -68,6 +72,15 @@ def stopped_jacobian(method: LLPRUncertainty, graph: AtomicGraph, stop_at: str) 
     return rows.detach().double().permute(1, 2, 0)
 
 
+def data_weighted_factor(exact: torch.Tensor, jacobian: torch.Tensor, rank: int) -> torch.Tensor:
+    """P (H, k) = F Q_k for the posterior factor F (H, H), Q_k the k leading eigenvectors of
+    F^T A F with A = sum_ia J_ia J_ia^T over ``jacobian`` (N, 3, H): P P^T <= F F^T, and the
+    force variance it keeps, summed over those atoms, is the largest of any k directions."""
+    whitened = torch.einsum("nah,hk->nak", jacobian, exact).reshape(-1, exact.shape[1])
+    _, vectors = torch.linalg.eigh(whitened.T @ whitened)  # ascending
+    return exact @ vectors[:, -rank:]
+
+
 def per_atom_sigma(jacobian: torch.Tensor, projection: torch.Tensor) -> np.ndarray:
     """sqrt(sum_k |J P_k|^2) (N,) for a projection (H, k) of the posterior."""
     return torch.einsum("nah,hk->nak", jacobian, projection).pow(2).sum((1, 2)).sqrt().numpy()
@@ -85,6 +98,8 @@ def main() -> None:
     draws = torch.randn(exact.shape[0], max(SAMPLES), dtype=exact.dtype, generator=torch.Generator().manual_seed(0))
     layers = [name for name, _ in method.potential.blocks if name.startswith("interactions.")][1:]
     acac = shared_data() / "botnet" / "dataset_acac"
+    training = graphs_for(method.potential, read_frames(args.data / "train.xyz")[:150])
+    training_jacobian = torch.cat([last_layer_terms(method.potential, g).jacobian for g in training])
     results, rows = {}, []
     for group in ("300K", "600K"):
         graphs = graphs_for(method.potential, read_frames(acac / f"test_MD_{group}.xyz")[: args.frames])
@@ -94,6 +109,8 @@ def main() -> None:
                            for g, t in zip(graphs, terms)]).double().numpy()
         reference = per_atom_sigma(jacobian, exact)
         variants = {f"rank {k}": per_atom_sigma(jacobian, method.posterior_factor(k)) for k in RANKS}
+        variants.update({f"data rank {k}": per_atom_sigma(jacobian, data_weighted_factor(exact, training_jacobian, k))
+                         for k in RANKS})
         variants.update({f"samples {m}": per_atom_sigma(jacobian, exact @ draws[:, :m] / m**0.5) for m in SAMPLES})
         for layer in layers:
             stopped = torch.cat([stopped_jacobian(method, g, layer) for g in graphs])
