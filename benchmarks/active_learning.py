@@ -29,7 +29,8 @@
 
 Every (study, strategy, seed) loop runs in its own process with one thread, ``--jobs`` at
 a time; its learning curve is kept in benchmarks/work/active_learning/<run>/curve.json,
-so a rerun skips finished loops.
+so a rerun skips finished loops. A rerun of some molecules (``--molecules``) keeps the others'
+last exploration results, each entry dated.
 
     .venv/bin/python benchmarks/active_learning.py --jobs 2           # exploration, ~2 h on 2 cores
     .venv/bin/python benchmarks/active_learning.py --jobs 2 --pool    # and the pool study: +4 h
@@ -50,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from al_reference import TEMPERATURES_K, reference_sets, stable_run
-from common import RESULTS, ROOT, WORK, print_table, shared_data, write_results
+from common import RESULTS, ROOT, WORK, machine, print_table, shared_data, write_results
 
 STRATEGIES = {"llpr": ["active.uncertainty.method=llpr"], "gmm": ["active.uncertainty.method=gmm"],
               "random": ["active.selection.strategy=random"]}
@@ -326,21 +327,26 @@ def main() -> None:
 
     previous = RESULTS / "active_learning.json"
     results: dict = json.loads(previous.read_text()) if previous.exists() and not args.pool else {}
-    results.pop("machine", None)
+    measured_on = results.pop("machine", {}).get("date")
     settings = {key: getattr(args, key) for key in ("seeds", "molecules", "budget", "batch", "threshold_factor",
                                                      "stability_runs", "stability_ps", "jobs")}
-    results["exploration"] = {"settings": {**settings, "threads_per_job": 1}}
+    # molecules not rerun keep their last results, each with the date it was measured on
+    kept = {m: {"date": measured_on, **entry} for m, entry in results.get("exploration", {}).items()
+            if m not in ("settings", "wall_time_s", *args.molecules)}
+    results["exploration"] = {"settings": {**settings, "threads_per_job": 1}, **kept}
     by_study: dict[str, list] = {}
     for (name, strategy, _, _, _, _), curve in outcomes:
         by_study.setdefault(name, []).append((strategy, curve))
     for molecule in args.molecules:
-        results["exploration"][molecule] = exploration_results(molecule, by_study[f"explore_{molecule}"])
+        results["exploration"][molecule] = {"date": machine()["date"],
+                                            **exploration_results(molecule, by_study[f"explore_{molecule}"])}
+    molecules = [m for m in results["exploration"] if m not in ("settings", "wall_time_s")]
     results["labels_ratio_vs_uniform"] = {
         m: min((r for s in INCERTA_STRATEGIES if (r := results["exploration"][m]["labels_ratio"][s]) is not None), default=None)
-        for m in args.molecules}
+        for m in molecules}
     results["reference_calls_ratio_vs_uniform"] = {
         m: min(results["exploration"][m]["reference_calls"][s] for s in INCERTA_STRATEGIES)
-        / results["exploration"][m]["reference_calls"]["uniform"] for m in args.molecules}
+        / results["exploration"][m]["reference_calls"]["uniform"] for m in molecules}
     if args.pool:
         results["settings"] = {"seeds": args.seeds, "rmd17_seeds": args.rmd17_seeds or args.seeds,
                                "jobs": args.jobs, "threads_per_job": 1}
