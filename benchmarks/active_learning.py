@@ -32,7 +32,7 @@ a time; its learning curve is kept in benchmarks/work/active_learning/<run>/curv
 so a rerun skips finished loops. A rerun of some molecules (``--molecules``) keeps the others'
 last exploration results, each entry dated.
 
-    .venv/bin/python benchmarks/active_learning.py --jobs 2           # exploration, ~2 h on 2 cores
+    .venv/bin/python benchmarks/active_learning.py --jobs 2           # exploration, ~70 min on 2 cores
     .venv/bin/python benchmarks/active_learning.py --jobs 2 --pool    # and the pool study: +4 h
 """
 
