@@ -21,7 +21,7 @@ from incerta.models.compiled import COMPILED_SUFFIX, CompiledPotential, CompileE
 from incerta.models.potential import Potential
 from incerta.models.predict import check_species, model_dtype
 from incerta.train.checkpoint import load_potential, model_file
-from incerta.uq.model import Aggregate, UncertainPotential
+from incerta.uq.model import SIGMA_KEYS, Aggregate, UncertainPotential
 from incerta.uq.store import has_uncertainty, load_uncertain_potential
 
 #: what the calculator runs compiled: the model folder's package if any (None), none (False), or this package
@@ -29,6 +29,10 @@ CompiledChoice = Literal[False] | str | Path | CompiledPotential | None
 UNCERTAINTY_KEYS = (K.FORCES_UNCERTAINTY, K.ENERGY_UNCERTAINTY, K.STRUCTURE_UNCERTAINTY, K.STRESS_UNCERTAINTY)
 #: ``atoms.info`` keys of the total charge and spin (unpaired electrons), as :meth:`Frame.from_atoms` reads them
 STATE_KEYS = {"charge": ("charge", "total_charge"), "spin": ("spin", "total_spin")}
+
+
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().double().numpy()
 
 
 def _same(before: np.ndarray, after: np.ndarray, tol: float) -> bool:
@@ -121,10 +125,9 @@ class IncertaCalculator(Calculator):
     When the model has an uncertainty method attached (``incerta uq fit`` or an
     ensemble), these properties are computed when asked for
     (``atoms.calc.get_property("forces_uncertainty", atoms)``), never on the way to
-    energies and forces, so MD pays for them only at the steps that look. A package compiled
-    with the fit (``incerta compile`` of a GMM or LNK model) computes them in every call
-    anyway: they then come with the forces, in the results at once (and, with ``annotate``,
-    in ``atoms``), except ``stress_uncertainty``, which is still computed when asked for:
+    energies and forces, so MD pays for them only at the steps that look (a package compiled
+    with the fit, ``incerta compile`` of a GMM or LNK model, computes them in every call: asked
+    for after the step's forces, they are read from that call's outputs):
 
     * ``forces_uncertainty`` (N,) eV/Å: predicted RMS of each atom's force error;
     * ``energy_uncertainty`` eV: predicted standard deviation of the energy error;
@@ -284,6 +287,9 @@ class IncertaCalculator(Calculator):
         # uncertainty asked for on the structure of the last call (an MD check after the step's
         # forces): a method that can takes its scores from that call's outputs, checks and graph
         again = uncertain and not system_changes and self._last is not None and self.has_uncertainty
+        if again and K.FORCES_UNCERTAINTY in self._last[1] and wanted <= set(SIGMA_KEYS):
+            self._store_uncertainties(self._last[1], atoms)  # a package compiled with the fit computed them
+            return
         if not again:  # (self.atoms already is this structure)
             super().calculate(atoms, properties, system_changes)
         graph = self._last[0] if again else self._checked_graph()
@@ -295,28 +301,27 @@ class IncertaCalculator(Calculator):
         else:
             outputs = self.predict(graph, stress, uncertain)
         self._last = (graph, outputs)
-        as_np = lambda t: t.detach().cpu().double().numpy()
         energy = float(outputs[K.ENERGY][0].detach())
-        self.results = {"energy": energy, "free_energy": energy, "forces": as_np(outputs[K.FORCES])}
+        self.results = {"energy": energy, "free_energy": energy, "forces": _as_numpy(outputs[K.FORCES])}
         if K.ATOMIC_ENERGIES in outputs:
-            self.results["energies"] = as_np(outputs[K.ATOMIC_ENERGIES])
+            self.results["energies"] = _as_numpy(outputs[K.ATOMIC_ENERGIES])
         if K.STRESS in outputs:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(as_np(outputs[K.STRESS][0]))
+            self.results["stress"] = full_3x3_to_voigt_6_stress(_as_numpy(outputs[K.STRESS][0]))
         if K.ATOMIC_CHARGES in outputs:
-            self.results["charges"] = as_np(outputs[K.ATOMIC_CHARGES])
+            self.results["charges"] = _as_numpy(outputs[K.ATOMIC_CHARGES])
             if not periodic:
-                self.results["dipole"] = as_np(outputs[K.DIPOLE][0])
-        if uncertain or (self.has_uncertainty and K.FORCES_UNCERTAINTY in outputs):  # compiled with the fit: free
+                self.results["dipole"] = _as_numpy(outputs[K.DIPOLE][0])
+        if uncertain:
             self._store_uncertainties(outputs, atoms)
 
     def _store_uncertainties(self, outputs: dict[str, torch.Tensor], atoms: Atoms | None) -> None:
         """The calibrated uncertainties of ``outputs`` into the results (and, with ``annotate``, ``atoms``)."""
-        sigma = outputs[K.FORCES_UNCERTAINTY].detach().cpu().double().numpy()
+        sigma = _as_numpy(outputs[K.FORCES_UNCERTAINTY])
         self.results[K.FORCES_UNCERTAINTY] = sigma
         self.results[K.ENERGY_UNCERTAINTY] = float(outputs[K.ENERGY_UNCERTAINTY][0].detach())
         self.results[K.STRUCTURE_UNCERTAINTY] = float(outputs[K.STRUCTURE_UNCERTAINTY][0].detach())
         if K.STRESS_UNCERTAINTY in outputs:
-            self.results[K.STRESS_UNCERTAINTY] = outputs[K.STRESS_UNCERTAINTY][0].detach().cpu().double().numpy()
+            self.results[K.STRESS_UNCERTAINTY] = _as_numpy(outputs[K.STRESS_UNCERTAINTY][0])
         if self.annotate and atoms is not None:
             atoms.arrays[K.FORCES_UNCERTAINTY] = sigma.copy()
             atoms.info[K.ENERGY_UNCERTAINTY] = self.results[K.ENERGY_UNCERTAINTY]
