@@ -66,6 +66,8 @@ EXPLORATION = {
     "biased-md": ["active.candidates.source=biased-md", "active.candidates.md.on_flag=rewind"],
 }
 INCERTA_STRATEGIES = ("uncertainty-md", "biased-md")
+#: the keys of the exploration results that are not a molecule's
+NOT_MOLECULES = ("settings", "wall_time_s")
 #: what each step of the loop is counted as in the wall-time split
 PHASES = {"train": "training", "candidates": "exploration", "choose": "exploration", "label": "oracle"}
 
@@ -332,7 +334,7 @@ def main() -> None:
                                                      "stability_runs", "stability_ps", "jobs")}
     # molecules not rerun keep their last results, each with the date it was measured on
     kept = {m: {"date": measured_on, **entry} for m, entry in results.get("exploration", {}).items()
-            if m not in ("settings", "wall_time_s", *args.molecules)}
+            if m not in (*NOT_MOLECULES, *args.molecules)}
     results["exploration"] = {"settings": {**settings, "threads_per_job": 1}, **kept}
     by_study: dict[str, list] = {}
     for (name, strategy, _, _, _, _), curve in outcomes:
@@ -340,7 +342,7 @@ def main() -> None:
     for molecule in args.molecules:
         results["exploration"][molecule] = {"date": machine()["date"],
                                             **exploration_results(molecule, by_study[f"explore_{molecule}"])}
-    molecules = [m for m in results["exploration"] if m not in ("settings", "wall_time_s")]
+    molecules = [m for m in results["exploration"] if m not in NOT_MOLECULES]
     results["labels_ratio_vs_uniform"] = {
         m: min((r for s in INCERTA_STRATEGIES if (r := results["exploration"][m]["labels_ratio"][s]) is not None), default=None)
         for m in molecules}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +67,16 @@ def write_results(name: str, payload: dict) -> Path:
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     print(f"\nresults written to {path}")
     return path
+
+
+def alternating_medians(calls: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median ms of each call over ``repeats`` rounds after ``warmup`` rounds, the calls
+    alternating within a round, so that the machine's drift hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(warmup + repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            if round_ >= warmup:
+                times[name].append(1e3 * (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -15,27 +15,20 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from ase.io import read
-from common import WORK, print_table, shared_data, write_results
+from common import WORK, alternating_medians, print_table, shared_data, write_results
+from speed_worker import build_system
 
 from incerta.calculators.compiling import compile_model
 from incerta.data.frame import Frame
-from incerta.data.graph import AtomicGraph, frame_to_graph
+from incerta.data.graph import frame_to_graph
 from incerta.models.compiled import CompiledPotential
 
-#: calls per system (after 3 warm-up calls)
+#: calls per system (after 3 warm-up calls), systems of speed_worker.py
 CALLS = {"acac_15": 400, "water_192": 40, "water_box_1536": 8}
-
-
-def systems(data: Path) -> dict[str, Frame]:
-    water = read(data / "water_rpbe_d3" / "test-H2O_RPBE-D3.xyz", index=0)
-    return {"acac_15": Frame.from_atoms(read(data / "botnet" / "dataset_acac" / "test_MD_300K.xyz", index=0)),
-            "water_192": Frame.from_atoms(water), "water_box_1536": Frame.from_atoms(water.repeat((2, 2, 2)))}
 
 
 def packages(trained: Path) -> dict[str, Path]:
@@ -52,18 +45,6 @@ def packages(trained: Path) -> dict[str, Path]:
     return found
 
 
-def alternating_medians(programs: dict[str, CompiledPotential], graph: AtomicGraph, calls: int) -> dict[str, float]:
-    """Median ms per call of each program, their calls alternating."""
-    times: dict[str, list[float]] = {name: [] for name in programs}
-    for call in range(calls + 3):
-        for name, program in programs.items():
-            started = time.perf_counter()
-            program(graph)
-            if call >= 3:
-                times[name].append(1e3 * (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=WORK / "accuracy_acac" / "incerta-fast" / "model")
@@ -74,9 +55,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     programs = {name: CompiledPotential(path) for name, path in packages(args.model).items()}
     results, rows = {}, []
-    for system, frame in systems(shared_data()).items():
+    for system in CALLS:
+        frame = Frame.from_atoms(build_system(system, shared_data()))
         graph = frame_to_graph(frame, programs["serial"].spec.cutoff).to(dtype=torch.float32)
-        medians = alternating_medians(programs, graph, CALLS[system])
+        medians = alternating_medians({name: partial(program, graph) for name, program in programs.items()},
+                                      CALLS[system], warmup=3)
         results[system] = {"atoms": len(frame.numbers), "serial_ms": medians["serial"],
                            "parallel_ms": medians["parallel"], "parallel_over_serial": medians["parallel"] / medians["serial"]}
         rows.append([system, len(frame.numbers), medians["serial"], medians["parallel"], medians["parallel"] / medians["serial"]])

@@ -2,7 +2,7 @@
 
 Issue 15 asks for LLPR's per-atom force uncertainty at <= 2.5x the bare compiled model,
 checked against the exact Jacobian result (Spearman of the two >= 0.95). Compiled, the bare
-model costs 1.37 ms on acac and every extra row of the batched backward about 0.58 ms
+model costs 1.73 ms on acac and every extra row of the batched backward about 0.69 ms
 (``llpr_compiled.json``), so 2.5x leaves room for about 3 rows. This script measures, on the
 fast model of ``speed.py`` with LLPR fitted on its training split (as ``llpr_compiled.py``
 does), the per-atom Spearman against the exact propagation (all H last-layer directions) on

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from common import INCERTA, WORK, print_table, write_results
+from common import INCERTA, WORK, alternating_medians, print_table, write_results
 from e3nn import o3
 from torch import nn
 
@@ -152,13 +152,8 @@ def main() -> None:
                            for key in (K.ENERGY, K.FORCES, K.FORCES_UNCERTAINTY)}
     bare = CompiledPotential(args.model / "compiled-cpu-float32.pt2")
     timed = {"bare": bare, **packages}
-    times = {name: [] for name in timed}
-    for _ in range(args.calls):
-        for name, package in timed.items():
-            started = time.perf_counter()
-            package(graph)
-            times[name].append(time.perf_counter() - started)
-    medians = {name: statistics.median(t[args.calls // 8:]) * 1e3 for name, t in times.items()}
+    medians = alternating_medians({name: partial(package, graph) for name, package in timed.items()},
+                                  args.calls - args.calls // 8, warmup=args.calls // 8)
     rows = [[name, medians[name], medians[name] / medians["bare"], compile_s.get(name, float("nan"))] for name in timed]
     print_table("LLPR check compiled, acac (15 atoms), float32", ["program", "ms per call", "x bare", "compile s"], rows)
     write_results("llpr_compiled", {

@@ -32,9 +32,9 @@ def build_system(name: str, data: Path):
             other.positions += shift
             atoms += other
         return atoms
-    if name == "water_box_1536":
+    if name in ("water_192", "water_box_1536"):
         water = read(data / "water_rpbe_d3/test-H2O_RPBE-D3.xyz", index=0)
-        return water.repeat((2, 2, 2))
+        return water if name == "water_192" else water.repeat((2, 2, 2))
     raise SystemExit(f"unknown system {name}")
 
 

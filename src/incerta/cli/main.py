@@ -404,7 +404,7 @@ def compile_command(
                                        "(default: if the model was trained on periodic data)."),
     parallel_kernels: bool = typer.Option(False, "--parallel-kernels", help="OpenMP-parallel CPU kernels: for "
                                           "large cells on many cores (on small structures serial kernels are "
-                                          "faster: 1.22 against 1.50 ms on acac, 2 threads)."),
+                                          "faster; benchmarks/compiled_kernels.py measures both)."),
 ) -> None:
     """Compile the model's energy, forces (and stress) ahead of time with AOTInductor, for any
     number of atoms: the same numbers as the eager model, several times faster on small

@@ -23,10 +23,10 @@ of the program keeps its vectorised loops.
 Inductor's CPU kernels are generated serial (``cpp.threads = 1``; matrix products still run
 ATen's multi-threaded kernels) unless ``parallel_kernels``. Inductor's default opens an OpenMP
 region in every loop worth splitting, even inside a loop over atoms, and on small structures
-their start-up costs more than they gain: on 2 threads the fast preset's program took 1.22 ms on
-acac (15 atoms) and 62.7 ms on 192 water atoms serial, 1.50 and 65.2 ms parallel; on the 1,536-atom
-water box parallel kernels are 6 % faster (``benchmarks/compiled_kernels.py``), so they are for
-large cells on many cores. The trace's example is two molecules of 16 atoms, so that Inductor's
+their start-up costs more than they gain: on 2 threads, over two runs of
+``benchmarks/compiled_kernels.py``, the fast preset's program with parallel kernels took
+1.22-1.28x the serial time on acac (15 atoms), 1.04-1.15x on 192 water atoms and 0.94-1.05x on
+the 1,536-atom water box, so they are for large cells on many cores. The trace's example is two molecules of 16 atoms, so that Inductor's
 size hints (its loop splitting and fusion) are those of a molecule, not of 6 atoms.
 
 A compiled package is native code: load only packages you made or trust.
