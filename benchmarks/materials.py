@@ -111,6 +111,13 @@ MODEL = {"cutoff": 5.0, "l_max": 1, "num_channels": 32, "num_layers": 3}
 #: than l_max 1 although each epoch costs ~3x as much. Si, energies and forces, 10 minutes on one
 #: thread (2026-12-06): test force MAE 97 meV/Å at l_max 1, 73 at l_max 2 (74 with batches of
 #: 2 instead of 4); l_max 3 takes ~130 s per epoch against ~45. The probe keeps MODEL.
+#: Other choices measured against it (2026-12-07; energies and forces, no stress, 15 minutes on
+#: one thread, two runs at a time; test force MAE in meV/Å, Li / Mo): this model 14.8 / 112;
+#: cutoff 4.5 Å (Li) or 4.0 Å (Mo), which drops the third neighbour shell the cutoff envelope
+#: nearly silences and leaves 0.7 / 0.5 of the edges, 19.7 / 124 despite 1.4x / 1.9x the epochs;
+#: cutoff 6 Å (Mo) 145; 64 channels (Mo) 127; a Huber loss on the forces (delta 0.01 eV/Å, a
+#: trial option not kept) 15.7 / 115. A longer budget helps Li, hardly Mo: 13.1 -> 11.8 and
+#: 106 -> 104 from 40 to 80 minutes (``mlearn_longer_budget``).
 MLEARN_MODEL = {**MODEL, "l_max": 2}
 #: loss weights of the per-atom energy and the forces. The mlearn cells weigh them equally (as
 #: NequIP does): against 0.05 / 0.95 (run of 2026-12-05), the run of 2026-12-06 gave energy MAEs
