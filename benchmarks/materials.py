@@ -116,7 +116,10 @@ MODEL = {"cutoff": 5.0, "l_max": 1, "num_channels": 32, "num_layers": 3}
 #: cutoff 4.5 Å (Li) or 4.0 Å (Mo), which drops the third neighbour shell the cutoff envelope
 #: nearly silences and leaves 0.7 / 0.5 of the edges, 19.7 / 124 despite 1.4x / 1.9x the epochs;
 #: cutoff 6 Å (Mo) 145; 64 channels (Mo) 127; a Huber loss on the forces (delta 0.01 eV/Å, a
-#: trial option not kept) 15.7 / 115. A longer budget helps Li, hardly Mo: 13.1 -> 11.8 and
+#: trial option not kept) 15.7 / 115; learning rate 0.02 or 0.005 instead of 0.01 (Mo) 110 / 113.
+#: Training errors are as large as test errors (Mo: 108 against 112): the models underfit. A
+#: step's time is mostly the tensor products' operators (torch.profiler, a Mo batch: elementwise
+#: mul 27 %, bmm 24 %, mm 10 %). A longer budget helps Li, hardly Mo: 13.1 -> 11.8 and
 #: 106 -> 104 from 40 to 80 minutes (``mlearn_longer_budget``).
 MLEARN_MODEL = {**MODEL, "l_max": 2}
 #: loss weights of the per-atom energy and the forces. The mlearn cells weigh them equally (as
