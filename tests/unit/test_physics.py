@@ -123,10 +123,9 @@ def test_position_jacobian_rows_are_atomic_energy_gradients(model, ethanol, batc
 
 
 def test_chunked_messages_change_memory_not_results(silicon, monkeypatch):
-    """Above CHUNK_ABOVE edges a layer's messages are summed over chunks of EDGE_CHUNK and
-    recomputed in the backward pass: the same energy, forces, stress and training gradients
-    (second derivatives through the recomputation), with fewer per-edge tensors held for the
-    backward; below it, the messages are held whole."""
+    """Above EDGE_CHUNK edges a layer's messages are summed over chunks and recomputed in the
+    backward pass: the same energy, forces, stress and training gradients (second derivatives
+    through the recomputation), with fewer per-edge tensors held for the backward."""
     import incerta.nn.interaction as interaction
 
     model = make_model().train()
@@ -146,10 +145,8 @@ def test_chunked_messages_change_memory_not_results(silicon, monkeypatch):
             model.evaluate(differentiable_inputs(graph, forces=True, stress=True).graph)
         return out, torch.autograd.grad(loss, list(model.parameters())), sum(held.values())
 
-    monkeypatch.setattr(interaction, "EDGE_CHUNK", 16)
-    monkeypatch.setattr(interaction, "CHUNK_ABOVE", graph.edge_index.shape[1])
     whole, whole_grads, whole_held = run()
-    monkeypatch.setattr(interaction, "CHUNK_ABOVE", 16)
+    monkeypatch.setattr(interaction, "EDGE_CHUNK", 16)
     chunked, chunked_grads, chunked_held = run()
     for key in (K.ENERGY, K.FORCES, K.STRESS):
         torch.testing.assert_close(chunked[key], whole[key], rtol=1e-10, atol=1e-12)

@@ -25,18 +25,11 @@ from incerta.data import keys as K
 from incerta.nn.block import Block, Data
 
 #: edges per chunk of a layer whose messages are recomputed in the backward pass instead of
-#: held for it (when gradients are on and a batch has more than :data:`CHUNK_ABOVE` edges).
-#: Measured eagerly on the 1,536-atom water box (79k edges, fast preset, 2 threads): peak memory
-#: of energy, forces and stress 1.72 GB unchunked, 1.19 GB at 20,000 edges, 0.96 GB at 8,000,
-#: 0.93 GB at 4,000, at about the same time per call (708 vs 725 ms; interleaved reruns 717/753
-#: vs 639/813)
+#: held for it, when a structure has more edges than this and gradients are on. Measured eagerly
+#: on the 1,536-atom water box (79k edges, fast preset, 2 threads): peak memory of energy,
+#: forces and stress 1.72 GB unchunked, 1.19 GB at 20,000 edges, 0.96 GB at 8,000, 0.93 GB at
+#: 4,000, at about the same time per call (708 vs 725 ms; interleaved reruns 717/753 vs 639/813)
 EDGE_CHUNK = 8192
-#: edges of a batch above which its layers recompute their messages in chunks. Training
-#: differentiates twice, so there the recomputation costs time: a training step on 4 water
-#: frames (40k edges, one thread, 2026-12-07) took 1.64 s chunked against 1.31 s whole with
-#: the fast preset (peak RSS 1.93 vs 2.31 GB) and 5.05 s against 4.78 s at l_max 2 (3.10 vs
-#: 3.28 GB); such batches are held whole, the water box (79k edges) is still chunked
-CHUNK_ABOVE = 65536
 
 
 def hidden_irreps(num_channels: int, l_max: int) -> o3.Irreps:
@@ -137,10 +130,10 @@ class Interaction(Block):
     @torch.jit.unused
     def recomputes(self, receivers: torch.Tensor) -> bool:
         """Whether the messages of these edges (receivers (E,)) are computed in chunks of
-        :data:`EDGE_CHUNK` and recomputed in the backward pass: above :data:`CHUNK_ABOVE` edges
-        (not while tracing for compilation, whose sizes are symbolic)."""
+        :data:`EDGE_CHUNK` and recomputed in the backward pass (not while tracing for
+        compilation, whose sizes are symbolic)."""
         num_edges = receivers.shape[0]
-        return torch.is_grad_enabled() and isinstance(num_edges, int) and num_edges > CHUNK_ABOVE
+        return torch.is_grad_enabled() and isinstance(num_edges, int) and num_edges > EDGE_CHUNK
 
     @torch.jit.unused
     def chunked_messages(self, up: torch.Tensor, edges: list[torch.Tensor]) -> torch.Tensor:
