@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "benchmarks" / "work"
@@ -80,3 +82,16 @@ def alternating_medians(calls: dict[str, Callable[[], object]], repeats: int, wa
             if round_ >= warmup:
                 times[name].append(1e3 * (time.perf_counter() - started))
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def held_MB(run: Callable[..., object], *inputs) -> float:
+    """Size (MB) of the tensors autograd holds for the backward of ``run(*inputs)``."""
+    held = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        held[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run(*inputs)
+    return sum(held.values()) / 1e6

@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from common import print_table, write_results
+from common import held_MB, print_table, write_results
 from e3nn import o3
 
 from incerta.nn.interaction import Interaction, hidden_irreps
@@ -61,19 +61,6 @@ class FusedTensorProduct:
                 term = product[:, :, start:stop] * weights[:, w_start:w_stop].unsqueeze(-1)
                 outputs[i_out] = term if outputs[i_out] is None else outputs[i_out] + term
         return torch.cat([out.reshape(edges, -1) for out in outputs], dim=1)
-
-
-def held_MB(run, *inputs) -> float:
-    """Size (MB) of the tensors autograd holds for the backward of ``run(*inputs)``."""
-    held = {}
-
-    def pack(tensor):
-        held[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        run(*inputs)
-    return sum(held.values()) / 1e6
 
 
 def timed_ms(run, inputs, repeats: int) -> float:
