@@ -8,20 +8,19 @@ its slice. Both give the same messages (the largest difference is printed).
 
 For the three layer kinds of the potential (scalars in; hidden irreps in and out; scalars
 out) at l_max 1 and 2, 32 channels, and the 79,000 edges of the 1,536-atom water box: median
-time of forward + backward (gradients of features, harmonics and weights, as for forces) and
+time (the two alternating, after one warm-up round) of forward + backward (gradients of features, harmonics and weights, as for forces) and
 the size of the tensors held for the backward. Results in ``results/tensor_product.json``.
 
-    .venv/bin/python benchmarks/tensor_product.py            # about 2 minutes on 2 threads
+    .venv/bin/python benchmarks/tensor_product.py            # about a minute on 2 threads
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
-from common import held_MB, print_table, write_results
+from common import alternating_medians, held_MB, print_table, write_results
 from e3nn import o3
 
 from incerta.nn.interaction import Interaction, hidden_irreps
@@ -63,14 +62,12 @@ class FusedTensorProduct:
         return torch.cat([out.reshape(edges, -1) for out in outputs], dim=1)
 
 
-def timed_ms(run, inputs, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def forward_backward(run: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> Callable[[], object]:
+    """One call of ``run`` on ``inputs`` and the gradients of its summed output with respect to them."""
+    def call() -> object:
         out = run(*inputs)
-        torch.autograd.grad(out, inputs, torch.ones_like(out))
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
+        return torch.autograd.grad(out, inputs, torch.ones_like(out))
+    return call
 
 
 def main() -> None:
@@ -92,8 +89,11 @@ def main() -> None:
             inputs = [torch.randn(args.edges, dim, requires_grad=True) for dim in (irreps_in.dim, sh.dim, tp.weight_numel)]
             difference = float((tp(*inputs) - fused(*inputs)).abs().max())
             row = {"l_max": l_max, "layer": layer, "max_abs_difference": difference}
-            for name, run in (("e3nn", tp), ("fused", fused)):
-                row[f"{name}_ms"] = timed_ms(run, inputs, args.repeats)
+            runs = {"e3nn": tp, "fused": fused}
+            medians = alternating_medians({name: forward_backward(run, inputs) for name, run in runs.items()},
+                                          args.repeats, warmup=1)
+            for name, run in runs.items():
+                row[f"{name}_ms"] = medians[name]
                 row[f"{name}_held_MB"] = held_MB(run, *inputs)
             rows.append(row)
             print(row, flush=True)

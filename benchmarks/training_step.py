@@ -2,15 +2,15 @@
 
 Above ``EDGE_CHUNK`` edges (8,192) a layer computes its messages in chunks of that size and
 recomputes each in the backward pass (``incerta.nn.interaction``), which the 1,536-atom water
-box needs to stay under 1 GB. Training differentiates twice, so there the recomputation costs
-more than in inference. This times one training step (energy and forces with the graph kept,
+box needs to stay under 1 GB. Training batches of periodic cells pass that size too, and there
+the forces are differentiated a second time. This times one training step (energy and forces with the graph kept,
 the loss, its backward, an Adam step) on a batch of the shared liquid-water frames (64 H2O,
 ~10,000 edges each at 5 Å) with the messages whole and with chunks of 4,096, 8,192 (the
 default) and 16,384 edges, for the fast preset and the l_max 2 model; the settings alternate
 within each round, medians over the rounds. Also the size of the tensors autograd holds for
 the backward of the step's forward and forces.
 
-    .venv/bin/python benchmarks/training_step.py            # about 5 minutes on one thread
+    .venv/bin/python benchmarks/training_step.py            # about 3 minutes on one thread (--repeats 7: 4)
 
 Results in ``results/training_step.json``.
 """

@@ -26,8 +26,9 @@ region in every loop worth splitting, even inside a loop over atoms, and on smal
 their start-up costs more than they gain: on 2 threads, over two runs of
 ``benchmarks/compiled_kernels.py``, the fast preset's program with parallel kernels took
 1.22-1.28x the serial time on acac (15 atoms), 1.04-1.15x on 192 water atoms and 0.94-1.05x on
-the 1,536-atom water box, so they are for large cells on many cores. The trace's example is two molecules of 16 atoms, so that Inductor's
-size hints (its loop splitting and fusion) are those of a molecule, not of 6 atoms.
+the 1,536-atom water box, so they are for large cells on many cores. The trace's example is two
+molecules of 16 atoms, so that Inductor's size hints (its loop splitting and fusion) are those
+of a molecule, not of 6 atoms.
 
 A compiled package is native code: load only packages you made or trust.
 """
