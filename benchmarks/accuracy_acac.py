@@ -9,7 +9,8 @@ stopping), trained and compiled by ``nequip_peer.py`` in its own venv. Errors of
 MACE are computed by the same code; NequIP's by its compiled model through ASE.
 
 Runs can be split (``--codes``): each run adds its codes to results/accuracy_acac.json when the
-budget and threads are those already there, and replaces the file otherwise.
+budget and threads are those already there (read when the run ends, so runs side by side keep
+each other's codes), and replaces the file otherwise.
 
     .venv/bin/python benchmarks/accuracy_acac.py --minutes 15                    # incerta (accurate) and MACE
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/accuracy_acac.py --minutes 30 --threads 1 --codes incerta --preset fast
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 from datetime import datetime
@@ -47,14 +49,16 @@ MACE_ARGS = [
     "--energy_key", "energy", "--forces_key", "forces", "--eval_interval", "1", "--seed", "0",
 ]
 TESTS = ("test_MD_300K", "test_MD_600K")
-RESULTS_FILE = RESULTS / "accuracy_acac.json"
 
 
 def write_split(acac: Path, work: Path, seed: int) -> None:
+    """The seeded 450 / 50 split, each file written whole before it replaces the last (runs side by side)."""
     frames = ase.io.read(acac / "train_300K.xyz", ":")
     order = np.random.default_rng(seed).permutation(len(frames))
-    ase.io.write(work / "train.xyz", [frames[i] for i in order[:450]], format="extxyz")
-    ase.io.write(work / "valid.xyz", [frames[i] for i in order[450:500]], format="extxyz")
+    for name, picked in (("train", order[:450]), ("valid", order[450:500])):
+        partial = work / f"{name}.{os.getpid()}.xyz"
+        ase.io.write(partial, [frames[i] for i in picked], format="extxyz")
+        partial.replace(work / f"{name}.xyz")
 
 
 def incerta_settings(preset: str, overrides: list[str]) -> dict:
@@ -151,14 +155,11 @@ def main() -> None:
                         help="override an incerta setting, e.g. --set model.num_layers=4")
     args = parser.parse_args()
     acac = shared_data() / "botnet" / "dataset_acac"
-    work = WORK / "accuracy_acac"
+    work, results_file = WORK / "accuracy_acac", RESULTS / "accuracy_acac.json"
     work.mkdir(parents=True, exist_ok=True)
     write_split(acac, work, args.seed)
     settings = incerta_settings(args.preset, args.overrides)
-    previous = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
-    same_budget = (previous.get("budget_minutes"), previous.get("threads")) == (args.minutes, args.threads)
-    results = previous.get("results", {}) if same_budget else {}
-    all_settings = previous.get("settings", {}) if same_budget else {}
+    results, all_settings = {}, {}
     if "incerta" in args.codes:
         results[f"incerta ({args.preset})"] = run_incerta(acac, work, args.minutes, settings, args.threads)
         all_settings[f"incerta ({args.preset})"] = settings
@@ -168,6 +169,9 @@ def main() -> None:
     if "nequip" in args.codes:
         results["nequip"] = run_nequip(args.minutes, args.threads)
         all_settings["nequip"] = "nequip_peer.py (4 layers, l_max 1, 32 features, r_max 5 Å, tutorial training)"
+    previous = json.loads(results_file.read_text()) if results_file.exists() else {}  # read last: runs side by side
+    if (previous.get("budget_minutes"), previous.get("threads")) == (args.minutes, args.threads):
+        results, all_settings = {**previous["results"], **results}, {**previous["settings"], **all_settings}
     rows = []
     for code, r in results.items():
         for name, m in r["tests"].items():

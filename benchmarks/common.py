@@ -65,8 +65,9 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
 
 def write_results(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    path, partial = RESULTS / f"{name}.json", RESULTS / f".{name}.json.partial"
+    partial.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    partial.replace(path)
     print(f"\nresults written to {path}")
     return path
 

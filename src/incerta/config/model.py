@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from incerta.config.schema import Schema
 
 #: documented model sizes: the options each preset sets unless they are given beside it (the
-#: accuracy and speed of each on acetylacetone: docs/concepts/presets.md, benchmarks/accuracy_acac.py)
+#: accuracy and speed of each on acetylacetone: docs/tutorials/speed.md, benchmarks/accuracy_acac.py)
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"l_max": 1, "num_channels": 32, "num_layers": 3},
     "accurate": {"l_max": 2, "num_channels": 32, "num_layers": 3},
