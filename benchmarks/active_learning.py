@@ -14,7 +14,9 @@
    comes apart or atoms clash (the loop's default watch; a proton moving between the
    oxygens of acac is explored). Metrics: labels each strategy needs to reach uniform's full-budget
    force RMSE at every test temperature, errors at the full budget, stability of 1200 K MD
-   with the final model, wall time split into oracle / training / exploration; three seeds.
+   with the final model (``--stability-ps`` runs: the fraction without an unphysical event
+   and the median time to the first one), wall time split into oracle / training / exploration;
+   three seeds; the median learning curves drawn in docs/figures/al_exploration_<molecule>.png.
    ``labels_ratio_vs_uniform``: labels the best of uncertainty-md and biased-md needs / labels
    uniform needs, median over seeds (None where it never reaches uniform's error).
    ``reference_calls_ratio_vs_uniform``: the same strategies' reference evaluations at the full
@@ -32,7 +34,7 @@ a time; its learning curve is kept in benchmarks/work/active_learning/<run>/curv
 so a rerun skips finished loops. A rerun of some molecules (``--molecules``) keeps the others'
 last exploration results, each entry dated.
 
-    .venv/bin/python benchmarks/active_learning.py --jobs 2           # exploration, ~70 min on 2 cores
+    .venv/bin/python benchmarks/active_learning.py --jobs 2           # exploration, ~90 min on 2 cores
     .venv/bin/python benchmarks/active_learning.py --jobs 2 --pool    # and the pool study: +4 h
 """
 
@@ -50,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from al_reference import TEMPERATURES_K, reference_sets, stable_run
+from al_reference import STABILITY_STEP_FS, TEMPERATURES_K, reference_sets, stable_run
 from common import RESULTS, ROOT, WORK, machine, print_table, shared_data, write_results
 
 STRATEGIES = {"llpr": ["active.uncertainty.method=llpr"], "gmm": ["active.uncertainty.method=gmm"],
@@ -238,7 +240,8 @@ def print_summary(name: str, results: dict) -> None:
 def exploration_runs(args: argparse.Namespace) -> list[tuple]:
     """Reference data and one config per molecule; the runs of every strategy and seed."""
     runs = []
-    stability = {"runs": args.stability_runs, "steps": round(args.stability_ps * 2000), "temperature_K": 1200.0}
+    stability = {"runs": args.stability_runs, "steps": round(1000 * args.stability_ps / STABILITY_STEP_FS),
+                 "temperature_K": 1200.0}
     for molecule in args.molecules:
         folder = WORK / "active_learning" / "explore" / molecule
         files = reference_sets(shared_data(), molecule, folder, initial=20, per_temperature=100, test=60)
@@ -259,8 +262,10 @@ def reference_calls(molecule: str, labels: dict[str, float]) -> dict[str, float]
     return {s: initial + (trajectory if s == "uniform" else spent) for s, spent in labels.items()}
 
 
-def exploration_results(molecule: str, curves: list[tuple[str, dict]]) -> dict:
-    """Curves, summary against uniform, 1200 K stability, wall-time split and reference calls of one molecule."""
+def exploration_results(molecule: str, curves: list[tuple[str, dict]], stability_ps: float) -> dict:
+    """Curves, summary against uniform, 1200 K stability (the fraction of ``stability_ps`` runs
+    without an event, and the median time to the first event, a run without one counting its
+    whole length), wall-time split and reference calls of one molecule."""
     result: dict = {"curves": {}, "wall_time_s": {}, "phases_s": {}, "stability": {}}
     for strategy, curve in curves:
         result["curves"].setdefault(strategy, []).append(curve["rows"])
@@ -271,17 +276,48 @@ def exploration_results(molecule: str, curves: list[tuple[str, dict]]) -> dict:
     result["labels_ratio"] = {s: labels_ratio(result["summary"], s) for s in result["curves"]}
     result["stable_fraction"] = {s: float(np.mean([r["stable"] for r in runs])) if runs else None
                                  for s, runs in result["stability"].items()}
+    result["median_ps_to_event"] = {
+        s: float(np.median([stability_ps if r["stable"] else r["event_step"] * STABILITY_STEP_FS / 1000 for r in runs]))
+        if runs else None for s, runs in result["stability"].items()}
     result["labels_spent"] = {s: float(np.median([c[-1]["n_labels"] for c in cs])) for s, cs in result["curves"].items()}
     result["reference_calls"] = reference_calls(molecule, result["labels_spent"])
     print_summary(molecule, result)
     print_table(f"{molecule}: final model at 1200 K, wall time (median over seeds)",
                 ["strategy", "labels / uniform's (median)", "labels spent", "reference calls", "stable 1200 K runs",
-                 "oracle s", "training s", "exploration s"],
+                 "ps to an event (median)", "oracle s", "training s", "exploration s"],
                 [[s, str(result["labels_ratio"][s]), result["labels_spent"][s], result["reference_calls"][s],
-                  str(result["stable_fraction"][s]),
+                  str(result["stable_fraction"][s]), str(result["median_ps_to_event"][s]),
                   *[float(np.median([p[k] for p in result["phases_s"][s]])) for k in ("oracle", "training", "exploration")]]
                  for s in result["curves"]])
     return result
+
+
+def median_curves(seeds: list[list[dict]]) -> tuple[list[int], dict[str, list[float]]]:
+    """Labels and, per test set ("test 300 K", ...), the median force RMSE (meV/Å) over seeds at each
+    label count (a seed that stopped early keeps its last model's error)."""
+    labels = [row["n_labels"] for row in max(seeds, key=len)]
+    keys = [k for k in seeds[0][0] if k.startswith("test_") and k.endswith("(meV/Å)")]
+    return labels, {"test " + k.split()[0].removeprefix("test_").replace("K", " K"):
+                    [float(np.median([error_at(rows, k, n) for rows in seeds])) for n in labels] for k in keys}
+
+
+def plot_exploration(exploration: dict) -> list[Path]:
+    """docs/figures/al_exploration_<molecule>.png: a panel per test temperature, a line per
+    strategy, median force RMSE over seeds against the labels spent."""
+    import matplotlib.pyplot as plt
+
+    from incerta.evaluate import plots
+
+    paths = []
+    for molecule, entry in exploration.items():
+        if molecule in NOT_MOLECULES:
+            continue
+        fig = plots.al_strategies({strategy: median_curves(seeds) for strategy, seeds in entry["curves"].items()})
+        path = ROOT / "docs" / "figures" / f"al_exploration_{molecule}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def pool_study(args: argparse.Namespace) -> list[tuple]:
@@ -305,7 +341,7 @@ def main() -> None:
     parser.add_argument("--threshold-factor", type=float, default=1.5,
                         help="the MD's flag and the selection threshold, times the model's typical uncertainty")
     parser.add_argument("--stability-runs", type=int, default=1, help="1200 K MD runs of each final model")
-    parser.add_argument("--stability-ps", type=float, default=1.0, help="length of each run (ps)")
+    parser.add_argument("--stability-ps", type=float, default=10.0, help="length of each run (ps)")
     parser.add_argument("--pool", action="store_true", help="run the pool study too (else its last results are kept)")
     parser.add_argument("--rmd17-seeds", type=int, help="seeds of the aspirin pool study (default: --seeds)")
     parser.add_argument("--jobs", type=int, default=2, help="loops run at once (one thread each)")
@@ -341,7 +377,7 @@ def main() -> None:
         by_study.setdefault(name, []).append((strategy, curve))
     for molecule in args.molecules:
         results["exploration"][molecule] = {"date": machine()["date"],
-                                            **exploration_results(molecule, by_study[f"explore_{molecule}"])}
+                                            **exploration_results(molecule, by_study[f"explore_{molecule}"], args.stability_ps)}
     molecules = [m for m in results["exploration"] if m not in NOT_MOLECULES]
     results["labels_ratio_vs_uniform"] = {
         m: min((r for s in INCERTA_STRATEGIES if (r := results["exploration"][m]["labels_ratio"][s]) is not None), default=None)
@@ -365,6 +401,8 @@ def main() -> None:
     print(f"\nlabels needed / uniform's, best of {', '.join(INCERTA_STRATEGIES)}: {results['labels_ratio_vs_uniform']}")
     results["exploration"]["wall_time_s"] = time.perf_counter() - started  # with --pool: both studies
     write_results("active_learning", results)
+    for path in plot_exploration(results["exploration"]):
+        print(f"learning curves drawn in {path}")
 
 
 if __name__ == "__main__":

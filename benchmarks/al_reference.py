@@ -25,6 +25,8 @@ from incerta.data.md_sampling import langevin, sample_temperatures
 from incerta.data.validation import DataError
 
 TEMPERATURES_K = (300.0, 600.0, 1200.0)
+#: time step (fs) of the final models' stability runs
+STABILITY_STEP_FS = 0.5
 #: molecule -> its starting geometry in the shared data (first frame)
 MOLECULES = {"acac": "botnet/dataset_acac/train_300K.xyz", "aspirin": "rmd17/rmd17_aspirin_train_01.npz"}
 
@@ -69,7 +71,7 @@ def reference_sets(shared: Path, molecule: str, folder: Path, initial: int, per_
 
 
 def stable_run(atoms: Atoms, calculator, temperature_K: float, steps: int, seed: int) -> dict:
-    """Langevin MD of ``atoms`` with ``calculator`` (0.5 fs steps) checked every 20 steps for an
+    """Langevin MD of ``atoms`` with ``calculator`` (``STABILITY_STEP_FS`` steps) checked every 20 steps for an
     unphysical event, as the active-learning loop watches its MD by default (:class:`MoleculeWatch`
     with ``MDSection``'s factors: the molecule comes apart, a proton moving between neighbours is
     not an event; or two atoms clash), or the model refusing the structure. Returns whether it
@@ -78,7 +80,7 @@ def stable_run(atoms: Atoms, calculator, temperature_K: float, steps: int, seed:
     atoms.calc = calculator
     guard = MDSection()
     watch = MoleculeWatch.of(atoms, guard.fragment_factor, guard.clash_factor)
-    dynamics = langevin(atoms, temperature_K, 0.5, 0.02, np.random.default_rng(seed))
+    dynamics = langevin(atoms, temperature_K, STABILITY_STEP_FS, 0.02, np.random.default_rng(seed))
     for step in range(20, steps + 1, 20):
         try:
             dynamics.run(20)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import matplotlib.pyplot as plt
 
 from incerta.evaluate.figure_style import ReadableLogLocator, readable_log, ticks_between
@@ -22,6 +24,14 @@ def labels_shown(low: float, high: float, inches: float) -> list[str]:
 def test_a_short_range_gets_every_hundred():
     """95-349 meV/Å on a 2.3-inch panel: 100, 200 and 300 (1-2-5 gave only 100 and 200)."""
     assert labels_shown(95.0, 349.0, 2.3) == ["100", "200", "300"]
+
+
+def test_a_range_within_one_decade_gets_evenly_spaced_labels():
+    """84-150 meV/Å: 1-9 times powers of ten would label only 90 and 100."""
+    shown = labels_shown(84.0, 150.0, 2.3)
+    assert len(shown) >= ReadableLogLocator.MIN_LABELS
+    values = [float(text) for text in shown]
+    assert len(set(round(b - a, 6) for a, b in pairwise(values))) == 1  # evenly spaced
 
 
 def test_a_wide_range_gets_no_more_labels_than_it_has_room_for():

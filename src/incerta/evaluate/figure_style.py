@@ -34,10 +34,12 @@ def plain_number(value: float, _position: int | None = None) -> str:
 class ReadableLogLocator(LogLocator):
     """Log ticks as dense as the axis has room for (about one label per half inch): the densest
     of 1-9, 1-2-5, 1-3 or 1 times powers of ten whose ticks inside the axis range fit; a range
-    too short for two of them gets evenly spaced ticks."""
+    where even 1-9 gives fewer than ``MIN_LABELS`` (84-150: only 90 and 100) gets evenly spaced
+    ticks (100, 120, 140) instead."""
 
     CHOICES = ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0), (1.0, 2.0, 5.0), (1.0, 3.0), (1.0,))
     INCHES_PER_LABEL = 0.5
+    MIN_LABELS = 3
 
     def __init__(self) -> None:
         super().__init__(base=10, subs=(1.0, 2.0, 5.0))
@@ -48,6 +50,8 @@ class ReadableLogLocator(LogLocator):
             inches = (box.width if self.axis.axis_name == "x" else box.height) / self.axis.figure.dpi
             room = inches / self.INCHES_PER_LABEL
             low, high = sorted((vmin, vmax))
+            if ticks_between(self.CHOICES[0], low, high) < self.MIN_LABELS:
+                return MaxNLocator(nbins=max(self.MIN_LABELS, int(room)), steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
             self.set_params(subs=next((subs for subs in self.CHOICES if ticks_between(subs, low, high) <= room),
                                       self.CHOICES[-1]))
         return super().tick_values(vmin, vmax)
