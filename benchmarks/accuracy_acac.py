@@ -30,7 +30,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import yaml
-from common import INCERTA, RESULTS, WORK, print_table, run_timed, shared_data, write_results
+from common import INCERTA, RESULTS, WORK, machine, print_table, run_timed, shared_data, write_results
 
 from incerta.config import apply_overrides
 from incerta.config.model import PRESETS
@@ -169,6 +169,8 @@ def main() -> None:
     if "nequip" in args.codes:
         results["nequip"] = run_nequip(args.minutes, args.threads)
         all_settings["nequip"] = "nequip_peer.py (4 layers, l_max 1, 32 features, r_max 5 Å, tutorial training)"
+    for entry in results.values():  # entries of earlier runs kept beside them may come from another machine
+        entry["measured_on"] = machine()
     previous = json.loads(results_file.read_text()) if results_file.exists() else {}  # read last: runs side by side
     if (previous.get("budget_minutes"), previous.get("threads")) == (args.minutes, args.threads):
         results, all_settings = {**previous["results"], **results}, {**previous["settings"], **all_settings}
