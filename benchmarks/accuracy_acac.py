@@ -105,7 +105,7 @@ def run_nequip(minutes: float, threads: int) -> dict:
     python, script = peer_python("nequip"), Path(__file__).resolve().parent / "nequip_peer.py"
     env = threads_env(threads)
     wall = run_timed([python, script, "train", "--minutes", minutes, "--threads", threads], WORK / "nequip_train.log", env=env)
-    run_timed([python, script, "compile", "--threads", threads], WORK / "nequip_compile.log", env=env)
+    run_timed([python, script, "compile"], WORK / "nequip_compile.log", env=env)
     run_timed([python, script, "evaluate", "--model", PACKAGE], WORK / "nequip_evaluate.log", env=env)
     summary = json.loads((RUN / "train_summary.json").read_text())
     tests = json.loads((RUN / "evaluate.json").read_text())
