@@ -2,7 +2,9 @@
 
 A model trained on 450 frames at 300 K (l_max 2, 32 channels, 3 layers, float32; the
 ``--minutes`` budget), LLPR fitted exactly on its training and validation frames, then for
-ranks k = 2, 4, 8, 16 and the exact propagation on 300 K and 600 K test frames: Spearman of
+ranks k = 2, 4, 8, 16 (the posterior's k widest directions, which LLPR kept before its fit chose the
+k that keep the most validation force variance: see llpr_cheaper.py) and the exact propagation
+on 300 K and 600 K test frames: Spearman of
 the per-atom force uncertainty against the exact one and against the force error, and the
 cost of one calculator call with the uncertainty relative to energy + forces alone (median,
 2 threads, single structures as in MD).

@@ -225,3 +225,25 @@ def test_md_runs_replicas_each_with_its_log_rows_and_trajectory(demo_run, tmp_pa
     result = runner.invoke(app, ["md", str(demo_run.out / "model"), str(start), "--replicas", "2", "--thermostat", "bussi",
                                  "--steps", "5", "--out", str(out)])
     assert result.exit_code == 2 and "thermostat 'bussi'" in result.output and "Traceback" not in result.output
+
+
+def test_low_rank_llpr_fit_says_what_its_rows_lose(demo_run, tmp_path):
+    """A rank-k LLPR fit prints how its per-atom uncertainties rank the validation atoms against
+    the exact propagation; all H rows rank them exactly like it."""
+    import ase.io
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "potential.safetensors").write_bytes((demo_run.out / "model" / "potential.safetensors").read_bytes())
+    for name, count in (("train", 40), ("test_300K", 20)):
+        ase.io.write(tmp_path / f"{name}.xyz", read(default.path(name), index=f":{count}"), format="extxyz")
+    spearman_printed = {}
+    for rank in (1, load_potential(model).spec.readout_hidden):
+        result = runner.invoke(app, ["uq", "fit", str(model), "--method", "llpr", "-O", f"rank={rank}",
+                                     "--train", str(tmp_path / "train.xyz"), "--val", str(tmp_path / "test_300K.xyz")])
+        assert result.exit_code == 0, result.output
+        found = re.search(r"Spearman of (-?[0-9.]+)", " ".join(result.output.split()))
+        assert found, result.output
+        spearman_printed[rank] = float(found.group(1))
+    low, full = spearman_printed.values()
+    assert full == pytest.approx(1.0) and -1 <= low < 1

@@ -56,3 +56,30 @@ def test_saved_exact_methods_rebuild_exact(fitted_exact):
     rebuilt = LLPRUncertainty.rebuild(exact.potential, options)
     assert rebuilt.rank is None
     rebuilt.load_state_dict(exact.state_dict())
+
+
+def kept_variance(jacobian: torch.Tensor, projection: torch.Tensor) -> float:
+    """Force variance sum_ia |J_ia P|^2 that the directions P (H, k) keep over the atoms of ``jacobian``."""
+    return float(torch.einsum("nah,hk->nak", jacobian, projection).pow(2).sum())
+
+
+def test_fitted_directions_keep_the_most_validation_force_variance(fitted_exact):
+    """A fitted rank-k LLPR keeps, over the validation atoms, more force variance than the posterior's
+    k widest directions or any other k (random orthonormal ones), all of it at k = H."""
+    exact, graphs = fitted_exact
+    jacobian = exact._features(collate(graphs[8:])).jacobian
+    factor = exact.posterior_factor()
+    generator = torch.Generator().manual_seed(0)
+    for rank in (2, 4):
+        fitted = LLPRUncertainty(exact.potential, rank=rank)
+        info = fitted.fit(graphs[:8], graphs[8:], FitSettings(progress=False))
+        torch.testing.assert_close(fitted.inverse, exact.inverse)
+        kept = kept_variance(jacobian, fitted.projection)
+        assert kept > kept_variance(jacobian, exact.posterior_factor(rank)) * (1 + 1e-6)
+        for _ in range(20):
+            directions, _ = torch.linalg.qr(torch.randn(8, rank, dtype=torch.float64, generator=generator))
+            assert kept >= kept_variance(jacobian, factor @ directions) * (1 - 1e-9)
+        assert -1 <= info["validation_spearman_vs_exact"] <= 1
+    full = LLPRUncertainty(exact.potential, rank=8)
+    full._set_inverse(exact.inverse, jacobian=jacobian)
+    assert kept_variance(jacobian, full.projection) == pytest.approx(kept_variance(jacobian, factor), rel=1e-9)

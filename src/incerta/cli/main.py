@@ -209,6 +209,9 @@ def uq_fit(
         fail(ConfigError(f"method '{method}' does not take these options: {err}"))
     console.print(f"{method}: fitted in {report['fit_time_s']:.1f} s on {report['n_train']} structures, "
                   f"calibrated ({report['calibration']}) on {report['n_validation']}; saved in {model}")
+    if "validation_spearman_vs_exact" in report["fit"]:  # a low-rank or sampled LLPR: what it loses
+        console.print(f"per-atom force uncertainties rank the validation atoms like the exact propagation with a "
+                      f"Spearman of {report['fit']['validation_spearman_vs_exact']:.3f} (more rows: -O rank=K)")
 
 
 @uq_app.command("shift")
