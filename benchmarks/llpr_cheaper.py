@@ -12,8 +12,9 @@ acac 300 K and 600 K test frames of
 * ``data rank k``: the k directions of the posterior that carry the most force variance summed
   over the validation structures' atoms (P = F Q_k, F F^T the posterior, Q_k the leading
   eigenvectors of F^T A F with A = sum_ia J_ia J_ia^T; ``LLPRUncertainty.variance_factor``):
-  the best k rows on average over those atoms rather than the posterior's widest directions,
-  what ``incerta uq fit --method llpr`` keeps (k = 8 by default);
+  the best k rows on average over those atoms rather than the posterior's widest directions
+  (``incerta uq fit --method llpr`` keeps whichever of the two ranks the validation atoms more
+  like the exact propagation; k = 8 by default);
 * ``samples M``: M last-layer weight draws from the posterior, propagated like an ensemble's
   heads (M rows; one fixed draw, as the method stores it);
 * ``stopped at layer L``: all H directions, with each row's backward stopped at the input of

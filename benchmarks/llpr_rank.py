@@ -2,9 +2,10 @@
 
 A model trained on 450 frames at 300 K (l_max 2, 32 channels, 3 layers, float32; the
 ``--minutes`` budget), LLPR fitted exactly on its training and validation frames, then for
-ranks k = 2, 4, 8, 16 (the k directions that keep the most force variance over the validation
-atoms, as ``incerta uq fit`` chooses them; and, for comparison, the posterior's 8 widest, which
-LLPR kept before) and the exact propagation on 300 K and 600 K test frames: Spearman of
+ranks k = 2, 4, 8, 16 (the directions ``incerta uq fit`` keeps: of the posterior's k widest and
+the k that keep the most force variance over the validation atoms, those that rank these atoms
+more like the exact propagation; and, for comparison, the 8 widest, which LLPR always kept
+before) and the exact propagation on 300 K and 600 K test frames: Spearman of
 the per-atom force uncertainty against the exact one and against the force error, and the
 cost of one calculator call with the uncertainty relative to energy + forces alone (median,
 2 threads, single structures as in MD).
