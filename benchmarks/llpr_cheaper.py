@@ -76,7 +76,7 @@ def stopped_jacobian(method: LLPRUncertainty, graph: AtomicGraph, stop_at: str) 
 
 def per_atom_sigma(jacobian: torch.Tensor, projection: torch.Tensor) -> np.ndarray:
     """sqrt(sum_k |J P_k|^2) (N,) for a projection (H, k) of the posterior."""
-    return torch.einsum("nah,hk->nak", jacobian, projection).pow(2).sum((1, 2)).sqrt().numpy()
+    return LLPRUncertainty.projected_scores(jacobian, projection).numpy()
 
 
 def main() -> None:

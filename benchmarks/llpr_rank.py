@@ -79,10 +79,12 @@ def main() -> None:
     tests = {t: read_frames(acac / f"test_MD_{t}.xyz")[:100] for t in ("300K", "600K")}
     test_graphs = [g for frames in tests.values() for g in graphs_for(potential, frames)]
     validation_jacobian = torch.cat([exact._features(g).jacobian for g in validation])
+    exact_scores = exact._atom_scores(validation_jacobian, exact.inverse).numpy()
     methods = {"exact": exact}
     for rank in RANKS:
         method = LLPRUncertainty(potential, rank=rank)
-        method._set_inverse(exact.inverse, jacobian=validation_jacobian)
+        method._set_inverse(exact.inverse)
+        method.choose_directions(validation_jacobian, exact_scores)
         methods[f"rank {rank}"] = method
     widest = methods["rank 8 (widest)"] = LLPRUncertainty(potential, rank=8)
     widest._set_inverse(exact.inverse)

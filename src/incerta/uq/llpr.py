@@ -82,12 +82,9 @@ class LLPRUncertainty(UncertaintyMethod):
         """Methods saved before ``rank`` existed used the exact propagation."""
         return cls(potential, **{"rank": None, **options})
 
-    def _set_inverse(self, inverse: torch.Tensor, seed: int = 0, jacobian: torch.Tensor | None = None) -> dict:
-        """Store (C + s I)^-1 and, with a rank or samples, the projection P (H, k) of its phi block:
-        with a rank, the posterior's widest directions, or, given the exact ``jacobian`` (N, 3, H)
-        of validation atoms, whichever of those and :meth:`variance_factor`'s ranks these atoms
-        more like the exact propagation. Returns those Spearman correlations (empty without
-        ``jacobian``)."""
+    def _set_inverse(self, inverse: torch.Tensor, seed: int = 0) -> None:
+        """Store (C + s I)^-1 and, with a rank or samples, the projection P (H, k) of its phi block
+        (with a rank, the posterior's widest directions)."""
         self.inverse = inverse
         if self.samples is not None:
             draws = torch.randn(len(inverse) - 1, self.samples, dtype=inverse.dtype,
@@ -95,16 +92,21 @@ class LLPRUncertainty(UncertaintyMethod):
             self.projection = self.posterior_factor() @ draws / self.samples**0.5
         elif self.rank is not None:
             self.projection = self.posterior_factor(self.rank)
-        if jacobian is None or self.columns is None:
-            return {}
+
+    def choose_directions(self, jacobian: torch.Tensor, exact_scores: np.ndarray) -> dict:
+        """With a rank, keep of the posterior's widest directions and :meth:`variance_factor`'s
+        those whose per-atom scores rank the atoms of ``jacobian`` (N, 3, H) more like the exact
+        propagation's ``exact_scores`` (N,) (Spearman). Returns the fit-report entries: the kept
+        directions, their Spearman and each candidate's (a sampled projection is only scored)."""
         candidates = {"sampled" if self.samples is not None else "widest": self.projection}
         if self.rank is not None:
             candidates["validation variance"] = self.variance_factor(jacobian, self.rank)
-        exact = self._atom_scores(jacobian, inverse).cpu().numpy()
-        ranking = {name: spearman(self._projected_scores(jacobian, p).cpu().numpy(), exact)
+        ranking = {name: spearman(self.projected_scores(jacobian, p).cpu().numpy(), exact_scores)
                    for name, p in candidates.items()}
-        self.projection = candidates[max(ranking, key=ranking.get)]
-        return ranking
+        kept = max(ranking, key=ranking.get)
+        self.projection = candidates[kept]
+        return {"directions": kept, "validation_spearman_vs_exact": ranking[kept],
+                "validation_spearman_vs_exact_by_directions": ranking}
 
     def posterior_factor(self, rank: int | None = None) -> torch.Tensor:
         """P (H, k) with P P^T the best rank-k approximation of the phi block of (C + s I)^-1
@@ -142,7 +144,7 @@ class LLPRUncertainty(UncertaintyMethod):
         return curvature
 
     @staticmethod
-    def _projected_scores(jacobian: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    def projected_scores(jacobian: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
         """RMS force uncertainty per atom kept by the directions P (H, k): sqrt(sum_a |J_ia P|^2), (N,)."""
         return torch.einsum("nah,hk->nak", jacobian, projection).pow(2).sum((1, 2)).sqrt()
 
@@ -164,14 +166,14 @@ class LLPRUncertainty(UncertaintyMethod):
         for relative in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
             inverse = torch.linalg.inv(curvature + relative * mean_diagonal * identity)
             scores = np.concatenate([self._atom_scores(j, inverse).cpu().numpy() for j, _ in features])
-            choices[relative] = (spearman(scores, errors), inverse)
+            choices[relative] = (spearman(scores, errors), inverse, scores)
         best = max(choices, key=lambda r: choices[r][0])
-        ranking = self._set_inverse(choices[best][1], settings.seed, torch.cat([j for j, _ in features]))
+        _, inverse, exact_scores = choices[best]
+        self._set_inverse(inverse, settings.seed)
         info = {"regulariser_relative": best, "validation_spearman": {str(k): v[0] for k, v in choices.items()},
                 "rank": self.rank, "samples": self.samples}
-        if ranking:  # how closely the k rows rank the validation atoms like all H, per choice of directions
-            info |= {"directions": max(ranking, key=ranking.get), "validation_spearman_vs_exact": max(ranking.values()),
-                     "validation_spearman_vs_exact_by_directions": ranking}
+        if self.columns is not None:  # how closely the k rows rank the validation atoms like all H
+            info |= self.choose_directions(torch.cat([j for j, _ in features]), exact_scores)
         return info
 
     def forward(self, graph: AtomicGraph, compute_stress: bool = False) -> UncertainOutput:
