@@ -197,6 +197,11 @@ def error_at(rows: list[dict], key: str, labels: int) -> float:
     return [row[key] for row in rows if row["n_labels"] <= labels][-1]
 
 
+def median_error_at(seeds: list[list[dict]], key: str, labels: int) -> float:
+    """:func:`error_at`, median over the seeds' curves."""
+    return float(np.median([error_at(rows, key, labels) for rows in seeds]))
+
+
 def summarise(curves: dict[str, list[list[dict]]], baseline: str) -> dict:
     """Per test set: the ``baseline`` strategy's median final error, the labels each strategy
     needs to reach it (per seed), and each strategy's median error at half the baseline's
@@ -209,7 +214,7 @@ def summarise(curves: dict[str, list[list[dict]]], baseline: str) -> dict:
         summary[key] = {"baseline": baseline, "baseline_final": target, "baseline_labels": budget}
         for strategy in curves:
             summary[key][strategy] = {"labels_to_reach_baseline_final": [labels_to_reach(c, key, target) for c in curves[strategy]],
-                                      "at_half_budget": float(np.median([error_at(c, key, budget // 2) for c in curves[strategy]])),
+                                      "at_half_budget": median_error_at(curves[strategy], key, budget // 2),
                                       "final": float(np.median([c[-1][key] for c in curves[strategy]]))}
     return summary
 
@@ -298,7 +303,7 @@ def median_curves(seeds: list[list[dict]]) -> tuple[list[int], dict[str, list[fl
     labels = [row["n_labels"] for row in max(seeds, key=len)]
     keys = [k for k in seeds[0][0] if k.startswith("test_") and k.endswith("(meV/Å)")]
     return labels, {"test " + k.split()[0].removeprefix("test_").replace("K", " K"):
-                    [float(np.median([error_at(rows, k, n) for rows in seeds])) for n in labels] for k in keys}
+                    [median_error_at(seeds, k, n) for n in labels] for k in keys}
 
 
 def plot_exploration(exploration: dict) -> list[Path]:
